@@ -1,0 +1,31 @@
+"""The one device resolver every entry point uses."""
+
+from __future__ import annotations
+
+import torch
+
+from prunekit.errors import ConfigError
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """Turn ``"auto"``/``None``/``"cuda"``/``"cuda:1"``/``"mps"``/``"cpu"`` into a ``torch.device``.
+
+    ``auto`` prefers CUDA, then MPS, then CPU. Asking for a device that is absent is a ConfigError.
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device must be auto, cpu, cuda[:N] or mps, got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} requested but MPS is not available")
+    return dev

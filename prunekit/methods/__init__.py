@@ -1,0 +1,7 @@
+"""Pruning methods, one file each; ``create(name, **options)`` builds one by name."""
+
+from prunekit.methods.base import Method, create_method, list_methods, register_method
+
+create = create_method
+
+__all__ = ["Method", "create", "create_method", "list_methods", "register_method"]

@@ -1,0 +1,118 @@
+"""Frozen configuration of a training run; JSON round-trippable so the run store can keep it.
+
+``RunConfig`` is the single description of an experiment used by the CLI, the background runner,
+the app and the notebooks: model → dataset → method → training schedule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from prunekit.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "sdprun")
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation schedule. Defaults suit short CPU runs of CIFAR-sized data."""
+
+    epochs: int = 3
+    batch_size: int = 128
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    milestones: tuple[int, ...] = ()  # epochs at which the step schedule multiplies lr by gamma
+    gamma: float = 0.1
+    device: str = "auto"
+    amp: bool = True  # used on CUDA only
+    channels_last: bool = False
+    seed: int = 0
+    num_threads: int | None = None  # torch intra-op threads; None = leave torch's default
+    log_every: int = 10  # steps between scalar log events
+    max_steps_per_epoch: int | None = None  # cap for smoke tests and what-if runs
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.log_every < 1:
+            raise ConfigError(f"log_every must be >= 1, got {self.log_every}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"num_threads must be >= 1, got {self.num_threads}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ConfigError(f"max_steps_per_epoch must be >= 1, got {self.max_steps_per_epoch}")
+        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One experiment: which model, data, method and schedule.
+
+    ``method_options`` are the keyword arguments of the method's own frozen config
+    (``prunekit.methods.create(method, **method_options)``); ``data_options`` go to the dataset
+    builder (e.g. ``{"num_samples": 2000}`` for ``shapes``).
+    """
+
+    model: str = "resnet20"
+    dataset: str = "shapes"
+    method: str = "dense"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data_root: str | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)
+    in_channels: int | None = None  # None: take it from the dataset
+    num_classes: int | None = None  # None: take it from the dataset
+    val_fraction: float = 0.1
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.in_channels is not None and self.in_channels < 1:
+            raise ConfigError(f"in_channels must be >= 1, got {self.in_channels}")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ConfigError(f"num_classes must be >= 1, got {self.num_classes}")
+        if isinstance(self.train, dict):
+            object.__setattr__(self, "train", TrainConfig(**self.train))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["train"]["milestones"] = list(self.train.milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """Build from a dict (e.g. JSON), refusing unknown keys with their names."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown run config keys: {', '.join(sorted(unknown))}")
+        d = dict(d)
+        train = d.get("train", {})
+        if isinstance(train, dict):
+            tknown = {f.name for f in dataclasses.fields(TrainConfig)}
+            bad = set(train) - tknown
+            if bad:
+                raise ConfigError(f"unknown train config keys: {', '.join(sorted(bad))}")
+            d["train"] = TrainConfig(**train)
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
