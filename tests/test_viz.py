@@ -1,0 +1,210 @@
+"""Figure builders on synthetic store tables: the right traces, robust to empty input, readable explanations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from prunekit import viz
+
+
+def _metrics() -> pd.DataFrame:
+    rows = []
+    for step in range(0, 100, 10):
+        ep = step // 50
+        rows += [
+            (step, ep, "loss", 2.5 - step / 100),
+            (step, ep, "loss/task", 2.3 - step / 100),
+            (step, ep, "loss/struct", 0.2 * (1 - step / 100)),
+            (step, ep, "acc/train", 0.3 + step / 200),
+            (step, ep, "macs_ratio/expected", 1.0 - step / 200),
+            (step, ep, "macs_ratio/hard", 1.0 - step / 150),
+            (step, ep, "temperature", 5.0 - step / 25),
+            (step, ep, "lr", 0.1),
+        ]
+    rows += [(49, 0, "acc/val", 0.5), (99, 1, "acc/val", 0.7)]
+    return pd.DataFrame(rows, columns=["step", "epoch", "name", "value"])
+
+
+def _layers(rng: np.random.Generator) -> pd.DataFrame:
+    rows = []
+    for step in (10, 20, 30):
+        for i, width in enumerate((16, 16, 32)):
+            g = rng.uniform(size=width)
+            g[: width // 2] = 0.0
+            layer = f"layer{i}"
+            rows += [
+                (step, 0, layer, "gate_values", float(g.mean()), g.tolist()),
+                (step, 0, layer, "gate_hist", None, {"edges": [0, 0.5, 1.0], "counts": [width // 2, width - width // 2]}),
+                (step, 0, layer, "confidence", 0.1 * step / 10 + 0.05 * i, None),
+                (step, 0, layer, "diversity", 0.5, None),
+                (step, 0, layer, "flip_rate", 0.1 / step, None),
+            ]
+    return pd.DataFrame(rows, columns=["step", "epoch", "layer", "name", "value", "data"])
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+EMPTY_M = pd.DataFrame(columns=["step", "epoch", "name", "value"])
+EMPTY_L = pd.DataFrame(columns=["step", "epoch", "layer", "name", "value", "data"])
+
+
+def test_loss_figure_separates_task_and_regulariser():
+    fig = viz.loss_figure(_metrics())
+    names = [t.name for t in fig.data]
+    assert names == ["task", "struct"]
+    assert fig.data[1].yaxis == "y2"  # regulariser on its own axis: it is much smaller than the task loss
+    text = viz.explain_loss(_metrics())
+    assert "fell" in text and "struct" in text
+
+
+@pytest.mark.parametrize(
+    "builder",
+    [viz.loss_figure, viz.accuracy_figure, viz.macs_figure, viz.temperature_figure],
+)
+def test_scalar_figures_on_empty_and_none(builder):
+    for df in (EMPTY_M, None):
+        fig = builder(df)
+        assert isinstance(fig, go.Figure)
+        assert len(fig.data) == 0
+        assert any("no data" in a.text for a in fig.layout.annotations)
+
+
+@pytest.mark.parametrize(
+    "explain", [viz.explain_loss, viz.explain_accuracy, viz.explain_macs, viz.explain_temperature]
+)
+def test_explanations_are_one_line_on_empty_and_full(explain):
+    for df in (EMPTY_M, _metrics()):
+        text = explain(df)
+        assert isinstance(text, str) and text and "\n" not in text
+
+
+def test_accuracy_in_percent_and_gap_reading():
+    fig = viz.accuracy_figure(_metrics())
+    train = next(t for t in fig.data if t.name == "train")
+    assert max(train.y) == pytest.approx(100 * (0.3 + 90 / 200))
+    assert "validation 70.0%" in viz.explain_accuracy(_metrics())
+
+
+def test_macs_figure_target_line_and_reading():
+    fig = viz.macs_figure(_metrics(), target=0.5)
+    assert {t.name for t in fig.data} == {"expected (soft gates)", "hard mask"}
+    assert any(s.y0 == 0.5 for s in fig.layout.shapes)
+    text = viz.explain_macs(_metrics(), target=0.5)
+    assert "40%" in text and "reached" in text  # hard = 1 - 90/150
+
+
+def test_temperature_reading_direction():
+    assert "cooled from 5 to 1.4" in viz.explain_temperature(_metrics())
+    assert "no temperature" in viz.explain_temperature(EMPTY_M)
+
+
+def test_gate_views_use_latest_step(rng):
+    layers = _layers(rng)
+    fig = viz.gate_distribution_figure(layers)
+    assert [t.name for t in fig.data] == ["layer0", "layer1", "layer2"]
+    assert all(isinstance(t, go.Violin) for t in fig.data)
+    last = layers[(layers.step == 30) & (layers.layer == "layer2") & (layers.name == "gate_values")].data.iloc[0]
+    assert np.allclose(fig.data[2].y, last)
+    heat = viz.gate_heatmap_figure(layers)
+    z = np.asarray(heat.data[0].z, dtype=float)
+    assert z.shape == (3, 32)
+    assert np.isnan(z[0, 16:]).all()  # narrower layers are padded, not stretched
+    assert np.all(np.diff(z[2]) <= 0)  # sorted high → low
+    assert "channels would survive" in viz.explain_gate_heatmap(layers)
+    assert "clearly off" in viz.explain_gate_distribution(layers)
+
+
+def test_gate_distribution_falls_back_to_histogram(rng):
+    layers = _layers(rng)
+    hist_only = layers[layers.name == "gate_hist"]
+    fig = viz.gate_distribution_figure(hist_only)
+    assert isinstance(fig.data[0], go.Heatmap)
+    assert np.asarray(fig.data[0].z).shape == (2, 3)  # bins × layers
+
+
+def test_gate_views_without_gates():
+    for f in (viz.gate_distribution_figure, viz.gate_heatmap_figure):
+        fig = f(EMPTY_L)
+        assert len(fig.data) == 0 and fig.layout.annotations
+    assert "No per-channel" in viz.explain_gate_distribution(EMPTY_L)
+
+
+@pytest.mark.parametrize("name", ["confidence", "diversity", "flip_rate"])
+def test_layer_trends(rng, name):
+    layers = _layers(rng)
+    fig = viz.layer_trend_figure(layers, name)
+    assert len(fig.data) == 3 and list(fig.data[0].x) == [10, 20, 30]
+    text = viz.explain_layer_trend(layers, name)
+    assert "layer" in text and "\n" not in text
+    assert "does not report" in viz.explain_layer_trend(EMPTY_L, name)
+
+
+def test_confidence_reading_names_extremes(rng):
+    text = viz.explain_layer_trend(_layers(rng), "confidence")
+    assert "lowest in layer0 (0.30)" in text and "highest in layer2 (0.40)" in text
+
+
+def test_pareto_front():
+    df = pd.DataFrame({"x": [0.3, 0.5, 0.4, 0.9, 0.5], "y": [0.80, 0.90, 0.70, 0.92, 0.85]})
+    assert viz.pareto_front(df, "x", "y").tolist() == [True, True, False, True, False]
+
+
+def test_tradeoff_figure_with_anchors():
+    runs = pd.DataFrame(
+        {
+            "id": ["a", "b", "c"],
+            "name": [None, "half", "quarter"],
+            "method": ["crisp", "crisp", "dpp"],
+            "macs_ratio/hard": [1.0, 0.5, 0.25],
+            "acc/test": [0.93, 0.92, 0.80],
+        }
+    )
+    anchors = viz.anchor_points("resnet56", "cifar10")
+    assert len(anchors) == 7 and anchors["macs_ratio"].between(0.3, 0.6).all()
+    assert viz.anchor_points("resnet20", "shapes").empty
+    fig = viz.tradeoff_figure(runs, anchors=anchors)
+    names = [t.name for t in fig.data]
+    assert names == ["crisp", "dpp", "Pareto front", "published (METHODS.md)"]
+    front = fig.data[2]
+    assert list(front.x) == [0.25, 0.5, 1.0]
+    assert max(fig.data[0].y) == pytest.approx(93.0)  # fractions shown as percent beside the anchors
+    assert "3 of 3 runs" in viz.explain_tradeoff(runs)
+    empty = viz.tradeoff_figure(runs.iloc[:0])
+    assert len(empty.data) == 0 and "Finish a few runs" in viz.explain_tradeoff(runs.iloc[:0])
+
+
+def test_width_figure_marks_removed_layers():
+    widths = pd.DataFrame({"layer": ["a", "b", "c"], "before": [16, 16, 32], "after": [8, 0, 32]})
+    fig = viz.width_figure(widths)
+    assert list(fig.data[1].marker.color) == ["steelblue", "crimson", "steelblue"]
+    text = viz.explain_widths(widths)
+    assert "removed 24 of 64" in text and "1 layer(s)" in text
+
+
+def test_comparison_table_and_reading():
+    result = {
+        "original": {"params": 1000, "macs": 4000, "latency_ms": {1: 2.0, 64: 40.0}, "accuracy": 0.9},
+        "slim": {"params": 500, "macs": 1000, "latency_ms": {1: 1.0, 64: 20.0}, "accuracy": 0.9},
+        "max_abs_diff": 1e-6,
+    }
+    t = viz.comparison_table(result)
+    assert list(t["metric"]) == [
+        "parameters", "MACs", "latency batch 1 (ms)", "latency batch 64 (ms)", "accuracy (%)", "max output difference"
+    ]
+    assert t.set_index("metric").loc["MACs", "slim / original"] == pytest.approx(0.25)
+    assert t.set_index("metric").loc["accuracy (%)", "slim"] == pytest.approx(90.0)
+    text = viz.explain_comparison(result)
+    assert "MACs ×0.25" in text and "1.0e-06" in text
+    assert viz.comparison_table({}).empty
+
+
+def test_mean_by_step(rng):
+    m = viz.mean_by_step(_layers(rng), ["confidence"])
+    assert list(m["step"]) == [10, 20, 30]
+    assert m["value"].iloc[0] == pytest.approx((0.1 + 0.15 + 0.2) / 3)
