@@ -177,14 +177,20 @@ def explain_accuracy(metrics: pd.DataFrame) -> str:
     if tr is None:
         return f"Validation accuracy is {_pct(va):.1f}%."
     gap = _pct(tr) - _pct(va)
-    verdict = "a large gap: the network memorises the training set" if gap > 10 else "the two agree, no sign of overfitting"
+    verdict = (
+        "a large gap: the network memorises the training set" if gap > 10 else "the two agree, no sign of overfitting"
+    )
     return f"Training accuracy {_pct(tr):.1f}% vs validation {_pct(va):.1f}%: {verdict}."
 
 
 def macs_figure(metrics: pd.DataFrame, target: float | None = None) -> go.Figure:
     """Expected (relaxed, what the regulariser sees) vs hard (what collapse would give) MACs ratio."""
     fig = _fig("MACs kept: expected vs hard", "step", "MACs / dense MACs")
-    labels = {"macs_ratio/expected": "expected (soft gates)", "macs_ratio/hard": "hard mask", "macs_ratio/train": "spent in training"}
+    labels = {
+        "macs_ratio/expected": "expected (soft gates)",
+        "macs_ratio/hard": "hard mask",
+        "macs_ratio/train": "spent in training",
+    }
     found = False
     for n, label in labels.items():
         s = _series(metrics, n)
@@ -257,7 +263,9 @@ def gate_distribution_figure(layers: pd.DataFrame, step: int | str | None = "las
     gates = _gate_matrix(layers, step)
     if gates:
         for layer, g in gates.items():
-            fig.add_trace(go.Violin(y=g, name=layer, points=False, box_visible=True, meanline_visible=True, showlegend=False))
+            fig.add_trace(
+                go.Violin(y=g, name=layer, points=False, box_visible=True, meanline_visible=True, showlegend=False)
+            )
         fig.update_yaxes(range=[-0.05, 1.05] if max(float(g.max()) for g in gates.values()) <= 1.0 else None)
         return fig
     hist = _layer_rows(layers, "gate_hist", step)
@@ -270,7 +278,9 @@ def gate_distribution_figure(layers: pd.DataFrame, step: int | str | None = "las
         edges = d.get("edges", edges)
         z.append(d.get("counts", []))
     centres = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])] if edges else None
-    fig.add_trace(go.Heatmap(z=np.asarray(z, dtype=float).T, x=names, y=centres, colorscale="Blues", colorbar={"title": "count"}))
+    fig.add_trace(
+        go.Heatmap(z=np.asarray(z, dtype=float).T, x=names, y=centres, colorscale="Blues", colorbar={"title": "count"})
+    )
     return fig
 
 
@@ -298,7 +308,16 @@ def gate_heatmap_figure(layers: pd.DataFrame, step: int | str | None = "last") -
     z = np.full((len(gates), width), np.nan)
     for i, g in enumerate(gates.values()):
         z[i, : len(g)] = np.sort(g)[::-1]
-    fig.add_trace(go.Heatmap(z=z, y=list(gates), colorscale="Viridis", zmin=0, zmax=max(1.0, float(np.nanmax(z))), colorbar={"title": "gate"}))
+    fig.add_trace(
+        go.Heatmap(
+            z=z,
+            y=list(gates),
+            colorscale="Viridis",
+            zmin=0,
+            zmax=max(1.0, float(np.nanmax(z))),
+            colorbar={"title": "gate"},
+        )
+    )
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(height=max(_HEIGHT, 16 * len(gates) + 120))
     return fig
@@ -325,7 +344,9 @@ def layer_trend_figure(layers: pd.DataFrame, name: str) -> go.Figure:
         return _no_data(fig, f"no {name} logged by this method")
     for layer in _layer_order(rows):
         s = rows[rows["layer"].astype(str) == layer].sort_values("step")
-        fig.add_trace(go.Scatter(x=s["step"], y=s["value"], mode="lines", name=layer, hovertemplate=f"{layer}: %{{y:.3f}}"))
+        fig.add_trace(
+            go.Scatter(x=s["step"], y=s["value"], mode="lines", name=layer, hovertemplate=f"{layer}: %{{y:.3f}}")
+        )
     fig.update_layout(meta={"help": help_})
     return fig
 
@@ -381,16 +402,33 @@ def tradeoff_figure(
         label = d["name"].fillna(d["id"]) if "name" in d else d.get("id", pd.Series(index=d.index, dtype=str))
         for method, g in d.groupby(d["method"] if "method" in d else pd.Series("run", index=d.index)):
             fig.add_trace(
-                go.Scatter(x=g[x], y=g[y], mode="markers", name=str(method), text=label[g.index], marker={"size": 10},
-                           hovertemplate="%{text}<br>x=%{x:.3g}<br>acc=%{y:.2f}%")
+                go.Scatter(
+                    x=g[x],
+                    y=g[y],
+                    mode="markers",
+                    name=str(method),
+                    text=label[g.index],
+                    marker={"size": 10},
+                    hovertemplate="%{text}<br>x=%{x:.3g}<br>acc=%{y:.2f}%",
+                )
             )
         front = d[pareto_front(d, x, y)].sort_values(x)
-        fig.add_trace(go.Scatter(x=front[x], y=front[y], mode="lines", name="Pareto front", line={"color": "black", "dash": "dash"}))
+        fig.add_trace(
+            go.Scatter(
+                x=front[x], y=front[y], mode="lines", name="Pareto front", line={"color": "black", "dash": "dash"}
+            )
+        )
     if anchors is not None and not anchors.empty and x.startswith("macs"):
         fig.add_trace(
-            go.Scatter(x=anchors["macs_ratio"], y=anchors["acc"], mode="markers", name="published (METHODS.md)",
-                       text=anchors["label"], marker={"symbol": "star", "size": 12, "color": "gold", "line": {"width": 1}},
-                       hovertemplate="%{text}<br>%{y:.2f}%")
+            go.Scatter(
+                x=anchors["macs_ratio"],
+                y=anchors["acc"],
+                mode="markers",
+                name="published (METHODS.md)",
+                text=anchors["label"],
+                marker={"symbol": "star", "size": 12, "color": "gold", "line": {"width": 1}},
+                hovertemplate="%{text}<br>%{y:.2f}%",
+            )
         )
     return fig
 
@@ -431,8 +469,13 @@ def explain_widths(widths: pd.DataFrame) -> str:
     )
 
 
-_COMPARE_ROWS = (("params", "parameters"), ("macs", "MACs"), ("latency_b1_ms", "latency batch 1 (ms)"),
-                 ("latency_b64_ms", "latency batch 64 (ms)"), ("accuracy", "accuracy (%)"))
+_COMPARE_ROWS = (
+    ("params", "parameters"),
+    ("macs", "MACs"),
+    ("latency_b1_ms", "latency batch 1 (ms)"),
+    ("latency_b64_ms", "latency batch 64 (ms)"),
+    ("accuracy", "accuracy (%)"),
+)
 
 
 def comparison_table(result: dict[str, Any]) -> pd.DataFrame:
@@ -457,7 +500,14 @@ def comparison_table(result: dict[str, Any]) -> pd.DataFrame:
         ratio = float(b) / float(a) if a not in (None, 0) and b is not None else math.nan
         rows.append({"metric": label, "original": a, "slim": b, "slim / original": ratio})
     if "max_abs_diff" in result:
-        rows.append({"metric": "max output difference", "original": 0.0, "slim": result["max_abs_diff"], "slim / original": math.nan})
+        rows.append(
+            {
+                "metric": "max output difference",
+                "original": 0.0,
+                "slim": result["max_abs_diff"],
+                "slim / original": math.nan,
+            }
+        )
     return pd.DataFrame(rows, columns=["metric", "original", "slim", "slim / original"])
 
 

@@ -37,7 +37,14 @@ def _layers(rng: np.random.Generator) -> pd.DataFrame:
             layer = f"layer{i}"
             rows += [
                 (step, 0, layer, "gate_values", float(g.mean()), g.tolist()),
-                (step, 0, layer, "gate_hist", None, {"edges": [0, 0.5, 1.0], "counts": [width // 2, width - width // 2]}),
+                (
+                    step,
+                    0,
+                    layer,
+                    "gate_hist",
+                    None,
+                    {"edges": [0, 0.5, 1.0], "counts": [width // 2, width - width // 2]},
+                ),
                 (step, 0, layer, "confidence", 0.1 * step / 10 + 0.05 * i, None),
                 (step, 0, layer, "diversity", 0.5, None),
                 (step, 0, layer, "flip_rate", 0.1 / step, None),
@@ -75,9 +82,7 @@ def test_scalar_figures_on_empty_and_none(builder):
         assert any("no data" in a.text for a in fig.layout.annotations)
 
 
-@pytest.mark.parametrize(
-    "explain", [viz.explain_loss, viz.explain_accuracy, viz.explain_macs, viz.explain_temperature]
-)
+@pytest.mark.parametrize("explain", [viz.explain_loss, viz.explain_accuracy, viz.explain_macs, viz.explain_temperature])
 def test_explanations_are_one_line_on_empty_and_full(explain):
     for df in (EMPTY_M, _metrics()):
         text = explain(df)
@@ -195,7 +200,12 @@ def test_comparison_table_and_reading():
     }
     t = viz.comparison_table(result)
     assert list(t["metric"]) == [
-        "parameters", "MACs", "latency batch 1 (ms)", "latency batch 64 (ms)", "accuracy (%)", "max output difference"
+        "parameters",
+        "MACs",
+        "latency batch 1 (ms)",
+        "latency batch 64 (ms)",
+        "accuracy (%)",
+        "max output difference",
     ]
     assert t.set_index("metric").loc["MACs", "slim / original"] == pytest.approx(0.25)
     assert t.set_index("metric").loc["accuracy (%)", "slim"] == pytest.approx(90.0)
