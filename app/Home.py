@@ -1,0 +1,76 @@
+"""prunekit app entry: `streamlit run app/Home.py`. Opens on the default experiment (layout only)."""
+
+import os
+
+import streamlit as st
+
+from prunekit import app_support as sup
+from prunekit import viz
+
+st.set_page_config(page_title="prunekit", page_icon="✂️", layout="wide")
+WS = os.environ.get("PRUNEKIT_HOME")
+
+st.title("prunekit: structured pruning you can watch")
+st.markdown(
+    "Gates sit on every group of coupled channels; a pruning method trains them towards a size target while "
+    "the network learns. **Masked** channels still exist and cost compute; only **collapse** removes them and "
+    "gives a smaller dense network with the same outputs. Start a run, watch the gates decide, then collapse."
+)
+try:
+    store = sup.cached_store(WS)
+    runs = store.list_runs()
+except Exception as e:
+    st.error(f"Cannot open the run store: {sup.describe_error(e)}")
+    st.stop()
+
+st.session_state.setdefault("run_id", None)
+default_id = sup.find_default_run(runs)
+with st.container(border=True):
+    st.subheader("Default experiment: ResNet-20 on `shapes`, CRISP at 50% MACs")
+    st.caption("Works offline: `shapes` is generated on the fly. Three short epochs on a CPU.")
+    if default_id is None:
+        if st.button("Start the default experiment", type="primary", key="start_default"):
+            try:
+                st.session_state.run_id = sup.start(sup.default_config(), WS)
+                st.success(f"Started run {st.session_state.run_id}. Watch it on the Live page.")
+                runs = store.list_runs()
+            except Exception as e:
+                st.error(f"Could not start the run: {sup.describe_error(e)}")
+    else:
+        st.write(f"Latest default run: `{default_id}`.")
+
+run_id = sup.pick_run(runs, st.session_state.run_id or default_id)
+c1, c2, c3, c4 = st.columns(4)
+c1.page_link("pages/1_Runs.py", label="Runs: start, stop, resume", icon="🗂️")
+c2.page_link("pages/2_Live.py", label="Live: watch the gates", icon="📈")
+c3.page_link("pages/3_Explore.py", label="Explore: trade-offs, what-if", icon="🧭")
+c4.page_link("pages/4_Collapse.py", label="Collapse & compare", icon="🗜️")
+
+if run_id is None:
+    st.info("No runs yet: start the default experiment above or configure one on the Runs page.")
+    st.stop()
+
+
+def most_recent() -> None:
+    try:
+        info = store.get_run(run_id)
+        metrics = store.metrics(run_id)
+    except Exception as e:
+        st.error(f"Cannot read run {run_id}: {sup.describe_error(e)}")
+        return
+    st.subheader(f"Most recent run: `{run_id}` ({info.config.get('model')} / {info.config.get('dataset')} / "
+                 f"{info.config.get('method')})")
+    st.progress(float(info.progress or 0.0), text=f"status: {info.status}")
+    if info.status == "failed":
+        st.error(f"The run failed: {info.error}")
+    left, right = st.columns(2)
+    with left:
+        st.plotly_chart(viz.loss_figure(metrics), key="home_loss")
+        st.caption(viz.explain_loss(metrics))
+    with right:
+        st.plotly_chart(viz.macs_figure(metrics), key="home_macs")
+        st.caption(viz.explain_macs(metrics))
+
+
+active = runs.loc[runs["id"] == run_id, "status"].isin(sup.ACTIVE).any()
+st.fragment(run_every=1.5 if active else None)(most_recent)()

@@ -1,0 +1,142 @@
+"""Runs: start a run with the papers' defaults pre-filled, see all runs, stop / resume / delete (layout only)."""
+
+import os
+
+import streamlit as st
+
+from prunekit import app_support as sup
+
+st.set_page_config(page_title="prunekit · Runs", page_icon="🗂️", layout="wide")
+WS = os.environ.get("PRUNEKIT_HOME")
+st.title("Runs")
+try:
+    store = sup.cached_store(WS)
+    from prunekit.data import list_datasets
+    from prunekit.methods import list_methods
+    from prunekit.models import list_models
+
+    models = list_models(include_torchvision=False)
+    datasets = [d for d in list_datasets() if not d.endswith("PATH")]
+    methods = list_methods()
+except Exception as e:
+    st.error(f"The app cannot start: {sup.describe_error(e)}")
+    st.stop()
+st.session_state.setdefault("run_id", None)
+
+
+def _index(options: list, value: object) -> int:
+    return options.index(value) if value in options else 0
+
+
+# -- start a run -------------------------------------------------------------------------------
+with st.expander("Start a run", expanded=True):
+    method = st.selectbox("Method", methods, index=_index(methods, sup.DEFAULT_METHOD), key="form_method",
+                          help="Each method's options below are pre-filled with its paper's defaults.")
+    try:
+        specs = sup.method_fields(method)
+        tfield = sup.target_field(method)
+    except Exception as e:
+        st.error(f"Method {method!r} cannot be configured: {sup.describe_error(e)}")
+        specs, tfield = [], None
+    with st.form("start_run"):
+        c1, c2, c3 = st.columns(3)
+        model = c1.selectbox("Model", models, index=_index(models, sup.DEFAULT_MODEL), key="form_model")
+        dataset = c2.selectbox("Dataset", datasets, index=_index(datasets, sup.DEFAULT_DATASET), key="form_dataset",
+                               help="`shapes` is generated offline; the others need their files or a download.")
+        name = c3.text_input("Name (optional)", key="form_name")
+        target = st.slider(
+            "Target: fraction of the dense MACs to keep", 0.05, 1.0, sup.DEFAULT_TARGET, 0.05, key="form_target",
+            disabled=tfield is None,
+            help=f"Goes to the method option `{tfield}`." if tfield else "This method has no size target.")
+        c1, c2, c3, c4 = st.columns(4)
+        epochs = c1.number_input("Epochs", 1, 1000, 3, key="form_epochs")
+        lr = c2.number_input("Learning rate", 1e-6, 10.0, 0.1, format="%g", key="form_lr")
+        batch = c3.number_input("Batch size", 1, 4096, 128, key="form_batch")
+        seed = c4.number_input("Seed", 0, 2**31 - 1, 0, key="form_seed")
+        c1, c2 = st.columns(2)
+        max_steps = c1.number_input("Max steps per epoch (0 = all)", 0, 100000, 0, key="form_max_steps",
+                                    help="Cap the epoch length for quick what-if runs.")
+        samples = c2.number_input("Samples (shapes only, 0 = default)", 0, 1_000_000, 0, key="form_samples")
+        opts = {}
+        if specs:
+            st.markdown(f"**{method} options** (defaults from the paper; hover for what each does)")
+            cols = st.columns(3)
+            for i, s in enumerate(specs):
+                if s.name == tfield:
+                    continue
+                col, key = cols[i % 3], f"opt_{method}_{s.name}"
+                if s.kind == "bool":
+                    opts[s.name] = col.checkbox(s.name, s.default, help=s.help or None, key=key)
+                elif s.kind == "int":
+                    opts[s.name] = col.number_input(s.name, value=s.default, step=1, help=s.help or None, key=key)
+                elif s.kind == "float":
+                    opts[s.name] = col.number_input(s.name, value=s.default, format="%g", help=s.help or None,
+                                                    key=key)
+                else:
+                    opts[s.name] = col.text_input(s.name, sup.option_text(s.default), help=s.help or None, key=key)
+        submitted = st.form_submit_button("Start run", type="primary")
+    if submitted:
+        try:
+            method_options = {s.name: sup.parse_option(s, opts[s.name]) for s in specs if s.name in opts}
+            cfg = sup.build_run_config(
+                model=model, dataset=dataset, method=method, target=target if tfield else None,
+                method_options=method_options, name=name,
+                data_options={"num_samples": int(samples)} if samples and dataset.startswith("shapes") else {},
+                epochs=int(epochs), lr=float(lr), batch_size=int(batch), seed=int(seed),
+                max_steps_per_epoch=int(max_steps) or None)
+            st.session_state.run_id = sup.start(cfg, WS)
+            st.success(f"Started run `{st.session_state.run_id}`.")
+            st.page_link("pages/2_Live.py", label="Watch it live", icon="📈")
+        except Exception as e:
+            st.error(f"Could not start the run: {sup.describe_error(e)}")
+
+
+# -- all runs ----------------------------------------------------------------------------------
+def runs_table() -> None:
+    runs = store.list_runs()
+    if runs.empty:
+        st.info("No runs yet.")
+        return
+    st.dataframe(
+        runs[["id", "name", "model", "dataset", "method", "status", "progress", "acc/test", "macs_ratio/hard", "error"]],
+        hide_index=True, key="runs_table",
+        column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0),
+                       "acc/test": st.column_config.NumberColumn("test acc", format="%.3f"),
+                       "macs_ratio/hard": st.column_config.NumberColumn("MACs kept", format="%.2f")})
+
+
+st.subheader("All runs")
+try:
+    all_runs = store.list_runs()
+except Exception as e:
+    st.error(f"Cannot read the run store: {sup.describe_error(e)}")
+    st.stop()
+any_active = all_runs["status"].isin(sup.ACTIVE).any() if not all_runs.empty else False
+st.fragment(run_every=2.0 if any_active else None)(runs_table)()
+
+if not all_runs.empty:
+    ids = list(all_runs["id"])
+    current = sup.pick_run(all_runs, st.session_state.run_id)
+    labels = {r["id"]: sup.run_label(r) for _, r in all_runs.iterrows()}
+    sel = st.selectbox("Run", ids, index=ids.index(current), format_func=labels.get, key="runs_select")
+    st.session_state.run_id = sel
+    status = all_runs.set_index("id").loc[sel, "status"]
+    c1, c2, c3, c4 = st.columns([1, 1, 1, 2])
+    try:
+        if c1.button("Stop", disabled=status not in sup.ACTIVE, key="btn_stop"):
+            sup.stop(sel, WS)
+            st.toast(f"Asked {sel} to stop after its current step.")
+        if c2.button("Resume", disabled=status not in ("stopped", "interrupted", "failed"), key="btn_resume"):
+            sup.resume(sel, WS)
+            st.toast(f"Resumed {sel}.")
+            st.rerun()
+        confirm = c4.checkbox("I really want to delete it (checkpoints included)", key="confirm_delete")
+        if c3.button("Delete", disabled=not confirm or status in sup.ACTIVE, key="btn_delete"):
+            store.delete_run(sel)
+            st.session_state.run_id = None
+            st.rerun()
+    except Exception as e:
+        st.error(f"That did not work: {sup.describe_error(e)}")
+    err = all_runs.set_index("id").loc[sel, "error"]
+    if status == "failed" and err:
+        st.error(f"Run {sel} failed: {err}")

@@ -1,0 +1,510 @@
+"""What the Streamlit pages need beyond layout: the store, run forms, cached models, what-if and collapse.
+
+The pages under ``app/`` only lay out widgets; every decision and computation lives here so it can be
+tested without a browser. Streamlit appears only in the ``cached_*`` wrappers (``st.cache_resource`` keeps
+one store and one loaded model per checkpoint for all sessions); the rest is plain Python.
+
+Models shared between sessions are mutated by the what-if evaluation (hard masks), so each
+:class:`LoadedRun` carries a lock and restores its masks before releasing it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import io
+import json
+import logging
+import re
+import threading
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError, PrunekitError
+from prunekit.train.config import RunConfig, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+# The experiment `make run` opens on: small, offline, and it shows every view of the app.
+DEFAULT_MODEL, DEFAULT_DATASET, DEFAULT_METHOD, DEFAULT_TARGET = "resnet20", "shapes", "crisp", 0.5
+ACTIVE = ("queued", "running")
+_TARGET_NAMES = ("target_macs", "target", "target_ratio", "target_flops", "macs_target")
+
+
+# -- errors as messages ----------------------------------------------------------------------------
+def describe_error(e: BaseException) -> str:
+    """One line for the user: prunekit's own errors verbatim, anything else with its type."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, PrunekitError | ValueError | FileNotFoundError):
+        return msg or type(e).__name__
+    if isinstance(e, ImportError):
+        return f"a part of prunekit is not available yet ({msg})"
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+# -- store and runner --------------------------------------------------------------------------------
+def open_store(workspace: str | Path | None = None) -> Any:
+    """A :class:`prunekit.train.store.RunStore` on ``workspace`` (default: ``$PRUNEKIT_HOME`` or ./prunekit-runs)."""
+    from prunekit.train.store import RunStore
+
+    return RunStore(workspace)
+
+
+def start(config: RunConfig, workspace: str | Path | None = None) -> str:
+    """Start ``config`` in a background process (it outlives the app); returns the run id."""
+    from prunekit.train.runner import start_run
+
+    return start_run(config, workspace=workspace).id
+
+
+def stop(run_id: str, workspace: str | Path | None = None) -> None:
+    from prunekit.train.runner import stop_run
+
+    stop_run(run_id, workspace=workspace)
+
+
+def resume(run_id: str, workspace: str | Path | None = None) -> str:
+    from prunekit.train.runner import resume_run
+
+    return resume_run(run_id, workspace=workspace).id
+
+
+def run_label(row: dict[str, Any] | pd.Series) -> str:
+    """``<id> · <name or model/dataset/method> · <status>`` for select boxes."""
+    name = row.get("name") or f"{row.get('model')} / {row.get('dataset')} / {row.get('method')}"
+    return f"{row['id']} · {name} · {row.get('status')}"
+
+
+def pick_run(runs: pd.DataFrame, wanted: str | None) -> str | None:
+    """``wanted`` if it still exists, else the newest active run, else the newest run."""
+    if runs is None or runs.empty:
+        return None
+    if wanted is not None and wanted in set(runs["id"]):
+        return wanted
+    active = runs[runs["status"].isin(ACTIVE)]
+    return str((active if not active.empty else runs)["id"].iloc[0])
+
+
+# -- the run form: methods' configs with their defaults and documentation ----------------------------
+@dataclass(frozen=True)
+class FieldSpec:
+    """One method option for the form: name, the paper's default, a kind for the widget and help text."""
+
+    name: str
+    default: Any
+    kind: str  # "bool" | "int" | "float" | "text" (JSON or plain string)
+    help: str
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """Trailing ``# comments`` of a dataclass's field lines, read from its source (empty if unavailable)."""
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    out = {}
+    for line in src.splitlines():
+        m = re.match(r"\s+(\w+)\s*:[^#=]*(?:=[^#]*)?#\s*(.+)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def _docstring_args(cls: type) -> dict[str, str]:
+    """``name: text`` entries of a Google-style ``Args:``/``Attributes:`` section."""
+    doc = inspect.getdoc(cls) or ""
+    out, current = {}, None
+    for line in doc.splitlines():
+        m = re.match(r"\s{0,8}(\w+)(?: \(.*?\))?:\s+(.+)$", line)
+        if m and m.group(1) not in ("Args", "Attributes", "Returns", "Raises"):
+            current = m.group(1)
+            out[current] = m.group(2).strip()
+        elif current and line.startswith("        ") and line.strip():
+            out[current] += " " + line.strip()
+    return out
+
+
+def _kind(value: Any, annotation: Any) -> str:
+    ann = str(annotation)
+    if isinstance(value, bool) or ann == "bool":
+        return "bool"
+    if isinstance(value, int) and ann in ("int", "<class 'int'>"):
+        return "int"
+    if isinstance(value, float) and "None" not in ann:
+        return "float"
+    return "text"
+
+
+def method_fields(method: str) -> list[FieldSpec]:
+    """The options of ``method``'s frozen Config with their defaults and help (field comments, docstring)."""
+    from prunekit.methods import create_method
+
+    cfg_cls = type(create_method(method).config)
+    comments, doc = _field_comments(cfg_cls), _docstring_args(cfg_cls)
+    specs = []
+    for f in dataclasses.fields(cfg_cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        help_ = f.metadata.get("help") or comments.get(f.name) or doc.get(f.name) or ""
+        specs.append(FieldSpec(f.name, default, _kind(default, f.type), help_))
+    return specs
+
+
+def target_field(method: str) -> str | None:
+    """The name of the method's size-target option (``target_macs``, ...), if it has one."""
+    names = [s.name for s in method_fields(method)]
+    return next((n for n in _TARGET_NAMES if n in names), None)
+
+
+def parse_option(spec: FieldSpec, value: Any) -> Any:
+    """Turn a form value back into the option's type; text fields accept JSON (lists, null) or plain strings."""
+    if spec.kind != "text":
+        return value
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if isinstance(spec.default, str):
+        return text
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        raise ConfigError(f"{spec.name} must be JSON like {json.dumps(spec.default)}, got {value!r}") from None
+    return tuple(parsed) if isinstance(spec.default, tuple) and isinstance(parsed, list) else parsed
+
+
+def option_text(value: Any) -> str:
+    """How a text-kind default is shown in the form (JSON, strings bare)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def build_run_config(
+    *,
+    model: str = DEFAULT_MODEL,
+    dataset: str = DEFAULT_DATASET,
+    method: str = DEFAULT_METHOD,
+    target: float | None = DEFAULT_TARGET,
+    method_options: dict[str, Any] | None = None,
+    data_options: dict[str, Any] | None = None,
+    name: str | None = None,
+    **train: Any,
+) -> RunConfig:
+    """A validated RunConfig from the form; ``target`` goes to the method's target option when it has one.
+
+    Options equal to the method's defaults are dropped so the stored config shows only what the user changed.
+    """
+    specs = {s.name: s for s in method_fields(method)}
+    opts = {k: v for k, v in (method_options or {}).items() if k in specs and v != specs[k].default}
+    tf = target_field(method)
+    if target is not None and tf is not None:
+        if not 0 < float(target) <= 1:
+            raise ConfigError(f"target must be in (0, 1], got {target}")
+        opts[tf] = float(target)
+    from prunekit.methods import create_method
+
+    create_method(method, **opts)  # validates option values now rather than in the background process
+    return RunConfig(model=model, dataset=dataset, method=method, method_options=opts, train=TrainConfig(**train),
+                     data_options=dict(data_options or {}), name=name or None)
+
+
+def default_config(**train: Any) -> RunConfig:
+    """ResNet-20 on ``shapes`` with CRISP at 50% MACs (falls back to the dense baseline if CRISP is absent)."""
+    from prunekit.methods import list_methods
+
+    method = DEFAULT_METHOD if DEFAULT_METHOD in list_methods() else "dense"
+    train.setdefault("epochs", 3)
+    return build_run_config(method=method, name="default: resnet20 / shapes / crisp 50%", **train)
+
+
+def find_default_run(runs: pd.DataFrame) -> str | None:
+    """Newest run of the default experiment (model, dataset and method match), or None."""
+    if runs is None or runs.empty:
+        return None
+    m = runs[(runs["model"] == DEFAULT_MODEL) & (runs["dataset"] == DEFAULT_DATASET) & (runs["method"] == DEFAULT_METHOD)]
+    return None if m.empty else str(m["id"].iloc[0])
+
+
+# -- loaded runs -------------------------------------------------------------------------------------
+@dataclass
+class LoadedRun:
+    """A run's model rebuilt from a checkpoint, with its data; shared between sessions under ``lock``."""
+
+    run_id: str
+    checkpoint: Path
+    step: int
+    config: RunConfig
+    experiment: Any  # prunekit.train.experiment.Experiment
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.experiment.model
+
+    @property
+    def gated(self) -> Any | None:
+        """The GatedModel inside the prepared model (None for methods without gates)."""
+        return find_gated(self.model)
+
+
+def find_gated(model: nn.Module) -> Any | None:
+    """The module exposing ``groups`` and ``gate_values()`` (prunekit's GatedModel), if any."""
+    for m in model.modules():
+        if hasattr(m, "groups") and callable(getattr(m, "gate_values", None)) and not isinstance(m, nn.Conv2d):
+            return m
+    return None
+
+
+def load_run(workspace: str | Path | None, run_id: str, checkpoint: str | Path | None = None) -> LoadedRun:
+    """Rebuild run ``run_id`` (config from the store) and load ``checkpoint`` (default: its latest).
+
+    Raises:
+        ConfigError: unknown run, or a run without checkpoint yet.
+        CheckpointError: a corrupt or mismatching checkpoint.
+        DataNotFoundError: the run's dataset is not on this machine.
+    """
+    from prunekit.train.checkpoint import load_checkpoint
+    from prunekit.train.experiment import build_experiment
+
+    store = open_store(workspace)
+    info = store.get_run(run_id)
+    path = Path(checkpoint) if checkpoint is not None else store.latest_checkpoint(run_id)
+    if path is None:
+        raise ConfigError(f"run {run_id!r} has no checkpoint yet (one is written after every epoch)")
+    cfg = RunConfig.from_dict(info.config)
+    exp = build_experiment(cfg)
+    ckpt = load_checkpoint(path, model=exp.model, method=exp.method)
+    exp.model.eval()
+    return LoadedRun(run_id, path, int(ckpt["step"]), cfg, exp)
+
+
+def cached_store(workspace: str | None) -> Any:
+    """One RunStore per workspace for the whole app process (``st.cache_resource``)."""
+    return _st_cached("store", open_store)(workspace)
+
+
+def cached_run(workspace: str | None, run_id: str, checkpoint: str) -> LoadedRun:
+    """``load_run`` cached per (workspace, run, checkpoint path) for all sessions."""
+    return _st_cached("run", load_run)(workspace, run_id, checkpoint)
+
+
+_CACHED: dict[str, Any] = {}
+
+
+def _st_cached(key: str, fn: Any) -> Any:
+    if key not in _CACHED:
+        import streamlit as st
+
+        _CACHED[key] = st.cache_resource(show_spinner=False, max_entries=8)(fn)
+    return _CACHED[key]
+
+
+# -- what-if threshold -------------------------------------------------------------------------------
+def _gate_tensors(gated: Any) -> dict[str, torch.Tensor]:
+    values = gated.gate_values()
+    if isinstance(values, dict):
+        return {str(k): torch.as_tensor(v).detach().float().flatten() for k, v in values.items()}
+    return {g.name: torch.as_tensor(v).detach().float().flatten() for g, v in zip(gated.groups, values)}
+
+
+def what_if(loaded: LoadedRun, threshold: float, *, max_batches: int = 4) -> dict[str, Any]:
+    """Accuracy and MACs the hard mask ``gate > threshold`` would give, on a validation subset.
+
+    Every group keeps at least its strongest channel (removing a whole coupled group would cut the graph).
+
+    Returns:
+        ``{"threshold", "acc", "samples", "macs_ratio", "kept", "total", "seconds", "per_group": DataFrame}``.
+    """
+    import prunekit
+    from prunekit.train.evaluate import evaluate
+
+    if not 0 <= threshold <= 1:
+        raise ConfigError(f"threshold must be in [0, 1], got {threshold}")
+    gated = loaded.gated
+    if gated is None:
+        raise ConfigError(f"method {loaded.config.method!r} has no gates, so there is no threshold to explore")
+    t0 = time.perf_counter()
+    x = loaded.experiment.example_input
+    val = loaded.experiment.loaders.val
+    loader = val if len(val.dataset) else loaded.experiment.loaders.test
+    with loaded.lock:
+        gates = _gate_tensors(gated)
+        rows = []
+        try:
+            for g in gated.groups:
+                v = gates[g.name]
+                mask = v > threshold
+                if not mask.any():
+                    mask[v.argmax()] = True
+                g.set_mask(mask)
+                rows.append({"group": g.name, "size": int(v.numel()), "kept": int(mask.sum())})
+            res = evaluate(loaded.model, loader, loaded.experiment.task, max_batches=max_batches)
+            macs = _masked_macs_ratio(prunekit, gated, x)
+        finally:
+            for g in gated.groups:
+                g.set_mask(None)
+    per_group = pd.DataFrame(rows)
+    return {
+        "threshold": float(threshold), "acc": res.get("acc", res.get("miou")), "samples": res["samples"],
+        "macs_ratio": macs, "kept": int(per_group["kept"].sum()), "total": int(per_group["size"].sum()),
+        "seconds": time.perf_counter() - t0, "per_group": per_group,
+    }
+
+
+def _masked_macs_ratio(pk: Any, gated: Any, x: torch.Tensor) -> float | None:
+    """MACs of the collapsed network at the current masks / MACs of the dense network (None if collapse refuses)."""
+    try:
+        dense = pk.count_macs(gated, x, hard=False) if _accepts(pk.count_macs, "hard") else None
+        slim = pk.collapse(gated, inplace=False) if _accepts(pk.collapse, "inplace") else None
+        if slim is None or dense is None:
+            return None
+        return float(pk.count_macs(slim, x)) / float(dense)
+    except (PrunekitError, RuntimeError, AttributeError, TypeError) as e:
+        logger.info("what-if MACs unavailable: %s", e)
+        return None
+
+
+def _accepts(fn: Any, arg: str) -> bool:
+    try:
+        return arg in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# -- collapse and compare ----------------------------------------------------------------------------
+def collapse_and_compare(loaded: LoadedRun, out_dir: str | Path, *, max_batches: int = 8) -> dict[str, Any]:
+    """Collapse the loaded run's gated model, compare original vs slim, save the slim model and its ONNX.
+
+    Returns:
+        ``prunekit.compare``'s dict (made JSON-able) plus ``files`` (paths of the slim spec+weights and ONNX),
+        ``checkpoint``, ``step`` and ``seconds``.
+
+    Raises:
+        CollapseError: the slim network's outputs would differ from the masked network's.
+    """
+    import copy
+
+    import prunekit
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    x = loaded.experiment.example_input
+    val = loaded.experiment.loaders.val
+    loader = val if len(val.dataset) else loaded.experiment.loaders.test
+    with loaded.lock:
+        original = copy.deepcopy(loaded.model).eval()
+    gated = find_gated(original)
+    slim = prunekit.collapse(gated if gated is not None else original).eval()
+    result = prunekit.compare(original, slim, _Limited(loader, max_batches), x)
+    files: dict[str, str] = {}
+    slim_path = out_dir / "slim"
+    saved = prunekit.save_slim(slim, slim_path)
+    files["slim"] = str(saved if saved is not None else slim_path)
+    try:
+        onnx_path = out_dir / "slim.onnx"
+        prunekit.export_onnx(slim, x[:1], onnx_path)
+        files["onnx"] = str(onnx_path)
+    except Exception as e:  # ONNX export is optional (onnx not installed, unsupported op): report, keep going
+        result["onnx_error"] = describe_error(e)
+    result = jsonable(result)
+    result.update(files=files, checkpoint=str(loaded.checkpoint), step=loaded.step,
+                  seconds=time.perf_counter() - t0, created=time.time())
+    return result
+
+
+class _Limited:
+    """The first ``n`` batches of a loader (compare evaluates on a subset so the page answers in seconds)."""
+
+    def __init__(self, loader: Any, n: int) -> None:
+        self.loader, self.n = loader, n
+
+    def __iter__(self) -> Any:
+        for i, batch in enumerate(self.loader):
+            if i >= self.n:
+                break
+            yield batch
+
+    def __len__(self) -> int:
+        return min(len(self.loader), self.n)
+
+
+def jsonable(obj: Any) -> Any:
+    """Tensors, numpy scalars, tuples and paths turned into JSON types, recursively."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.item() if obj.numel() == 1 else obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item):
+        return obj.item()
+    if isinstance(obj, str | int | float | bool) or obj is None:
+        return obj
+    return str(obj)
+
+
+def widths_frame(result: dict[str, Any]) -> pd.DataFrame:
+    """Per-layer widths ``layer, before, after`` from a compare result, whichever shape it uses.
+
+    Accepts ``widths: {layer: [before, after]}``, ``widths: [{layer, before, after}]`` or
+    ``widths_before``/``widths_after`` dicts.
+    """
+    w = result.get("widths") or result.get("layer_widths")
+    rows: list[dict[str, Any]] = []
+    if isinstance(w, dict):
+        for layer, v in w.items():
+            if isinstance(v, dict):
+                rows.append({"layer": layer, "before": v.get("before"), "after": v.get("after")})
+            else:
+                rows.append({"layer": layer, "before": v[0], "after": v[1]})
+    elif isinstance(w, list):
+        rows = [{"layer": r.get("layer") or r.get("name"), "before": r["before"], "after": r["after"]} for r in w]
+    elif isinstance(result.get("widths_before"), dict):
+        after = result.get("widths_after") or {}
+        rows = [{"layer": k, "before": v, "after": after.get(k, 0)} for k, v in result["widths_before"].items()]
+    return pd.DataFrame(rows, columns=["layer", "before", "after"])
+
+
+def zip_files(paths: list[str | Path]) -> bytes:
+    """A zip of files and folders (folders recursively), for one download button."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for p in map(Path, paths):
+            if p.is_dir():
+                for f in sorted(p.rglob("*")):
+                    if f.is_file():
+                        z.write(f, f.relative_to(p.parent))
+            elif p.is_file():
+                z.write(p, p.name)
+    return buf.getvalue()
+
+
+def runs_for_explore(store: Any) -> pd.DataFrame:
+    """``list_runs`` plus the latest collapse measurements (latency batch 1, slim MACs ratio) per run."""
+    runs = store.list_runs()
+    lat, macs = [], []
+    for rid in runs["id"]:
+        res = store.collapse_results(rid)
+        last = res[-1] if res else {}
+        slim, orig = last.get("slim", {}) or {}, last.get("original", {}) or {}
+        lat_ms = slim.get("latency_b1_ms")
+        if lat_ms is None and isinstance(slim.get("latency_ms"), dict):
+            lat_ms = slim["latency_ms"].get("1")
+        lat.append(lat_ms)
+        macs.append(slim["macs"] / orig["macs"] if slim.get("macs") and orig.get("macs") else None)
+    runs = runs.assign(**{"latency_b1_ms": lat, "macs_ratio/slim": macs})
+    return runs
