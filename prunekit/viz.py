@@ -11,6 +11,7 @@ have only just started.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -108,9 +109,14 @@ def _layer_rows(layers: pd.DataFrame | None, name: str, step: int | str | None =
     return rows
 
 
+def _natural_key(name: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def _layer_order(rows: pd.DataFrame) -> list[str]:
-    # Keep network order: the store writes layers in forward order, so first appearance is depth order.
-    return list(dict.fromkeys(rows["layer"].astype(str)))
+    # The store returns layers sorted as text; numbers compared as numbers restore depth order
+    # (layer2.0 before layer10.0) for the usual dotted module names.
+    return sorted(dict.fromkeys(rows["layer"].astype(str)), key=_natural_key)
 
 
 # -- training scalars ----------------------------------------------------------------------------
