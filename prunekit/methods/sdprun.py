@@ -60,7 +60,8 @@ class SDPrun(torch.optim.Optimizer):
         groups: coupled structures: ``{name: [(param, idxs), ...]}`` (or a list, named ``group<k>``). In one
             group every ``idxs`` has the same length S; structure ``j`` is the concatenation of the rows
             ``param[idxs[j]]`` of all members (``idxs[j] = -1``: that member has no row in structure ``j``). Rows of sparsified parameters not covered by ``groups`` are
-            their own structures (named ``param<k>`` after the parameter's position).
+            their own structures (named ``param<k>`` after the parameter's position); parameters of ``c = 0`` groups
+            have none.
 
     No momentum and no weight decay, by design: both would move the weights away from the thresholded
     accumulator and destroy exact zeros.
@@ -85,6 +86,7 @@ class SDPrun(torch.optim.Optimizer):
         for g in self.param_groups:
             if g["c"] < 0:
                 raise ConfigError(f"c must be >= 0, got {g['c']}")
+        # Structures of parameters in c = 0 groups never change (those parameters are plain SGD).
         self._structures = self._build_structures(groups)
 
     # -- structures ------------------------------------------------------------------------------
@@ -109,9 +111,10 @@ class SDPrun(torch.optim.Optimizer):
                 mask = covered.setdefault(id(p), torch.zeros(p.shape[0], dtype=torch.bool))
                 mask[i[i >= 0]] = True
             out.append((name, members))
+        sparse = {id(p) for g in self.param_groups if g["c"] > 0 for p in g["params"]}
         for k, p in enumerate(params):
             free = ~covered.get(id(p), torch.zeros(p.shape[0] if p.dim() else 1, dtype=torch.bool))
-            if free.any():
+            if id(p) in sparse and free.any():
                 out.append((f"param{k}", [(p, free.nonzero().flatten())]))
         return out
 

@@ -1,0 +1,161 @@
+"""Batch Bridgeout (METHODS.md section 4): noise statistics, fresh masks, eval, gradients, install/remove."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from prunekit.errors import ConfigError
+from prunekit.methods import create_method, list_methods
+from prunekit.methods.bridgeout import (
+    BridgeoutParam,
+    _NoiseSource,
+    add_bridgeout_,
+    bridgeout_noise,
+    lowest_norm_kernels,
+    remove_bridgeout_,
+)
+
+
+@pytest.fixture(autouse=True)
+def _restore_rng():
+    state = torch.get_rng_state()
+    yield
+    torch.set_rng_state(state)
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 1), nn.ReLU(),  # a 1×1 conv: not perturbed by default
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    )
+
+
+def test_noise_mean_zero_and_variance_matches_bridge_formula():
+    p, q = 0.3, 1.5
+    w = torch.linspace(-2, 2, 41)
+    w[20] = 0.0
+    param = BridgeoutParam(p, q, _NoiseSource(seed=0))
+    big = w.expand(1000, 41)  # masks are elementwise, so 1000 rows × 20 calls = 20000 draws per weight
+    draws = torch.cat([param(big) - big for _ in range(20)])  # [20000, 41]
+    expected_var = p / (1 - p) * w.abs() ** q
+    sd_of_mean = (expected_var / draws.shape[0]).sqrt()
+    assert (draws.mean(0).abs() <= 5 * sd_of_mean + 1e-7).all()
+    assert torch.allclose(draws.var(0), expected_var, rtol=0.05, atol=1e-6)
+    assert torch.equal(draws[:, 20], torch.zeros(20000))  # w = 0: no noise
+
+
+def test_mask_changes_every_step_and_is_reproducible_from_the_seed():
+    model = _net()
+    add_bridgeout_(model, seed=7)
+    conv = model[0]
+    w1, w2 = conv.weight.detach().clone(), conv.weight.detach().clone()
+    assert not torch.equal(w1, w2)  # a fresh mask on every access (the reference reused one forever)
+    x = torch.randn(2, 3, 6, 6)
+    assert not torch.equal(model(x), model(x))
+
+    other = _net()
+    add_bridgeout_(other, seed=7)
+    assert torch.equal(other[0].weight.detach(), w1)  # same seed, same sequence of masks
+    other2 = _net()
+    add_bridgeout_(other2, seed=8)
+    assert not torch.equal(other2[0].weight.detach(), w1)
+
+
+def test_one_mask_per_forward_shared_by_the_batch():
+    model = _net()
+    add_bridgeout_(model, seed=1)
+    x = torch.randn(1, 3, 6, 6)
+    out = model(x.repeat(4, 1, 1, 1))  # BN in train mode mixes the batch, but identical rows stay identical
+    assert torch.allclose(out, out[:1].expand_as(out), atol=1e-6)
+
+
+def test_no_noise_in_eval_mode():
+    model = _net()
+    add_bridgeout_(model, seed=0)
+    model.eval()
+    clean = model[0].parametrizations.weight.original
+    assert torch.equal(model[0].weight, clean)
+    x = torch.randn(2, 3, 6, 6)
+    assert torch.equal(model(x), model(x))
+
+
+def test_gradient_flows_through_the_noise_term():
+    p, q = 0.3, 1.5
+    w = torch.tensor([-1.5, -0.2, 0.0, 0.3, 2.0], requires_grad=True)
+    m = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0])
+    (w + bridgeout_noise(w, m, p, q)).sum().backward()
+    factor = m / (1 - p) - 1
+    analytic = 1 + q / 2 * w.detach().abs() ** (q / 2 - 1) * w.detach().sign() * factor
+    analytic[2] = 1.0  # at w = 0 the noise and its gradient are zero (no inf·0 = NaN)
+    assert torch.isfinite(w.grad).all()
+    assert torch.allclose(w.grad, analytic)
+    assert not torch.allclose(w.grad, torch.ones(5))  # the noise term contributes
+
+
+def test_gradient_reaches_the_real_weight_through_the_parametrization():
+    model = _net()
+    add_bridgeout_(model, seed=0)
+    model(torch.randn(2, 3, 6, 6)).sum().backward()
+    g = model[0].parametrizations.weight.original.grad
+    assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_default_filter_is_3x3_convs_only_and_custom_filter_works():
+    model = _net()
+    names = add_bridgeout_(model)
+    assert names == ["0"]
+    assert not parametrize.is_parametrized(model[3]) and not parametrize.is_parametrized(model[7])
+    assert add_bridgeout_(model) == []  # idempotent
+    other = _net()
+    assert add_bridgeout_(other, filter_fn=lambda m, n: isinstance(m, nn.Conv2d)) == ["0", "3"]
+
+
+def test_targeted_mode_perturbs_only_the_lowest_norm_kernels():
+    torch.manual_seed(0)
+    w = torch.randn(4, 8, 3, 3)
+    mask = lowest_norm_kernels(w, 0.75)
+    assert mask.shape == (4, 8, 1, 1) and torch.equal(mask.sum((1, 2, 3)), torch.full((4,), 6))
+    norms = w.flatten(2).norm(dim=2)
+    assert (norms[mask[..., 0, 0]].reshape(4, 6).max(1).values <= norms[~mask[..., 0, 0]].reshape(4, 2).min(1).values).all()
+    param = BridgeoutParam(0.3, 1.5, _NoiseSource(0), targeted_fraction=0.75)
+    noise = param(w) - w
+    assert torch.equal(noise * ~mask, torch.zeros_like(w))
+    assert (noise * mask).abs().sum() > 0
+
+
+def test_method_prepare_finalize_and_generator_state_round_trip():
+    assert "bridgeout" in list_methods()
+    model = _net()
+    clean = model[0].weight.detach().clone()
+    method = create_method("bridgeout", seed=3)
+    model = method.prepare(model, torch.randn(2, 3, 6, 6))
+    assert parametrize.is_parametrized(model[0], "weight")
+    _ = model[0].weight  # advance the generator once
+    state = method.state_dict()
+    nxt = model[0].weight.detach().clone()
+
+    model2 = _net()
+    m2 = create_method("bridgeout", seed=3)
+    m2.load_state_dict(state)  # before prepare: applied when the layers exist
+    model2 = m2.prepare(model2, torch.randn(2, 3, 6, 6))
+    assert torch.equal(model2[0].weight.detach(), nxt)
+
+    out = method.finalize(model)
+    assert not parametrize.is_parametrized(out[0])
+    assert isinstance(out[0].weight, nn.Parameter) and torch.equal(out[0].weight.detach(), clean)
+    assert "0.weight" in out.state_dict()
+    assert remove_bridgeout_(out) == []
+
+
+def test_bad_options_raise_config_error():
+    with pytest.raises(ConfigError, match="p must"):
+        create_method("bridgeout", p=1.0)
+    with pytest.raises(ConfigError, match="q must"):
+        create_method("bridgeout", q=0)
+    with pytest.raises(ConfigError, match="targeted_fraction"):
+        create_method("bridgeout", targeted_fraction=1.5)
