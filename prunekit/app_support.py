@@ -397,6 +397,9 @@ def collapse_and_compare(loaded: LoadedRun, out_dir: str | Path, *, max_batches:
 
     import prunekit
 
+    missing = [f for f in ("collapse", "compare", "save_slim") if not hasattr(prunekit, f)]
+    if missing:
+        raise PrunekitError(f"this prunekit has no collapse engine yet (prunekit.{', prunekit.'.join(missing)} missing)")
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

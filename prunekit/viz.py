@@ -120,6 +120,14 @@ def _layer_order(rows: pd.DataFrame) -> list[str]:
 
 
 # -- training scalars ----------------------------------------------------------------------------
+_NOT_TERMS = ("loss/task", "loss/train", "loss/val", "loss/test")
+
+
+def _reg_terms(metrics: pd.DataFrame | None) -> list[str]:
+    """``loss/<term>`` names of regulariser terms (not the task loss measured on a split)."""
+    return [n for n in _names(metrics, "loss/") if n not in _NOT_TERMS]
+
+
 def loss_figure(metrics: pd.DataFrame) -> go.Figure:
     """Task loss (left axis) against each regulariser term (right axis; often orders of magnitude smaller)."""
     fig = make_subplots(specs=[[{"secondary_y": True}]])
@@ -129,7 +137,7 @@ def loss_figure(metrics: pd.DataFrame) -> go.Figure:
         task = _series(metrics, "loss")
     if not task.empty:
         fig.add_trace(go.Scatter(x=task["step"], y=task["value"], mode="lines", name="task"), secondary_y=False)
-    terms = [n for n in _names(metrics, "loss/") if n != "loss/task"]
+    terms = _reg_terms(metrics)
     for n in terms:
         s = _series(metrics, n)
         fig.add_trace(
@@ -149,7 +157,7 @@ def explain_loss(metrics: pd.DataFrame) -> str:
     a, b = float(task["value"].iloc[0]), float(task["value"].iloc[-1])
     trend = "fell" if b < a else "rose" if b > a else "stayed"
     text = f"The task loss {trend} from {a:.3g} to {b:.3g} over {int(task['step'].iloc[-1])} steps"
-    terms = {n.split("/", 1)[1]: _last(metrics, n) for n in _names(metrics, "loss/") if n != "loss/task"}
+    terms = {n.split("/", 1)[1]: _last(metrics, n) for n in _reg_terms(metrics)}
     terms = {k: v for k, v in terms.items() if v is not None}
     if not terms:
         return text + "; this method adds no regulariser, so the loss only measures mistakes."

@@ -24,7 +24,7 @@ def _metrics() -> pd.DataFrame:
             (step, ep, "temperature", 5.0 - step / 25),
             (step, ep, "lr", 0.1),
         ]
-    rows += [(49, 0, "acc/val", 0.5), (99, 1, "acc/val", 0.7)]
+    rows += [(49, 0, "acc/val", 0.5), (99, 1, "acc/val", 0.7), (99, 1, "loss/val", 1.5), (99, 1, "loss/test", 1.6)]
     return pd.DataFrame(rows, columns=["step", "epoch", "name", "value"])
 
 

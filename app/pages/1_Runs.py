@@ -53,10 +53,12 @@ with st.expander("Start a run", expanded=True):
         lr = c2.number_input("Learning rate", 1e-6, 10.0, 0.1, format="%g", key="form_lr")
         batch = c3.number_input("Batch size", 1, 4096, 128, key="form_batch")
         seed = c4.number_input("Seed", 0, 2**31 - 1, 0, key="form_seed")
-        c1, c2 = st.columns(2)
+        c1, c2, c3 = st.columns(3)
         max_steps = c1.number_input("Max steps per epoch (0 = all)", 0, 100000, 0, key="form_max_steps",
                                     help="Cap the epoch length for quick what-if runs.")
         samples = c2.number_input("Samples (shapes only, 0 = default)", 0, 1_000_000, 0, key="form_samples")
+        log_every = c3.number_input("Log every (steps)", 1, 10000, 10, key="form_log_every",
+                                    help="How often the charts get a new point; gate statistics cost a little time.")
         opts = {}
         if specs:
             st.markdown(f"**{method} options** (defaults from the paper; hover for what each does)")
@@ -83,7 +85,7 @@ with st.expander("Start a run", expanded=True):
                 method_options=method_options, name=name,
                 data_options={"num_samples": int(samples)} if samples and dataset.startswith("shapes") else {},
                 epochs=int(epochs), lr=float(lr), batch_size=int(batch), seed=int(seed),
-                max_steps_per_epoch=int(max_steps) or None)
+                max_steps_per_epoch=int(max_steps) or None, log_every=int(log_every))
             st.session_state.run_id = sup.start(cfg, WS)
             st.success(f"Started run `{st.session_state.run_id}`.")
             st.page_link("pages/2_Live.py", label="Watch it live", icon="📈")

@@ -1,0 +1,244 @@
+"""Benchmark of the Streamlit app in a real headless Chromium: how fast it answers, and what it costs a run.
+
+Three numbers, against the targets of issue 8:
+  * first chart visible after page load (target ≤ 3 s): from ``page.goto`` to the first plotly SVG on Home;
+  * widget re-render while a run trains (target ≤ 0.5 s median): click the Explore page's cost-axis radio and
+    wait for the chart's axis title to change;
+  * training throughput with the app open on the Live page (refreshing every 1.5 s) vs the same run headless
+    (target ≥ 0.8×), both read from the runs' own ``throughput`` result.
+
+Also the server and browser helpers the browser tests use (:class:`AppServer`, :func:`launch_chromium`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TARGETS = {"first_chart_s": 3.0, "rerender_median_s": 0.5, "throughput_ratio": 0.8}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AppServer:
+    """``streamlit run app/Home.py`` on 127.0.0.1 with ``PRUNEKIT_HOME=workspace``; a context manager.
+
+    Args:
+        workspace: the run store folder the app reads.
+        port: default a free port.
+        log_path: where the server's output goes (default: ``workspace/streamlit.log``).
+    """
+
+    def __init__(self, workspace: str | Path, port: int | None = None, log_path: str | Path | None = None) -> None:
+        self.workspace = Path(workspace)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = Path(log_path) if log_path else self.workspace / "streamlit.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> AppServer:
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PRUNEKIT_HOME": str(self.workspace), "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+        cmd = [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(REPO_ROOT / "app" / "Home.py"),
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(self.port),
+            "--server.headless",
+            "true",
+            "--browser.gatherUsageStats",
+            "false",
+            "--server.fileWatcherType",
+            "none",
+        ]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(self.url + "/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise TimeoutError(f"streamlit did not answer on {self.url} within {timeout} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> AppServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def launch_chromium(playwright: Any, executable: str = CHROMIUM) -> Any:
+    """The system Chromium, headless (never ``playwright install``)."""
+    return playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+
+
+def wait_app_idle(page: Any, timeout_ms: int = 30000) -> None:
+    """Wait until Streamlit reports no script running (the status widget disappears)."""
+    page.wait_for_selector("[data-testid='stApp']", timeout=timeout_ms)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
+
+
+def _bench_config(epochs: int, steps: int) -> Any:
+    from prunekit import app_support as sup
+
+    return sup.build_run_config(
+        method="dense",
+        data_options={"num_samples": 512},
+        epochs=epochs,
+        max_steps_per_epoch=steps,
+        batch_size=32,
+        log_every=5,
+    )
+
+
+def _throughput(workspace: Path, cfg: Any, timeout: float) -> float:
+    from prunekit.train.runner import start_run
+
+    info = start_run(cfg, workspace=workspace).wait(timeout)
+    if info.status != "done":
+        raise RuntimeError(f"benchmark run ended {info.status}: {info.error}")
+    return float(info.result["throughput"])
+
+
+def bench_app(
+    out_dir: str | Path, *, epochs: int = 2, steps: int = 12, repeats: int = 5, chromium: str = CHROMIUM
+) -> dict[str, Any]:
+    """Measure the app in headless Chromium; write ``app.json`` and ``app.md`` to ``out_dir``.
+
+    Returns:
+        ``{"first_chart_s": [..], "first_chart_median_s", "rerender_s": [..], "rerender_median_s",
+        "throughput_headless", "throughput_app_open", "throughput_ratio", "targets", "passed": {...}}``.
+    """
+    from playwright.sync_api import sync_playwright
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ws = out_dir / "workspace"
+    cfg = _bench_config(epochs, steps)
+    res: dict[str, Any] = {"config": cfg.to_dict(), "cpu_count": os.cpu_count()}
+    res["throughput_headless"] = _throughput(ws, cfg, 600)
+
+    with AppServer(ws) as server, sync_playwright() as p:
+        browser = launch_chromium(p, chromium)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        # First chart: Home draws the most recent run's loss chart.
+        firsts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            page.goto(server.url, wait_until="commit")
+            page.wait_for_selector(".js-plotly-plot .main-svg", state="visible", timeout=30000)
+            firsts.append(time.perf_counter() - t0)
+        # Throughput with the Live page open and refreshing on the training run.
+        from prunekit.train.runner import start_run
+
+        handle = start_run(cfg, workspace=ws)
+        live = browser.new_page(viewport={"width": 1400, "height": 1000})
+        live.goto(server.url + "/Live")
+        # Re-render: toggle the Explore page's cost axis while the run trains.
+        page.goto(server.url + "/Explore")
+        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30000)
+        wait_app_idle(page)
+        rerenders = []
+        labels = ["latency, batch 1 (after collapse)", "MACs kept (hard mask)"]
+        titles = ["latency at batch 1", "MACs kept (fraction"]
+        for i in range(2 * repeats):
+            if handle.status not in ("queued", "running") and i >= repeats:
+                break
+            t0 = time.perf_counter()
+            page.get_by_text(labels[i % 2], exact=True).click()
+            page.wait_for_selector(f".js-plotly-plot .xtitle:has-text('{titles[i % 2]}')", timeout=30000)
+            rerenders.append(time.perf_counter() - t0)
+            wait_app_idle(page)
+        info = handle.wait(600)
+        browser.close()
+    if info.status != "done":
+        raise RuntimeError(f"benchmark run with the app open ended {info.status}: {info.error}")
+    res["throughput_app_open"] = float(info.result["throughput"])
+    res["throughput_ratio"] = res["throughput_app_open"] / res["throughput_headless"]
+    res["first_chart_s"], res["first_chart_median_s"] = firsts, statistics.median(firsts)
+    res["rerender_s"], res["rerender_median_s"] = rerenders, statistics.median(rerenders)
+    res["targets"] = TARGETS
+    res["passed"] = {
+        "first_chart_s": res["first_chart_median_s"] <= TARGETS["first_chart_s"],
+        "rerender_median_s": res["rerender_median_s"] <= TARGETS["rerender_median_s"],
+        "throughput_ratio": res["throughput_ratio"] >= TARGETS["throughput_ratio"],
+    }
+    (out_dir / "app.json").write_text(json.dumps(res, indent=2))
+    (out_dir / "app.md").write_text(markdown_table(res))
+    return res
+
+
+def markdown_table(res: dict[str, Any]) -> str:
+    """The benchmark as a markdown table (measured, target, met?)."""
+    rows = [
+        (
+            "first chart visible after page load (median)",
+            f"{res['first_chart_median_s']:.2f} s",
+            "≤ 3 s",
+            res["passed"]["first_chart_s"],
+        ),
+        (
+            "widget re-render while a run trains (median)",
+            f"{res['rerender_median_s']:.2f} s",
+            "≤ 0.5 s",
+            res["passed"]["rerender_median_s"],
+        ),
+        (
+            "training throughput, app open / headless",
+            f"{res['throughput_ratio']:.2f}× ({res['throughput_app_open']:.0f} / {res['throughput_headless']:.0f} img/s)",
+            "≥ 0.8×",
+            res["passed"]["throughput_ratio"],
+        ),
+    ]
+    lines = ["| measure | measured | target | met |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {'yes' if d else 'no'} |" for a, b, c, d in rows]
+    return "\n".join(lines) + f"\n\n{res.get('cpu_count')} CPU cores; run config: dense ResNet-20 on shapes.\n"

@@ -1,0 +1,125 @@
+"""End to end in a real headless Chromium: start a tiny run from the UI, watch it live, collapse, compare.
+
+Uses the system Chromium (never ``playwright install``) and a `streamlit run` on 127.0.0.1 with a temporary
+workspace. Screenshots of every page go to test-artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from prunekit.bench.app import CHROMIUM, REPO_ROOT, AppServer, launch_chromium, wait_app_idle
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"),
+]
+sync_api = pytest.importorskip("playwright.sync_api")
+SHOTS = REPO_ROOT / "test-artifacts" / "screenshots"
+
+
+def _shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def _live_step(page) -> int:
+    text = page.locator("[data-testid='stProgress']").first.inner_text(timeout=30000)
+    m = re.search(r"step (\d+)", text)
+    return int(m.group(1)) if m else -1
+
+
+def _set_number(page, label: str, value: int) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Tab")
+
+
+@pytest.fixture
+def server(tmp_path):
+    with AppServer(tmp_path / "ws") as s:
+        yield s
+
+
+def test_tiny_run_from_the_ui_to_collapse(server):
+    with sync_api.sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(server.url)
+            page.get_by_role("button", name="Start the default experiment").wait_for(timeout=60000)
+            wait_app_idle(page)
+            _shot(page, "home_empty")
+
+            # Runs: a tiny run (256 samples, a few steps per epoch, logging every step).
+            page.goto(server.url + "/Runs")
+            page.get_by_text("Start a run").first.wait_for(timeout=60000)
+            wait_app_idle(page)
+            _set_number(page, "Epochs", 3)
+            _set_number(page, "Batch size", 16)
+            _set_number(page, "Max steps per epoch (0 = all)", 8)
+            _set_number(page, "Samples (shapes only, 0 = default)", 256)
+            _set_number(page, "Log every (steps)", 1)
+            page.get_by_role("button", name="Start run").click()
+            page.get_by_text(re.compile(r"Started run `?r\d")).wait_for(timeout=60000)
+            _shot(page, "runs")
+
+            # Live: the step counter and the charts advance while it trains.
+            page.goto(server.url + "/Live")
+            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60000)
+            seen = set()
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and len(seen) < 3:
+                step = _live_step(page)
+                if step > 0:
+                    seen.add(step)
+                if "status: done" in page.locator("[data-testid='stProgress']").first.inner_text():
+                    break
+                time.sleep(0.5)
+            assert len(seen) >= 2, f"the live view never advanced: saw steps {sorted(seen)}"
+            assert page.locator(".js-plotly-plot").count() >= 4
+            _shot(page, "live")
+
+            # A second tab on the same app works independently.
+            other = browser.new_page(viewport={"width": 1200, "height": 900})
+            other.goto(server.url + "/Explore")
+            other.wait_for_selector(".js-plotly-plot .main-svg", timeout=60000)
+            other.close()
+
+            page.get_by_text("status: done").wait_for(timeout=180000)
+            _shot(page, "live_done")
+
+            page.goto(server.url + "/Explore")
+            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60000)
+            wait_app_idle(page, 120000)
+            _shot(page, "explore")
+
+            # Collapse & compare: the comparison table, or a clear message when collapse refuses.
+            page.goto(server.url + "/Collapse")
+            page.get_by_role("button", name="Collapse").wait_for(timeout=60000)
+            wait_app_idle(page)
+            page.get_by_role("button", name="Collapse").click()
+            outcome = page.get_by_text(re.compile(r"Collapsed in|Collapse refused")).first
+            outcome.wait_for(timeout=180000)
+            wait_app_idle(page, 60000)
+            _shot(page, "collapse")
+            if outcome.inner_text().startswith("Collapsed in"):
+                table = page.locator("[data-testid='stDataFrame']").first
+                assert table.is_visible()
+                assert page.get_by_text("Original (masked) vs slim (removed)").is_visible()
+            else:
+                assert "Traceback" not in page.content()
+                assert page.locator("[data-testid='stException']").count() == 0
+
+            # Home again, now showing the most recent run.
+            page.goto(server.url)
+            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60000)
+            _shot(page, "home")
+            assert page.locator("[data-testid='stException']").count() == 0
+        finally:
+            browser.close()
