@@ -1,0 +1,202 @@
+"""Insert one gate per prunable coupled-channel group: ``augment(model, x) -> GatedModel``.
+
+The gate multiplies the outputs of the group's gate points (BatchNorms, or convs/linears without a
+following BatchNorm of the group), after BN and before the activation as in CRISP:
+y = act(g ⊙ BN(conv(x))). Gate values are computed once per forward, then forward hooks apply them.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError, UnsupportedModelError
+from prunekit.gates import create_gate
+from prunekit.gates.base import Gate
+from prunekit.graph import ChannelGroup, Member, analyze
+
+log = logging.getLogger(__name__)
+
+
+class GroupHandle:
+    """A prunable group as users see it: ``.name``, ``.size``, ``.members``, ``.gate``, ``.set_mask``."""
+
+    def __init__(self, group: ChannelGroup, gate: Gate, index: int) -> None:
+        self.group = group
+        self.gate = gate
+        self.index = index
+
+    name = property(lambda self: self.group.name)
+    size = property(lambda self: self.group.size)
+    members = property(lambda self: self.group.members)
+    critical = property(lambda self: self.group.critical)
+
+    def set_mask(self, mask: Any) -> None:
+        """Force a hard keep (True) / remove (False) mask of length ``size``."""
+        self.gate.set_mask(mask)
+
+    def values(self) -> torch.Tensor:
+        """Eval gate values [size] (0 where removed)."""
+        return self.gate.values()
+
+    def hard_mask(self) -> torch.Tensor:
+        return self.gate.hard_mask()
+
+    def __repr__(self) -> str:
+        return f"Group({self.name!r}, size={self.size}, members={len(self.members)}, critical={self.critical})"
+
+
+class _GateHook:
+    """Forward hook multiplying a module's output channels by the current gate values."""
+
+    def __init__(self, owner: GatedModel, entries: list[tuple[int, Member]], width: int) -> None:
+        self.owner_ref = owner
+        self.entries = entries
+        self.width = width
+        self.full = len(entries) == 1 and entries[0][1].covers_all
+
+    def mask(self, values: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        if self.full:
+            return values[self.entries[0][0]].to(like.dtype)
+        v = like.new_ones(self.width)
+        for gi, m in self.entries:
+            v = v.index_put((m.idxs.to(v.device),), values[gi][m.root_idxs.to(v.device)].to(v.dtype))
+        return v
+
+    def __call__(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+        values = self.owner_ref._values
+        if values is None:  # the base model called on its own: no gating
+            return None
+        v = self.mask(values, output)
+        return output * v.view(1, -1, *([1] * (output.dim() - 2)))
+
+
+class GatedModel(nn.Module):
+    """A model with one gate per prunable coupled-channel group.
+
+    Train mode uses each gate's relaxation; eval mode uses deterministic values times the keep masks,
+    which is exactly what :func:`prunekit.collapse` turns into a slim network.
+
+    Attributes:
+        model: the wrapped network (its modules carry the gate hooks).
+        gates: one gate per prunable group, aligned with ``groups``.
+        groups: list of :class:`GroupHandle`.
+        fixed_groups: groups that stay whole, each with the reason.
+        example_shape: input shape used for the analysis (cost model, collapse check).
+    """
+
+    def __init__(self, model: nn.Module, groups: list[ChannelGroup], gates: list[Gate], example_input: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.gates = nn.ModuleList(gates)
+        prunable = [g for g in groups if g.prunable]
+        self.groups = [GroupHandle(g, gate, i) for i, (g, gate) in enumerate(zip(prunable, gates))]
+        self.fixed_groups = [g for g in groups if not g.prunable]
+        self.register_buffer("example_input", example_input.detach().clone(), persistent=False)
+        self._values: list[torch.Tensor] | None = None
+        self._hooks = []
+        names = dict(model.named_modules())
+        entries: dict[str, list[tuple[int, Member]]] = {}
+        for h in self.groups:
+            for m in h.group.gate_points:
+                entries.setdefault(m.name, []).append((h.index, m))
+        for name, ents in entries.items():
+            module = names[name]
+            width = ents[0][1].module.num_features if hasattr(module, "num_features") else _out_width(module)
+            self._hooks.append(module.register_forward_hook(_GateHook(self, ents, width)))
+        self.gate_points = {name: ents for name, ents in entries.items()}
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self._values = [g() for g in self.gates]
+        try:
+            return self.model(*args, **kwargs)
+        finally:
+            self._values = None
+
+    # -- conveniences --------------------------------------------------------------------------
+    def group(self, name: str) -> GroupHandle:
+        for h in self.groups:
+            if h.name == name:
+                return h
+        raise ConfigError(f"no prunable group named {name!r}")
+
+    def gate_values(self) -> dict[str, torch.Tensor]:
+        """Eval gate values per group name."""
+        return {h.name: h.values() for h in self.groups}
+
+    def hard_masks(self) -> dict[str, torch.Tensor]:
+        return {h.name: h.hard_mask() for h in self.groups}
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        """Trainable gate logits (they get their own optimizer group)."""
+        return list(self.gates.parameters())
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return list(self.model.parameters())
+
+    @torch.no_grad()
+    def prune_(self, threshold: float) -> int:
+        """Apply every gate's prune rule at ``threshold``; returns the number of kept channels."""
+        return sum(h.gate.prune_(threshold) for h in self.groups)
+
+    def extra_repr(self) -> str:
+        return f"groups={len(self.groups)}, fixed={len(self.fixed_groups)}"
+
+
+def _out_width(module: nn.Module) -> int:
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    return module.out_channels
+
+
+def is_gate_hook(hook: Callable[..., Any]) -> bool:
+    return isinstance(hook, _GateHook)
+
+
+def augment(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    gate: str = "crisp",
+    *,
+    gate_options: dict[str, Any] | None = None,
+    filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    inplace: bool = False,
+    timeout_s: float = 120.0,
+) -> GatedModel:
+    """Gate every prunable coupled-channel group of ``model``.
+
+    Args:
+        model: a CNN traceable with ``example_input`` (the classifier/segmentation head is protected).
+        example_input: a batch like the real inputs, e.g. [1, 3, 32, 32].
+        gate: registered gate kind (``crisp``, ``hardconcrete``, ``bernoulli``, ``dpp``, ...).
+        gate_options: keyword options of the gate kind (e.g. ``{"a": 5.0}``).
+        filter_fn: ``filter_fn(root_module, name) -> bool``; groups whose root fails stay whole.
+        inplace: gate ``model`` itself instead of a deep copy.
+        timeout_s: bound on the graph analysis.
+    Returns:
+        a :class:`GatedModel`; ``.groups`` lists the prunable groups.
+    """
+    if isinstance(model, GatedModel):
+        raise ConfigError("model is already gated (a GatedModel); pass the plain model")
+    if not isinstance(example_input, torch.Tensor):
+        raise ConfigError(f"example_input must be a tensor, got {type(example_input).__name__}")
+    target = model if inplace else copy.deepcopy(model)
+    device = next((p.device for p in target.parameters()), torch.device("cpu"))
+    example_input = example_input.to(device)
+    groups = analyze(target, example_input, filter_fn=filter_fn, timeout_s=timeout_s)
+    prunable = [g for g in groups if g.prunable]
+    if not prunable:
+        reasons = "; ".join(sorted({g.reason or "" for g in groups})[:3]) or "no conv/linear layers found"
+        raise UnsupportedModelError(f"{type(model).__name__} has no prunable channel group ({reasons})")
+    gates = [create_gate(gate, g.size, critical=g.critical, **(gate_options or {})).to(device) for g in prunable]
+    gated = GatedModel(target, groups, gates, example_input[:1])
+    for attr in ("pk_spec", "pk_task"):
+        if hasattr(model, attr):
+            setattr(gated, attr, getattr(model, attr))
+    log.info("augmented %s: %d gated groups, %d fixed", type(model).__name__, len(prunable), len(groups) - len(prunable))
+    return gated

@@ -1,0 +1,234 @@
+"""Collapse a gated network into a slim dense one with the same outputs.
+
+Steps (each exact in eval mode):
+1. fold every gate value into the layer it multiplies: BatchNorm γ, β ← g·γ, g·β (or conv/linear
+   weight and bias) — folding before slicing keeps a removed channel's output exactly zero, so BN
+   cannot rescale a near-zero gated channel back to life;
+2. slice every member of every group: output channels of producers, BN channels, input channels of
+   consumers (through concatenations and flatten, via the group's index maps);
+3. a group with no survivor removes its branch: producers become ``EmptyChannels``, their BatchNorms
+   ``Removed``, and each consumer conv a ``ConstantMap`` emitting its bias, so a residual block whose
+   branch is closed becomes its shortcut plus the exact constant the branch still added (BN's
+   β − γμ/√(σ²+ε) of a zero input). Where an op between cannot carry zero channels, one zeroed channel
+   is kept instead (still exact; noted in ``pk_collapse["dummy_channels"]``);
+4. compare ``slim(x)`` with ``gated.eval()(x)`` and raise :class:`CollapseError` beyond tolerance.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit._slim_modules import ConstantMap, EmptyChannels, Removed, resize_module, set_submodule
+from prunekit.augment import GatedModel, _GateHook, is_gate_hook
+from prunekit.errors import CollapseError, ConfigError
+from prunekit.graph import _BN, _CONVT, is_depthwise
+
+log = logging.getLogger(__name__)
+
+
+def _strip_gate_hooks(model: nn.Module) -> None:
+    for m in model.modules():
+        for key in [k for k, h in m._forward_hooks.items() if is_gate_hook(h)]:
+            del m._forward_hooks[key]
+
+
+@torch.no_grad()
+def _fold(module: nn.Module, v: torch.Tensor, name: str) -> None:
+    if isinstance(module, _BN):
+        if not module.affine:
+            raise CollapseError(f"cannot fold a gate into non-affine BatchNorm {name!r}")
+        module.weight.mul_(v)
+        module.bias.mul_(v)
+        return
+    out_dim = 1 if isinstance(module, _CONVT) else 0
+    shape = [1] * module.weight.dim()
+    shape[out_dim] = -1
+    module.weight.mul_(v.view(shape))
+    if module.bias is not None:
+        module.bias.mul_(v)
+
+
+def _keep_masks(gated: GatedModel, keep: list[torch.Tensor]) -> dict[tuple[str, str], torch.Tensor]:
+    masks: dict[tuple[str, str], torch.Tensor] = {}
+    for h in gated.groups:
+        for m in h.group.members:
+            from prunekit.graph import _dim_size
+
+            key = (m.name, "out" if isinstance(m.module, _BN) else m.dim)
+            if key not in masks:
+                masks[key] = torch.ones(_dim_size(m.module, key[1]), dtype=torch.bool)
+            masks[key][m.idxs] = keep[h.index][m.root_idxs.to(keep[h.index].device)].cpu()
+    return masks
+
+
+def _plan(gated: GatedModel, keep: list[torch.Tensor]) -> dict[str, dict[str, Any]]:
+    """Per module: the new spec (resize with kept indices, or a replacement)."""
+    masks = _keep_masks(gated, keep)
+    modules = dict(gated.model.named_modules())
+    names = sorted({name for name, _ in masks})
+    plan: dict[str, dict[str, Any]] = {}
+    for name in names:
+        mod = modules[name]
+        out_m = masks.get((name, "out"))
+        in_m = masks.get((name, "in"))
+        if isinstance(mod, _BN) or isinstance(mod, nn.PReLU) or is_depthwise(mod):
+            m = out_m if out_m is not None else in_m
+            if in_m is not None and out_m is not None:
+                m = out_m & in_m
+            if not m.any():
+                plan[name] = {"replace": Removed() if not is_depthwise(mod) else EmptyChannels.like(mod)}
+            elif not m.all():
+                plan[name] = {"out": m.nonzero().flatten(), "in": None}
+            continue
+        if out_m is not None and not out_m.any():
+            plan[name] = {"replace": EmptyChannels.like(mod)}
+            continue
+        if in_m is not None and not in_m.any():
+            plan[name] = {"replace": ConstantMap.like(mod)}
+            continue
+        o = None if out_m is None or out_m.all() else out_m.nonzero().flatten()
+        i = None if in_m is None or in_m.all() else in_m.nonzero().flatten()
+        if o is not None or i is not None:
+            plan[name] = {"out": o, "in": i}
+    return plan
+
+
+def _apply(slim: nn.Module, plan: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    modules = dict(slim.named_modules())
+    layers: dict[str, dict[str, Any]] = {}
+    for name, step in plan.items():
+        if "replace" in step:
+            rep = step["replace"]
+            set_submodule(slim, name, rep)
+            layers[name] = rep.spec()
+        else:
+            mod = modules[name]
+            resize_module(mod, step["out"], step["in"])
+            layers[name] = {"type": "resize", **_widths(mod)}
+    return layers
+
+
+def _widths(mod: nn.Module) -> dict[str, int]:
+    if isinstance(mod, _BN):
+        return {"out": mod.num_features}
+    if isinstance(mod, nn.PReLU):
+        return {"out": mod.num_parameters}
+    if isinstance(mod, nn.Linear):
+        return {"out": mod.out_features, "in": mod.in_features}
+    return {"out": mod.out_channels, "in": mod.in_channels}
+
+
+def _check_inputs(gated: GatedModel, example_input: torch.Tensor | None) -> list[torch.Tensor]:
+    base = gated.example_input if example_input is None else example_input
+    gen = torch.Generator().manual_seed(0)
+    rand = torch.randn((1, *base.shape[1:]), generator=gen).to(base.device, base.dtype)
+    # one batch: the real example (or the one augment saw) and a random input of the same shape
+    return [torch.cat([base[:1], rand])]
+
+
+def collapse(
+    gated: GatedModel,
+    example_input: torch.Tensor | None = None,
+    *,
+    tol: float = 1e-4,
+    check: bool = True,
+) -> nn.Module:
+    """Turn a GatedModel into a plain, smaller network with the same eval-mode outputs.
+
+    Args:
+        gated: the gated network (its current eval gate values and keep masks decide what stays).
+        example_input: input for the equivalence check (default: the one used by ``augment``, plus a
+            random batch of 2).
+        tol: maximum allowed |slim(x) − gated(x)|, relative to max(1, max |gated(x)|).
+        check: run the equivalence check (leave on; it is what makes collapse safe).
+    Returns:
+        a new ``nn.Module`` with no gates, masks or hooks. ``slim.pk_collapse`` records per-layer
+        widths, removed layers, the measured max difference and the collapse time.
+    Raises:
+        CollapseError: the outputs differ beyond tolerance (nothing is returned).
+    """
+    if not isinstance(gated, GatedModel):
+        raise ConfigError(f"collapse expects a GatedModel (from prunekit.augment), got {type(gated).__name__}")
+    t0 = time.perf_counter()
+    was_training = gated.training
+    gated.eval()
+    try:
+        values = [h.gate.values() for h in gated.groups]
+        keep = [v != 0 for v in values]
+        inputs = _check_inputs(gated, example_input)
+        with torch.no_grad():
+            refs = [gated(x) for x in inputs] if check else []
+        dummy: list[str] = []
+        slim, layers = _build(gated, values, keep)
+        if check:
+            try:
+                diff = _max_diff(slim, inputs, refs)
+            except RuntimeError as e:
+                # an op between producer and consumer could not carry zero channels: keep one zeroed channel
+                empty = [h for h in gated.groups if not keep[h.index].any()]
+                if not empty:
+                    raise CollapseError(f"collapsed network fails to run: {e}") from e
+                for h in empty:
+                    keep[h.index] = keep[h.index].clone()
+                    keep[h.index][0] = True
+                    dummy.append(h.name)
+                log.info("branch removal not possible for %s (%s); keeping one zeroed channel", dummy, e)
+                slim, layers = _build(gated, values, keep)
+                diff = _max_diff(slim, inputs, refs)
+            scale = max(1.0, max(float(r.abs().max()) for r in refs))
+            if not diff <= tol * scale:
+                raise CollapseError(
+                    f"collapsed network differs from the gated one by {diff:.3g} (> {tol:g} × {scale:.3g}); "
+                    "refusing to return a wrong network"
+                )
+        else:
+            diff = float("nan")
+    finally:
+        gated.train(was_training)
+    for attr in ("pk_spec", "pk_task"):
+        if hasattr(gated, attr):
+            setattr(slim, attr, copy.deepcopy(getattr(gated, attr)))
+    removed = sorted(n for n, s in layers.items() if s["type"] in ("ConstantMap", "EmptyChannels", "Removed"))
+    slim.pk_collapse = {
+        "layers": layers,
+        "removed": removed,
+        "dummy_channels": dummy,
+        "max_diff": diff,
+        "seconds": time.perf_counter() - t0,
+    }
+    log.info("collapsed %d groups in %.2fs, max diff %.2e", len(gated.groups), slim.pk_collapse["seconds"], diff)
+    return slim
+
+
+def _build(gated: GatedModel, values: list[torch.Tensor], keep: list[torch.Tensor]) -> tuple[nn.Module, dict]:
+    slim = copy.deepcopy(gated.model)
+    _strip_gate_hooks(slim)
+    modules = dict(slim.named_modules())
+    for name, entries in gated.gate_points.items():
+        hook = _GateHook(gated, entries, entries[0][1].module.num_features if hasattr(modules[name], "num_features") else _width(modules[name]))
+        v = hook.mask(values, values[entries[0][0]])
+        _fold(modules[name], v, name)
+    layers = _apply(slim, _plan(gated, keep))
+    slim.eval()
+    return slim, layers
+
+
+def _width(mod: nn.Module) -> int:
+    return mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
+
+
+@torch.no_grad()
+def _max_diff(slim: nn.Module, inputs: list[torch.Tensor], refs: list[torch.Tensor]) -> float:
+    diff = 0.0
+    for x, ref in zip(inputs, refs):
+        y = slim(x)
+        if y.shape != ref.shape:
+            raise CollapseError(f"collapsed output shape {tuple(y.shape)} != gated output shape {tuple(ref.shape)}")
+        diff = max(diff, float((y - ref).abs().max()))
+    return diff

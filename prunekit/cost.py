@@ -1,0 +1,202 @@
+"""Exact and relaxed cost: MACs and parameters.
+
+Convention: 1 MAC = one multiply-add, counted by ``torch.utils.flop_counter`` (FLOPs / 2) for convolutions,
+transposed convolutions and matrix products, per input sample. BatchNorm, activations, pooling and
+additions are not counted (the usual convention of DepGraph/thop tables; state it beside every number).
+
+The relaxed cost replaces each layer's channel counts by the sum of its gate values, so that
+for a conv  F̃ = H_out·W_out·k_h·k_w/groups · (Σ g_in)(Σ g_out), and equals the exact count of the
+collapsed network when all gates are hard 0/1 (tested across the zoo).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from prunekit.graph import _BN, _CONV, _CONVT, is_depthwise
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    from prunekit.augment import GatedModel
+
+    return model.model if isinstance(model, GatedModel) else model
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
+    """Exact MACs per sample of one forward pass (flop counter FLOPs / 2 / batch size).
+
+    A GatedModel is counted as its dense base network (gates only mask).
+    """
+    net = _unwrap(model)
+    was = net.training
+    net.eval()
+    try:
+        with FlopCounterMode(display=False) as fc:
+            net(example_input)
+    finally:
+        net.train(was)
+    return int(round(fc.get_total_flops() / 2 / example_input.shape[0]))
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (a GatedModel: of its base network, gate logits excluded)."""
+    return sum(p.numel() for p in _unwrap(model).parameters())
+
+
+@dataclass
+class _LayerCost:
+    name: str
+    macs: float  # dense MACs per sample
+    weight: float  # dense weight parameters
+    bias: int  # 1 if the layer has a bias (per output channel)
+    c_in: int
+    c_out: int
+    depthwise: bool
+    norm: bool  # BatchNorm: params 2·C, no MACs
+
+
+class CostModel:
+    """Per-layer dense costs of a GatedModel and their relaxation by gate values.
+
+    Built once (one traced forward); ``macs(values)``/``params(values)`` are cheap, differentiable
+    functions of the per-group gate values.
+    """
+
+    def __init__(self, gated: nn.Module) -> None:
+        net = gated.model
+        x = gated.example_input
+        shapes: dict[str, tuple[torch.Size, torch.Size]] = {}
+        hooks = []
+        for name, mod in net.named_modules():
+            if isinstance(mod, _CONV + _CONVT + (nn.Linear,)):
+                hooks.append(mod.register_forward_hook(lambda m, i, o, n=name: shapes.__setitem__(n, (i[0].shape, o.shape))))
+        was = net.training
+        net.eval()
+        try:
+            with torch.no_grad():
+                net(x)
+        finally:
+            net.train(was)
+            for h in hooks:
+                h.remove()
+        modules = dict(net.named_modules())
+        self.layers: list[_LayerCost] = []
+        for name, (ishape, oshape) in shapes.items():
+            mod = modules[name]
+            n = oshape[0]
+            if isinstance(mod, nn.Linear):
+                macs = oshape.numel() / n * mod.in_features
+            elif isinstance(mod, _CONVT):
+                # flop counter: transposed conv costs in_numel · (C_out/groups) · k
+                macs = ishape.numel() / n * (mod.out_channels // mod.groups) * _prod(mod.kernel_size)
+            else:
+                macs = oshape.numel() / n * (mod.in_channels // mod.groups) * _prod(mod.kernel_size)
+            c_in = mod.in_features if isinstance(mod, nn.Linear) else mod.in_channels
+            c_out = mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
+            self.layers.append(
+                _LayerCost(name, float(macs), float(mod.weight.numel()), int(mod.bias is not None), c_in, c_out, is_depthwise(mod), False)
+            )
+        for name, mod in net.named_modules():
+            if isinstance(mod, _BN) and mod.affine:
+                self.layers.append(_LayerCost(name, 0.0, 0.0, 2, mod.num_features, mod.num_features, False, True))
+        self.other_params = sum(p.numel() for p in net.parameters()) - sum(
+            lc.weight + lc.bias * lc.c_out for lc in self.layers
+        )
+        # group slices per (layer, dim): lists of (group index, idxs, root_idxs)
+        self._slices: dict[tuple[str, str], list[tuple[int, torch.Tensor]]] = {}
+        for h in gated.groups:
+            for m in h.group.members:
+                self._slices.setdefault((m.name, m.dim), []).append((h.index, m.root_idxs))
+        self.dense_macs = float(sum(lc.macs for lc in self.layers))
+        self.dense_params = float(sum(p.numel() for p in net.parameters()))
+
+    def _count(self, name: str, dim: str, full: int, values: list[torch.Tensor]) -> torch.Tensor | float:
+        """Soft channel count of one layer dim: full − Σ over gated slices of (1 − g)."""
+        n: torch.Tensor | float = float(full)
+        for gi, roots in self._slices.get((name, dim), ()):
+            v = values[gi]
+            n = n - (1.0 - v[roots.to(v.device)]).sum()
+        return n
+
+    def macs(self, values: list[torch.Tensor]) -> torch.Tensor:
+        """Relaxed MACs per sample for per-group gate values (list aligned with ``gated.groups``)."""
+        total: torch.Tensor | float = 0.0
+        for lc in self.layers:
+            if lc.norm or lc.macs == 0:
+                continue
+            n_out = self._count(lc.name, "out", lc.c_out, values)
+            if lc.depthwise:
+                total = total + lc.macs * n_out / lc.c_out
+            else:
+                n_in = self._count(lc.name, "in", lc.c_in, values)
+                total = total + lc.macs * (n_in / lc.c_in) * (n_out / lc.c_out)
+        return torch.as_tensor(total)
+
+    def params(self, values: list[torch.Tensor]) -> torch.Tensor:
+        """Relaxed parameter count."""
+        total: torch.Tensor | float = float(self.other_params)
+        for lc in self.layers:
+            n_out = self._count(lc.name, "out", lc.c_out, values)
+            if lc.norm:
+                total = total + 2 * n_out
+                continue
+            if lc.depthwise:
+                total = total + lc.weight * n_out / lc.c_out
+            else:
+                n_in = self._count(lc.name, "in", lc.c_in, values)
+                total = total + lc.weight * (n_in / lc.c_in) * (n_out / lc.c_out)
+            total = total + lc.bias * n_out
+        return torch.as_tensor(total)
+
+
+def _prod(t) -> int:
+    out = 1
+    for v in t:
+        out *= int(v)
+    return out
+
+
+def _cost_model(gated: nn.Module) -> CostModel:
+    cm = getattr(gated, "_cost_model", None)
+    if cm is None:
+        cm = CostModel(gated)
+        object.__setattr__(gated, "_cost_model", cm)  # plain attribute, not a submodule
+    return cm
+
+
+def gate_values(gated: nn.Module, mode: str = "expected") -> list[torch.Tensor]:
+    """Per-group gate values: ``expected`` (differentiable), ``hard`` (0/1 survivors) or ``eval``."""
+    if mode == "expected":
+        return [h.gate.expected() * h.gate.keep.to(torch.float32) for h in gated.groups]
+    if mode == "hard":
+        return [h.gate.hard_mask().to(torch.float32) for h in gated.groups]
+    if mode == "eval":
+        return [h.gate.values() for h in gated.groups]
+    from prunekit.errors import ConfigError
+
+    raise ConfigError(f"mode must be expected, hard or eval, got {mode!r}")
+
+
+def relaxed_macs(gated: nn.Module, mode: str = "expected") -> torch.Tensor:
+    """Relaxed MACs per sample of a GatedModel; with ``mode="hard"`` equals the collapsed net's MACs."""
+    return _cost_model(gated).macs(gate_values(gated, mode))
+
+
+def relaxed_params(gated: nn.Module, mode: str = "expected") -> torch.Tensor:
+    return _cost_model(gated).params(gate_values(gated, mode))
+
+
+def macs_ratio(gated: nn.Module, mode: str = "expected") -> torch.Tensor:
+    """Relaxed MACs / dense MACs (F̃/F₀ of the CRISP structure loss)."""
+    cm = _cost_model(gated)
+    return cm.macs(gate_values(gated, mode)) / cm.dense_macs
+
+
+def params_ratio(gated: nn.Module, mode: str = "expected") -> torch.Tensor:
+    cm = _cost_model(gated)
+    return cm.params(gate_values(gated, mode)) / cm.dense_params

@@ -1,0 +1,54 @@
+"""L0 hard-concrete gate (Louizos et al. 2018): γ = −0.1, ζ = 1.1, β = 2/3."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prunekit.gates.base import Gate, register_gate
+from prunekit.gates.relaxations import (
+    HC_BETA,
+    HC_GAMMA,
+    HC_ZETA,
+    hard_concrete_deterministic,
+    hard_concrete_prob_nonzero,
+    hard_concrete_sample,
+)
+
+
+@register_gate("hardconcrete")
+class HardConcreteGate(Gate):
+    """Stochastic in training, ``clamp(sigmoid(log α)(ζ−γ)+γ, 0, 1)`` at eval (exact zeros possible).
+
+    Args:
+        init_keep: initial P(keep) ≈ sigmoid(log α); 0.9 starts close to the dense network.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        critical: bool = False,
+        init_keep: float = 0.9,
+        beta: float = HC_BETA,
+        gamma: float = HC_GAMMA,
+        zeta: float = HC_ZETA,
+    ) -> None:
+        super().__init__(size, critical)
+        p = torch.tensor(float(init_keep)).clamp(1e-3, 1 - 1e-3)
+        self.log_alpha = nn.Parameter(torch.full((size,), float(torch.log(p) - torch.log1p(-p))))
+        self.beta, self.gamma, self.zeta = beta, gamma, zeta
+
+    def relaxed(self) -> torch.Tensor:
+        z = hard_concrete_sample(self.log_alpha, self.beta, self.gamma, self.zeta)
+        if self.critical:
+            z = z / z.max().clamp_min(1e-6)
+        return z
+
+    def deterministic(self) -> torch.Tensor:
+        z = hard_concrete_deterministic(self.log_alpha, self.gamma, self.zeta)
+        if self.critical:
+            z = z / z.max().clamp_min(1e-6)
+        return z
+
+    def expected(self) -> torch.Tensor:
+        return hard_concrete_prob_nonzero(self.log_alpha, self.beta, self.gamma, self.zeta)

@@ -1,0 +1,295 @@
+"""Coupled-channel groups of any traceable CNN.
+
+A *group* is the set of layer slices that must be removed together: every conv/linear whose outputs
+meet in one residual sum, the BatchNorms on those channels, depthwise convs that carry them, the
+input slices of every consumer (also through concatenation, flatten → linear, SE rescaling).
+
+The dependency analysis is Torch-Pruning's ``DependencyGraph`` (DepGraph, Fang et al. 2023): it
+traces autograd once and propagates index mappings through cat/split/reshape/elementwise ops, which
+is exactly the problem, already solved and maintained for the torchvision zoo. prunekit uses it only
+to *discover* groups; gating, cost, collapse and save/load are prunekit's own (``augment.py``,
+``cost.py``, ``collapse.py``, ``io.py``), so no per-architecture rules exist anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from prunekit.errors import UnsupportedModelError
+
+log = logging.getLogger(__name__)
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONVT = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_WEIGHTED = _CONV + _CONVT + (nn.Linear,)
+# Layers whose output on a zeroed channel is not zero and which mix channels: removing a channel
+# would change the other channels' values, so groups touching them stay fixed.
+_CHANNEL_MIXING_NORMS = (nn.LayerNorm, nn.GroupNorm)
+
+
+@dataclass(eq=False)
+class Member:
+    """One layer slice of a group.
+
+    Attributes:
+        name: module path inside the model (``layer1.0.conv1``).
+        module: the module itself.
+        dim: ``"out"`` (output channels / features; BatchNorm's only dim) or ``"in"``.
+        idxs: LongTensor [k], indices into that dimension of the module.
+        root_idxs: LongTensor [k], the group positions (0..size-1) those indices carry.
+    """
+
+    name: str
+    module: nn.Module = field(repr=False)
+    dim: str
+    idxs: torch.Tensor = field(repr=False)
+    root_idxs: torch.Tensor = field(repr=False)
+
+    @property
+    def covers_all(self) -> bool:
+        """True when the member spans the whole dim in group order (the common, fast case)."""
+        n = _dim_size(self.module, self.dim)
+        return len(self.idxs) == n and bool(
+            torch.equal(self.idxs, torch.arange(n)) and torch.equal(self.root_idxs, torch.arange(n))
+        )
+
+
+@dataclass(eq=False)
+class ChannelGroup:
+    """A set of coupled channels that is kept or removed as a whole, position by position.
+
+    Attributes:
+        name: the root layer's name.
+        size: number of prunable structures (channels).
+        members: every coupled layer slice.
+        gate_points: the out-members whose outputs the gate multiplies (BatchNorms, and convs/linears
+            not directly followed by a BatchNorm of the same group). Gating every BatchNorm output,
+            not only the first, keeps a removed channel exactly zero even where a BatchNorm follows a
+            concatenation or a depthwise conv (a BN of a zero input is its constant shift, not zero).
+        critical: stem, stride-2 and residual-sum groups: closing all of them would cut the network.
+        prunable: False when a member cannot be sliced exactly (reason says which layer and why).
+    """
+
+    name: str
+    size: int
+    members: list[Member]
+    gate_points: list[Member]
+    critical: bool = False
+    prunable: bool = True
+    reason: str | None = None
+
+    def member_names(self) -> list[str]:
+        return sorted({m.name for m in self.members})
+
+
+def _dim_size(module: nn.Module, dim: str) -> int:
+    if isinstance(module, _BN):
+        return module.num_features
+    if isinstance(module, nn.Linear):
+        return module.out_features if dim == "out" else module.in_features
+    if isinstance(module, _CONV + _CONVT):
+        return module.out_channels if dim == "out" else module.in_channels
+    if isinstance(module, nn.PReLU):
+        return module.num_parameters
+    raise UnsupportedModelError(f"no channel dimension known for {type(module).__name__}")
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, _CONV) and module.groups > 1 and module.groups == module.in_channels == module.out_channels
+
+
+def _member_problem(m: Member) -> str | None:
+    mod = m.module
+    if isinstance(mod, _CONV):
+        if mod.groups > 1 and not is_depthwise(mod):
+            return (
+                f"layer {m.name!r} is a grouped conv (groups={mod.groups}); pruning its channels exactly needs "
+                "balanced per-group masks, which prunekit does not do yet"
+            )
+        return None
+    if isinstance(mod, _CONVT):
+        return None if mod.groups == 1 else f"layer {m.name!r} is a grouped transposed conv"
+    if isinstance(mod, _BN + (nn.Linear,)):
+        return None
+    if isinstance(mod, nn.PReLU):
+        return None  # one slope per channel: sliced like a BatchNorm
+    if isinstance(mod, _CHANNEL_MIXING_NORMS):
+        return f"layer {m.name!r} ({type(mod).__name__}) normalises across channels; removing one changes the others"
+    return f"layer {m.name!r} ({type(mod).__name__}) has no exact channel-slicing rule in prunekit"
+
+
+def _is_internal(module: object) -> bool:
+    # Torch-Pruning's pseudo-modules for functional ops (add, cat, reshape, ...) and bare parameters.
+    return not isinstance(module, nn.Module) or type(module).__module__.startswith("torch_pruning")
+
+
+def _build_graph(model: nn.Module, example_input: torch.Tensor, timeout_s: float):
+    import torch_pruning as tp
+
+    result: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result["dg"] = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+        except BaseException as e:  # noqa: BLE001 - re-raised below with context
+            result["error"] = e
+
+    t = threading.Thread(target=work, daemon=True, name="prunekit-graph")
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        raise UnsupportedModelError(
+            f"dependency analysis of {type(model).__name__} did not finish within {timeout_s:.0f} s; "
+            "the graph is probably not traceable (data-dependent control flow?)"
+        )
+    if "error" in result:
+        e = result["error"]
+        raise UnsupportedModelError(f"cannot trace {type(model).__name__} for dependency analysis: {e}") from e
+    return result["dg"]
+
+
+def _protected_layers(dg) -> list[nn.Module]:
+    """Convs/linears whose outputs reach a model output without passing another weighted layer.
+
+    Their output channels are the classes (or a segmentation head's classes): never pruned.
+    """
+    protected: list[nn.Module] = []
+    seen: set[int] = set()
+    stack = [n for n in dg.module2node.values() if len(n.outputs) == 0]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node.module, _WEIGHTED):
+            protected.append(node.module)
+            continue
+        stack.extend(node.inputs)
+    return protected
+
+
+def _first_weighted(dg, order: dict[nn.Module, int]) -> nn.Module | None:
+    weighted = [m for m in dg.module2node if isinstance(m, _WEIGHTED) and m in order]
+    return min(weighted, key=order.__getitem__) if weighted else None
+
+
+def analyze(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    filter_fn=None,
+    timeout_s: float = 120.0,
+) -> list[ChannelGroup]:
+    """Find the coupled-channel groups of ``model``.
+
+    Args:
+        model: any module traceable by autograd with ``example_input``.
+        example_input: a batch shaped like real inputs, e.g. [1, 3, 32, 32].
+        filter_fn: optional ``filter_fn(module, name) -> bool``; a group is gated only if its root passes.
+        timeout_s: bound on the analysis time; beyond it an UnsupportedModelError is raised.
+    Returns:
+        groups in execution order of their root layer, prunable and not (``prunable=False`` with a reason).
+    """
+    was_training = model.training
+    model.eval()  # tracing must not update BatchNorm running statistics
+    try:
+        dg = _build_graph(model, example_input, timeout_s)
+    finally:
+        model.train(was_training)
+    names = {m: n for n, m in model.named_modules()}
+    order = {m: i for i, m in enumerate(model.modules())}
+    protected = _protected_layers(dg)
+    stem = _first_weighted(dg, order)
+
+    groups: list[ChannelGroup] = []
+    for tg in dg.get_all_groups(ignored_layers=protected):
+        members: list[Member] = []
+        for item in tg.items:
+            mod = item.dep.target.module
+            if _is_internal(mod):
+                continue
+            dim = "out" if (isinstance(mod, _BN + (nn.PReLU,)) or dg.is_out_channel_pruning_fn(item.dep.handler)) else "in"
+            members.append(
+                Member(
+                    name=names.get(mod, "?"),
+                    module=mod,
+                    dim=dim,
+                    idxs=torch.as_tensor(list(item.idxs), dtype=torch.long),
+                    root_idxs=torch.as_tensor(list(item.root_idxs), dtype=torch.long),
+                )
+            )
+        if not members:
+            continue
+        root = tg.items[0].dep.target.module
+        size = len(tg.items[0].idxs)
+        group = ChannelGroup(name=names.get(root, "?"), size=size, members=_merge(members), gate_points=[])
+        problems = [p for p in (_member_problem(m) for m in group.members) if p]
+        if problems:
+            group.prunable, group.reason = False, problems[0]
+        if filter_fn is not None and not filter_fn(root, group.name):
+            group.prunable, group.reason = False, f"excluded by filter_fn at {group.name!r}"
+        group.gate_points = _gate_points(dg, group)
+        producers = [m for m in group.members if m.dim == "out" and isinstance(m.module, _WEIGHTED)]
+        group.critical = (
+            len(producers) > 1
+            or any(m.module is stem for m in producers)
+            or any(isinstance(m.module, _CONV + _CONVT) and max(_tuple(m.module.stride)) > 1 for m in producers)
+        )
+        groups.append(group)
+    groups.sort(key=lambda g: order.get(g.members[0].module, 0))
+    log.debug("analyzed %s: %d groups (%d prunable)", type(model).__name__, len(groups), sum(g.prunable for g in groups))
+    return groups
+
+
+def _tuple(x) -> tuple[int, ...]:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _merge(members: list[Member]) -> list[Member]:
+    """One member per (module, dim); Torch-Pruning may list a module twice through different paths."""
+    merged: dict[tuple[int, str], Member] = {}
+    for m in members:
+        key = (id(m.module), m.dim)
+        if key not in merged:
+            merged[key] = m
+            continue
+        old = merged[key]
+        idxs = torch.cat([old.idxs, m.idxs])
+        roots = torch.cat([old.root_idxs, m.root_idxs])
+        uniq, first = _unique_first(idxs)
+        merged[key] = Member(old.name, old.module, old.dim, uniq, roots[first])
+    return list(merged.values())
+
+
+def _unique_first(idxs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    seen: dict[int, int] = {}
+    for pos, i in enumerate(idxs.tolist()):
+        seen.setdefault(i, pos)
+    keys = sorted(seen)
+    return torch.tensor(keys, dtype=torch.long), torch.tensor([seen[k] for k in keys], dtype=torch.long)
+
+
+def _gate_points(dg, group: ChannelGroup) -> list[Member]:
+    bn_modules = {id(m.module) for m in group.members if isinstance(m.module, _BN)}
+    points: list[Member] = []
+    for m in group.members:
+        if m.dim != "out":
+            continue
+        if isinstance(m.module, _BN):
+            points.append(m)
+        elif isinstance(m.module, _WEIGHTED):
+            node = dg.module2node.get(m.module)
+            consumers = [o.module for o in node.outputs] if node is not None else []
+            followed_by_bn = bool(consumers) and all(id(c) in bn_modules for c in consumers)
+            if not followed_by_bn:
+                points.append(m)
+    return points
