@@ -164,7 +164,7 @@ class StoreCallback(Callback):
         self.store.log_scalars(self.run_id, trainer.step, epoch, values)
         self._update_progress(trainer)
         self.store.flush()
-        self._pending_ckpt = (int(trainer.step), int(trainer.epoch))
+        self._pending_ckpt = (int(trainer.step), epoch + 1)  # the checkpoint counts finished epochs
 
     def on_checkpoint(self, trainer: Any, path: str | Path) -> None:
         """Record a checkpoint explicitly (for loops that announce theirs)."""

@@ -396,10 +396,10 @@ class RunStore:
                 "created": r["created"], "updated": r["updated"], "error": r["error"], "sweep_id": r["sweep_id"],
                 "acc/test": res.get("acc/test", fin.get("acc/test")),
                 "macs_ratio/hard": res.get("macs_ratio/hard", fin.get("macs_ratio/hard")),
-                "acc/val": fin.get("acc/val"),
+                "acc/val": fin.get("acc/val"), "pid": r["pid"],
             })
         cols_out = ["id", "name", "model", "dataset", "method", "status", "progress", "created", "updated", "error",
-                    "sweep_id", "acc/test", "macs_ratio/hard", "acc/val"]
+                    "sweep_id", "acc/test", "macs_ratio/hard", "acc/val", "pid"]
         return pd.DataFrame(out, columns=cols_out)
 
     def _final_scalars(self, run_ids: list[str], names: tuple[str, ...]) -> dict[str, dict[str, float]]:
@@ -571,9 +571,9 @@ class RunStore:
             q += " AND step=?"
             params.append(int(step))
         rows = self._conn.execute(q + " ORDER BY step, name, layer", params).fetchall()
-        df = pd.DataFrame(rows, columns=["step", "epoch", "layer", "name", "value", "data"])
+        df = pd.DataFrame([r[:5] for r in rows], columns=["step", "epoch", "layer", "name", "value"])
         df["value"] = df["value"].astype(float)
-        df["data"] = [json.loads(d) if d is not None else None for d in df["data"]]
+        df["data"] = pd.Series([json.loads(r[5]) if r[5] is not None else None for r in rows], dtype=object)
         return df
 
     # -- checkpoints and collapse results ----------------------------------------------------
