@@ -311,22 +311,19 @@ def _st_cached(key: str, fn: Any) -> Any:
 
 
 # -- what-if threshold -------------------------------------------------------------------------------
-def _gate_tensors(gated: Any) -> dict[str, torch.Tensor]:
-    values = gated.gate_values()
-    if isinstance(values, dict):
-        return {str(k): torch.as_tensor(v).detach().float().flatten() for k, v in values.items()}
-    return {g.name: torch.as_tensor(v).detach().float().flatten() for g, v in zip(gated.groups, values)}
-
-
 def what_if(loaded: LoadedRun, threshold: float, *, max_batches: int = 4) -> dict[str, Any]:
-    """Accuracy and MACs the hard mask ``gate > threshold`` would give, on a validation subset.
+    """Accuracy and MACs that re-thresholding the checkpoint's gates at ``threshold`` would give.
 
-    Every group keeps at least its strongest channel (removing a whole coupled group would cut the graph).
+    Applies every gate's own prune rule (``GatedModel.prune_``: keep iff eval gate value > threshold, a critical
+    group keeps its strongest channel) on top of the checkpoint's keep masks, evaluates on the first
+    ``max_batches`` validation batches, reads the hard MACs ratio (equal to the collapsed network's), and
+    restores the masks: the shared model is unchanged afterwards.
 
     Returns:
-        ``{"threshold", "acc", "samples", "macs_ratio", "kept", "total", "seconds", "per_group": DataFrame}``.
+        ``{"threshold", "acc", "samples", "macs_ratio", "kept", "total", "seconds", "per_group": DataFrame}``
+        with ``per_group`` columns ``group, size, trained, kept`` (channels kept by the checkpoint / at threshold).
     """
-    import prunekit
+    from prunekit.cost import macs_ratio
     from prunekit.train.evaluate import evaluate
 
     if not 0 <= threshold <= 1:
@@ -335,51 +332,26 @@ def what_if(loaded: LoadedRun, threshold: float, *, max_batches: int = 4) -> dic
     if gated is None:
         raise ConfigError(f"method {loaded.config.method!r} has no gates, so there is no threshold to explore")
     t0 = time.perf_counter()
-    x = loaded.experiment.example_input
     val = loaded.experiment.loaders.val
     loader = val if len(val.dataset) else loaded.experiment.loaders.test
     with loaded.lock:
-        gates = _gate_tensors(gated)
-        rows = []
+        saved = [h.gate.keep.clone() for h in gated.groups]
         try:
-            for g in gated.groups:
-                v = gates[g.name]
-                mask = v > threshold
-                if not mask.any():
-                    mask[v.argmax()] = True
-                g.set_mask(mask)
-                rows.append({"group": g.name, "size": int(v.numel()), "kept": int(mask.sum())})
+            trained = [int(h.hard_mask().sum()) for h in gated.groups]
+            gated.prune_(threshold)
+            kept = [int(h.hard_mask().sum()) for h in gated.groups]
             res = evaluate(loaded.model, loader, loaded.experiment.task, max_batches=max_batches)
-            macs = _masked_macs_ratio(prunekit, gated, x)
+            macs = float(macs_ratio(gated, "hard"))
         finally:
-            for g in gated.groups:
-                g.set_mask(None)
-    per_group = pd.DataFrame(rows)
+            for h, keep in zip(gated.groups, saved):
+                h.gate.keep.copy_(keep)
+    per_group = pd.DataFrame({"group": [h.name for h in gated.groups], "size": [h.size for h in gated.groups],
+                              "trained": trained, "kept": kept})
     return {
         "threshold": float(threshold), "acc": res.get("acc", res.get("miou")), "samples": res["samples"],
         "macs_ratio": macs, "kept": int(per_group["kept"].sum()), "total": int(per_group["size"].sum()),
         "seconds": time.perf_counter() - t0, "per_group": per_group,
     }
-
-
-def _masked_macs_ratio(pk: Any, gated: Any, x: torch.Tensor) -> float | None:
-    """MACs of the collapsed network at the current masks / MACs of the dense network (None if collapse refuses)."""
-    try:
-        dense = pk.count_macs(gated, x, hard=False) if _accepts(pk.count_macs, "hard") else None
-        slim = pk.collapse(gated, inplace=False) if _accepts(pk.collapse, "inplace") else None
-        if slim is None or dense is None:
-            return None
-        return float(pk.count_macs(slim, x)) / float(dense)
-    except (PrunekitError, RuntimeError, AttributeError, TypeError) as e:
-        logger.info("what-if MACs unavailable: %s", e)
-        return None
-
-
-def _accepts(fn: Any, arg: str) -> bool:
-    try:
-        return arg in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 # -- collapse and compare ----------------------------------------------------------------------------
@@ -396,35 +368,86 @@ def collapse_and_compare(loaded: LoadedRun, out_dir: str | Path, *, max_batches:
     import copy
 
     import prunekit
+    from prunekit.collapse import collapse
 
-    missing = [f for f in ("collapse", "compare", "save_slim") if not hasattr(prunekit, f)]
-    if missing:
-        raise PrunekitError(f"this prunekit has no collapse engine yet (prunekit.{', prunekit.'.join(missing)} missing)")
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     x = loaded.experiment.example_input
     val = loaded.experiment.loaders.val
-    loader = val if len(val.dataset) else loaded.experiment.loaders.test
+    loader = _Limited(val if len(val.dataset) else loaded.experiment.loaders.test, max_batches)
     with loaded.lock:
         original = copy.deepcopy(loaded.model).eval()
     gated = find_gated(original)
-    slim = prunekit.collapse(gated if gated is not None else original).eval()
-    result = prunekit.compare(original, slim, _Limited(loader, max_batches), x)
+    if gated is None:
+        raise ConfigError(f"method {loaded.config.method!r} leaves no gates in the model, so there is nothing to collapse")
+    slim = collapse(gated, x).eval()
+    compare = getattr(prunekit, "compare", None)
+    result = compare(original, slim, loader, x) if compare is not None else _basic_compare(original, slim, loader, x)
+    result = jsonable(result)
+    info = getattr(slim, "pk_collapse", {}) or {}
+    result.setdefault("removed_blocks", info.get("removed", []))
+    result.setdefault("max_abs_diff", info.get("max_diff"))
+    if "widths" not in result and "layer_widths" not in result:
+        result["widths"] = _widths_before_after(gated.model, info.get("layers", {}))
     files: dict[str, str] = {}
-    slim_path = out_dir / "slim"
-    saved = prunekit.save_slim(slim, slim_path)
-    files["slim"] = str(saved if saved is not None else slim_path)
+    save_slim = getattr(prunekit, "save_slim", None)
+    if save_slim is not None:
+        saved = save_slim(slim, out_dir / "slim")
+        files["slim"] = str(saved if saved is not None else out_dir / "slim")
+    else:
+        result["save_error"] = "prunekit.save_slim is not available in this version"
     try:
-        onnx_path = out_dir / "slim.onnx"
-        prunekit.export_onnx(slim, x[:1], onnx_path)
-        files["onnx"] = str(onnx_path)
+        export = getattr(prunekit, "export_onnx", None)
+        if export is None:
+            raise PrunekitError("prunekit.export_onnx is not available in this version")
+        export(slim, x[:1], out_dir / "slim.onnx")
+        files["onnx"] = str(out_dir / "slim.onnx")
     except Exception as e:  # ONNX export is optional (onnx not installed, unsupported op): report, keep going
         result["onnx_error"] = describe_error(e)
-    result = jsonable(result)
     result.update(files=files, checkpoint=str(loaded.checkpoint), step=loaded.step,
                   seconds=time.perf_counter() - t0, created=time.time())
     return result
+
+
+def _widths_before_after(model: nn.Module, layers: dict[str, dict[str, Any]]) -> dict[str, list[int]]:
+    """``{layer: [channels before, after]}`` for every layer collapse touched (removed layers: after = 0)."""
+    modules = dict(model.named_modules())
+    out = {}
+    for name, spec in layers.items():
+        mod = modules.get(name)
+        before = next((getattr(mod, a) for a in ("out_channels", "out_features", "num_features")
+                       if mod is not None and hasattr(mod, a)), None)
+        if before is None:
+            continue
+        out[name] = [int(before), int(spec.get("out", 0) if spec.get("type") == "resize" else 0)]
+    return out
+
+
+def _basic_compare(original: nn.Module, slim: nn.Module, loader: Any, x: torch.Tensor) -> dict[str, Any]:
+    """Params, MACs, batch-1/64 latency and accuracy of both networks (used when ``prunekit.compare`` is absent)."""
+    import statistics
+
+    from prunekit.cost import count_macs, count_params
+    from prunekit.train.evaluate import evaluate
+
+    def latency(m: nn.Module, bs: int) -> float:
+        xb = x[:1].expand(bs, *x.shape[1:]).contiguous()
+        with torch.inference_mode():
+            m(xb)
+            times = []
+            for _ in range(5 if bs == 1 else 2):
+                t = time.perf_counter()
+                m(xb)
+                times.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(times)
+
+    side = {}
+    for key, m in (("original", original), ("slim", slim)):
+        side[key] = {"params": count_params(m), "macs": count_macs(m, x[:1]),
+                     "latency_ms": {1: latency(m, 1), 64: latency(m, 64)},
+                     "accuracy": evaluate(m, loader, "classification")["acc"]}
+    return side
 
 
 class _Limited:

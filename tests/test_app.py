@@ -238,3 +238,56 @@ def test_collapse_page_without_checkpoint_and_with_a_stored_result(workspace):
     assert list(table["metric"])[:2] == ["parameters", "MACs"]
     assert "`layer2.0`" in _texts(at)
     assert "vanished entirely" in _texts(at)
+
+
+# -- app_support on a real gated network ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gated_run():
+    import types
+
+    import torch
+
+    from prunekit.augment import augment
+    from prunekit.data import make_loaders
+    from prunekit.models import create_model
+
+    loaders = make_loaders("shapes", 32, num_samples=96)
+    model = create_model("resnet20", num_classes=loaders.info.num_classes, in_channels=loaders.info.in_channels)
+    x = torch.stack([loaders.train.dataset[i][0] for i in range(2)])
+    exp = types.SimpleNamespace(model=augment(model, x).eval(), loaders=loaders, task="classification", example_input=x)
+    return sup.LoadedRun("r-test", Path("ckpt.pt"), 7, RunConfig(method="crisp"), exp)
+
+
+def test_what_if_thresholds_and_restores_the_masks(gated_run):
+    low = sup.what_if(gated_run, 0.0, max_batches=1)
+    assert low["kept"] == low["total"] and low["macs_ratio"] == pytest.approx(1.0)
+    # Untrained CRISP gates all sit near sigmoid(5) ≈ 0.9933: a threshold just above removes most channels.
+    high = sup.what_if(gated_run, 0.995, max_batches=1)
+    assert high["kept"] < high["total"] and high["macs_ratio"] < 0.5
+    assert set(high["per_group"].columns) == {"group", "size", "trained", "kept"}
+    assert all(bool(h.gate.keep.all()) for h in gated_run.gated.groups)  # the shared model is unchanged
+    with pytest.raises(sup.ConfigError, match="threshold"):
+        sup.what_if(gated_run, 1.5)
+
+
+def test_collapse_and_compare_gives_the_page_what_it_shows(gated_run, tmp_path):
+    gated = gated_run.gated
+    saved = [h.gate.keep.clone() for h in gated.groups]
+    try:
+        gated.prune_(0.995)
+        result = sup.collapse_and_compare(gated_run, tmp_path, max_batches=1)
+    finally:
+        for h, k in zip(gated.groups, saved):
+            h.gate.keep.copy_(k)
+    import json
+
+    json.dumps(result)  # stored in the run store as JSON
+    from prunekit import viz
+
+    table = viz.comparison_table(result).set_index("metric")
+    assert table.loc["MACs", "slim / original"] < 0.6
+    assert table.loc["parameters", "slim / original"] < 1.0
+    assert float(result["max_abs_diff"]) < 1e-3
+    widths = sup.widths_frame(result)
+    assert not widths.empty and (widths["after"] <= widths["before"]).all()
+    assert result["step"] == 7
