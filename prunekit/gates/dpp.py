@@ -207,6 +207,7 @@ class _DPPState(nn.Module):
         if not tau > 0:
             raise ConfigError(f"tau must be > 0, got {tau}")
         self.k, self.banks, self.epsilon = int(k), int(banks), float(epsilon)
+        self.lambda_h = 5e-3  # weight of this mask's entropy term; the method sets it per layer type
         self.logits = nn.Parameter(torch.randn(rows, n) * init_std)
         self.register_buffer("tau", torch.tensor(float(tau)))
         self.register_buffer("last_sample", torch.zeros(rows, n))

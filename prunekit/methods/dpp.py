@@ -166,7 +166,7 @@ class DPPMethod(Method):
         self.set_temperature(model, temperature(epoch, num_epochs, self.config.tau_start, self.config.tau_end))
 
     def regularizer(self, model: nn.Module, step: int, epoch: int) -> dict[str, torch.Tensor]:
-        terms = [getattr(s, "lambda_h", LAMBDA_CONV) * s.entropy() for s in dpp_states(model) if not s.frozen]
+        terms = [s.lambda_h * s.entropy() for s in dpp_states(model) if not s.frozen]
         return {"entropy": torch.stack(terms).sum()} if terms else {}
 
     # -- reporting -------------------------------------------------------------------------------
