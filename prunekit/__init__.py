@@ -1,9 +1,21 @@
 """prunekit: structured pruning for PyTorch CNNs.
 
 model → augment (gates on coupled-channel groups) → train (method's relaxation) → metrics → collapse
-(slim dense network with identical outputs) → compare → save/load.
+(slim dense network with identical outputs) → compare → save/load::
+
+    import prunekit as pk
+    model = pk.create_model("resnet56", num_classes=10)
+    gated = pk.augment(model, torch.randn(2, 3, 32, 32))
+    slim = pk.collapse(gated)
 """
 
+from prunekit import methods
+from prunekit.augment import GatedModel, GroupHandle, augment
+from prunekit.collapse import collapse
+from prunekit.compare import compare, layer_widths
+from prunekit.cost import count_macs, count_params, macs_ratio, params_ratio, relaxed_macs, relaxed_params
+from prunekit.curve import prune_curve
+from prunekit.data import DataInfo, Loaders, create_dataset, dataset_info, list_datasets, make_loaders
 from prunekit.errors import (
     CheckpointError,
     CollapseError,
@@ -12,7 +24,15 @@ from prunekit.errors import (
     PrunekitError,
     UnsupportedModelError,
 )
+from prunekit.gates import create_gate, list_gates
+from prunekit.io import export_onnx, load_slim, save_slim
+from prunekit.latency import measure_latency
+from prunekit.methods import create_method, list_methods
+from prunekit.models import create_model, list_models
 from prunekit.train.config import RunConfig, TrainConfig
+from prunekit.train.experiment import build_experiment, run_experiment
+from prunekit.train.runner import RunHandle, resume_run, start_run, stop_run
+from prunekit.train.store import RunStore
 
 __version__ = "0.1.0"
 
@@ -20,9 +40,46 @@ __all__ = [
     "CheckpointError",
     "CollapseError",
     "ConfigError",
+    "DataInfo",
     "DataNotFoundError",
+    "GatedModel",
+    "GroupHandle",
+    "Loaders",
     "PrunekitError",
     "RunConfig",
+    "RunHandle",
+    "RunStore",
     "TrainConfig",
     "UnsupportedModelError",
+    "augment",
+    "build_experiment",
+    "collapse",
+    "compare",
+    "count_macs",
+    "count_params",
+    "create_dataset",
+    "create_gate",
+    "create_method",
+    "create_model",
+    "dataset_info",
+    "export_onnx",
+    "layer_widths",
+    "list_datasets",
+    "list_gates",
+    "list_methods",
+    "list_models",
+    "load_slim",
+    "macs_ratio",
+    "make_loaders",
+    "measure_latency",
+    "methods",
+    "params_ratio",
+    "prune_curve",
+    "relaxed_macs",
+    "relaxed_params",
+    "resume_run",
+    "run_experiment",
+    "save_slim",
+    "start_run",
+    "stop_run",
 ]

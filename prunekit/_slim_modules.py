@@ -92,15 +92,18 @@ class ConstantMap(nn.Module):
         self.register_buffer("bias", torch.zeros(self.out_channels))
 
     @classmethod
-    def like(cls, module: nn.Module) -> ConstantMap:
+    def like(cls, module: nn.Module, out_keep: torch.Tensor | None = None) -> ConstantMap:
+        """A constant map standing for ``module`` with only ``out_keep`` output channels (default: all)."""
+        n_out = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+        keep = torch.arange(n_out) if out_keep is None else out_keep
         if isinstance(module, nn.Linear):
-            cm = cls(module.out_features, linear=True)
+            cm = cls(len(keep), linear=True)
         else:
             if isinstance(module.padding, str):
                 raise UnsupportedModelError("string padding is not supported for branch removal")
-            cm = cls(module.out_channels, module.kernel_size, module.stride, module.padding, module.dilation)
+            cm = cls(len(keep), module.kernel_size, module.stride, module.padding, module.dilation)
         if module.bias is not None:
-            cm.bias.copy_(module.bias.detach())
+            cm.bias.copy_(module.bias.detach()[keep])
         return cm
 
     def spec(self) -> dict:

@@ -90,7 +90,8 @@ def _plan(gated: GatedModel, keep: list[torch.Tensor]) -> dict[str, dict[str, An
             plan[name] = {"replace": EmptyChannels.like(mod)}
             continue
         if in_m is not None and not in_m.any():
-            plan[name] = {"replace": ConstantMap.like(mod)}
+            keep_out = None if out_m is None else out_m.nonzero().flatten()
+            plan[name] = {"replace": ConstantMap.like(mod, keep_out)}
             continue
         o = None if out_m is None or out_m.all() else out_m.nonzero().flatten()
         i = None if in_m is None or in_m.all() else in_m.nonzero().flatten()
