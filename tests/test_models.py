@@ -101,7 +101,13 @@ def test_unknown_name_lists_close_matches():
 
 @pytest.mark.parametrize(
     ("name", "in_channels"),
-    [("tv:resnet18", 3), ("tv:mobilenet_v3_small", 3), ("tv:densenet121", 3), ("tv:resnet18", 1), ("tv:mobilenet_v3_small", 1)],
+    [
+        ("tv:resnet18", 3),
+        ("tv:mobilenet_v3_small", 3),
+        ("tv:densenet121", 3),
+        ("tv:resnet18", 1),
+        ("tv:mobilenet_v3_small", 1),
+    ],
 )
 def test_torchvision_models_at_32px(name, in_channels):
     model = create_model(name, num_classes=10, in_channels=in_channels).eval()
@@ -161,3 +167,51 @@ def test_weights_other_mismatch_names_the_keys(tmp_path):
         create_model("resnet20", weights=bad)
     with pytest.raises(ConfigError, match="weights"):
         create_model("resnet20", weights=tmp_path / "absent.pt")
+
+
+@pytest.mark.parametrize(("width", "depth", "size"), [(16, 3, 32), (8, 2, 20), (4, 4, 48)])
+def test_unet_forward_shape(width, depth, size):
+    model = create_model("unet", num_classes=11, in_channels=3, width=width, depth=depth).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, size, size))
+    assert out.shape == (2, 11, size, size)
+    assert model.pk_task == "segmentation" and model.pk_spec["kwargs"] == {"width": width, "depth": depth}
+    ups = [m for m in model.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert len(ups) == depth and ups[-1].out_channels == width
+
+
+def test_unet_rejects_indivisible_sizes_and_traces():
+    model = create_model("unet", num_classes=3)
+    with pytest.raises(ConfigError, match=r"divisible by 2\*\*depth = 8, got 30×32"):
+        model(torch.randn(1, 3, 30, 32))
+    gm = torch.fx.symbolic_trace(model.eval())
+    x = torch.randn(1, 3, 16, 16)
+    torch.testing.assert_close(gm(x), model(x))
+    with pytest.raises(ConfigError, match="depth"):
+        create_model("unet", depth=0)
+
+
+def test_zoo_uses_only_standard_layers():
+    allowed = (
+        nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Linear, nn.MaxPool2d,
+        nn.AdaptiveAvgPool2d, nn.Dropout, nn.Identity, nn.Sequential, nn.ModuleList,
+    )  # fmt: skip
+    for name in IN_HOUSE:
+        model = create_model(name)
+        for m in model.modules():
+            if not list(m.children()):
+                assert isinstance(m, allowed), f"{name}: {type(m).__name__}"
+            if hasattr(m, "inplace"):
+                assert not m.inplace, f"{name}: in-place {type(m).__name__}"
+
+
+def test_vgg_and_mobilenet_widths():
+    vgg = create_model("vgg16", width_mult=0.25)
+    convs = [m for m in vgg.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 13 and convs[-1].out_channels == 128 and vgg.classifier.in_features == 128
+    assert len([m for m in create_model("vgg11").modules() if isinstance(m, nn.Conv2d)]) == 8
+    full, half = create_model("mobilenetv2"), create_model("mobilenetv2", width_mult=0.5)
+    assert _nparams(half) < 0.6 * _nparams(full)
+    # The CIFAR variant downsamples 32 -> 4 (8×), not 32×.
+    feats = full.features(torch.randn(1, 3, 32, 32))
+    assert feats.shape[-2:] == (4, 4)

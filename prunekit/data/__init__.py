@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from prunekit._registry import Registry
 from prunekit.data._base import ArrayDataset, DataInfo, DataSource
+from prunekit.data._locate import search_roots
 from prunekit.errors import ConfigError
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
@@ -38,7 +39,7 @@ def register_dataset(name: str) -> Callable[[type[DataSource]], type[DataSource]
 
 def list_datasets() -> list[str]:
     """Registered dataset names, plus the ``imagefolder:PATH`` form."""
-    return _DATASETS.names() + [IMAGEFOLDER_PREFIX + "PATH"]
+    return [n for n in _DATASETS.names() if n != "imagefolder"] + [IMAGEFOLDER_PREFIX + "PATH"]
 
 
 def _resolve(name: str, options: dict[str, Any]) -> tuple[DataSource, dict[str, Any]]:
@@ -64,7 +65,8 @@ _CACHE_SIZE = 4
 
 
 def _load(source: DataSource, name: str, split: str, root: str | None, download: bool, options: dict[str, Any]):
-    key = json.dumps([name, split, root, options], sort_keys=True, default=str)
+    # The search folders are part of the key: a changed $PRUNEKIT_DATA or cache folder is looked at afresh.
+    key = json.dumps([name, split, [str(r) for r in search_roots(root)], options], sort_keys=True, default=str)
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
@@ -113,6 +115,8 @@ def create_dataset(
     """
     if split not in SPLITS:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
     source, options = _resolve(name, options)
     info = source.info(root, **options)
     base = "test" if split == "test" else "train"
@@ -174,8 +178,12 @@ def make_loaders(
     gen = torch.Generator().manual_seed(seed)
     n_train = len(splits["train"])
     train = DataLoader(
-        splits["train"], batch_size=batch_size, shuffle=True, generator=gen,
-        drop_last=n_train % batch_size == 1 and n_train > 1, **extra,
+        splits["train"],
+        batch_size=batch_size,
+        shuffle=True,
+        generator=gen,
+        drop_last=n_train % batch_size == 1 and n_train > 1,
+        **extra,
     )
     val = DataLoader(splits["val"], batch_size=batch_size, shuffle=False, **extra)
     test = DataLoader(splits["test"], batch_size=batch_size, shuffle=False, **extra)
@@ -183,7 +191,9 @@ def make_loaders(
 
 
 # Importing the modules registers their datasets.
+from prunekit.data import imagefolder as _imagefolder  # noqa: E402,F401
 from prunekit.data import shapes as _shapes  # noqa: E402,F401
+from prunekit.data import vision as _vision  # noqa: E402,F401
 
 __all__ = [
     "ArrayDataset",

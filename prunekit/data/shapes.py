@@ -178,13 +178,22 @@ def generate_shapes(
 def _check(options: dict[str, Any], allowed: set[str], name: str) -> None:
     bad = set(options) - allowed
     if bad:
-        raise ConfigError(f"unknown option(s) for dataset {name!r}: {', '.join(sorted(bad))}; known: {', '.join(sorted(allowed))}")
+        raise ConfigError(
+            f"unknown option(s) for dataset {name!r}: {', '.join(sorted(bad))}; known: {', '.join(sorted(allowed))}"
+        )
 
 
 class _ShapesBase(DataSource):
     name = "shapes"
     segmentation = False
-    defaults: dict[str, Any] = {"num_samples": 8000, "num_test": 2000, "data_seed": 0, "noise": 0.08, "clutter": 3, "image_size": 32}
+    defaults: dict[str, Any] = {
+        "num_samples": 8000,
+        "num_test": 2000,
+        "data_seed": 0,
+        "noise": 0.08,
+        "clutter": 3,
+        "image_size": 32,
+    }
 
     def _opts(self, options: dict[str, Any]) -> dict[str, Any]:
         _check(options, set(self.defaults), self.name)
@@ -204,7 +213,16 @@ class _ShapesBase(DataSource):
         o = self._opts(options)
         s = int(o["image_size"])
         if self.segmentation:
-            return DataInfo(self.name, "segmentation", len(CLASS_NAMES) + 1, 3, (s, s), (0.5,) * 3, (0.25,) * 3, ("background", *CLASS_NAMES))
+            return DataInfo(
+                self.name,
+                "segmentation",
+                len(CLASS_NAMES) + 1,
+                3,
+                (s, s),
+                (0.5,) * 3,
+                (0.25,) * 3,
+                ("background", *CLASS_NAMES),
+            )
         return DataInfo(self.name, "classification", len(CLASS_NAMES), 3, (s, s), (0.5,) * 3, (0.25,) * 3, CLASS_NAMES)
 
     def load(self, split: str, root: str | None, download: bool, **options: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,8 +232,13 @@ class _ShapesBase(DataSource):
         seed = np.random.SeedSequence([int(o["data_seed"]), 0 if split == "train" else 1, int(self.segmentation)])
         extra = {"max_shapes": int(o["max_shapes"])} if self.segmentation else {}
         images, targets = generate_shapes(
-            n, seed, size=int(o["image_size"]), segmentation=self.segmentation,
-            clutter=int(o["clutter"]), noise=float(o["noise"]), **extra,
+            n,
+            seed,
+            size=int(o["image_size"]),
+            segmentation=self.segmentation,
+            clutter=int(o["clutter"]),
+            noise=float(o["noise"]),
+            **extra,
         )
         return torch.from_numpy(images), torch.from_numpy(targets)
 

@@ -147,12 +147,8 @@ def _raise_unknown(name: str) -> Any:
 
 # Importing the modules registers their models.
 from prunekit.models import cifar_resnet as _cifar_resnet  # noqa: E402,F401
-
-for _optional in ("vgg", "mobilenetv2", "unet"):
-    try:
-        __import__(f"prunekit.models.{_optional}")
-    except ModuleNotFoundError as _e:  # pragma: no cover - only while the zoo is being written
-        if _e.name != f"prunekit.models.{_optional}":
-            raise
+from prunekit.models import mobilenetv2 as _mobilenetv2  # noqa: E402,F401
+from prunekit.models import unet as _unet  # noqa: E402,F401
+from prunekit.models import vgg as _vgg  # noqa: E402,F401
 
 __all__ = ["TV_PREFIX", "create_model", "list_models", "model_task", "register_model"]

@@ -49,7 +49,9 @@ def _replace_first_conv_(model: nn.Module, in_channels: int, name: str) -> None:
         for child_name, child in parent.named_children():
             if isinstance(child, nn.Conv2d):
                 if child.in_channels != 3:
-                    raise ConfigError(f"tv:{name}: first conv reads {child.in_channels} channels, cannot set in_channels")
+                    raise ConfigError(
+                        f"tv:{name}: first conv reads {child.in_channels} channels, cannot set in_channels"
+                    )
                 new = nn.Conv2d(
                     in_channels,
                     child.out_channels,

@@ -83,7 +83,12 @@ def load_weights_(model: nn.Module, path: str | Path, num_classes: int) -> nn.Mo
             parts.append("unexpected: " + ", ".join(unexpected[:10]) + (" ..." if len(unexpected) > 10 else ""))
         raise CheckpointError(f"weights file {str(path)!r} does not match the model: " + " | ".join(parts))
     if skipped:
-        log.warning("classifier %s does not match %d classes; left freshly initialised (%s)", head, num_classes, ", ".join(skipped))
+        log.warning(
+            "classifier %s does not match %d classes; left freshly initialised (%s)",
+            head,
+            num_classes,
+            ", ".join(skipped),
+        )
         sd = {k: v for k, v in sd.items() if k not in skipped}
     model.load_state_dict(sd, strict=False)
     return model
