@@ -88,7 +88,7 @@ def test_augmentation_only_on_train_by_default():
     assert torch.equal(te[0][0], te[0][0])
     # Normalisation: un-augmented items are (x/255 - mean) / std.
     raw, _ = te.raw(0)
-    expected = (raw.float() / 255 - 0.5) / 0.25
+    expected = (raw.float() / 255 - 0.5) / 0.3
     torch.testing.assert_close(te[0][0], expected)
     assert create_dataset("shapes", "train", **SMALL, augment=False).augment == "none"
 
@@ -129,7 +129,7 @@ def test_shapes_seg_dataset_flips_image_and_mask_together():
     ds = create_dataset("shapes-seg", "train", num_samples=50, num_test=10)
     assert ds.info.task == "segmentation" and ds.info.num_classes == 11
     raw, mask = ds.raw(0)
-    norm = (raw.float() / 255 - 0.5) / 0.25
+    norm = (raw.float() / 255 - 0.5) / 0.3
     torch.manual_seed(0)
     seen = set()
     for _ in range(12):

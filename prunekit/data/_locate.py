@@ -67,7 +67,9 @@ def try_download(name: str, fn: Callable[[Path], None], timeout: float = 10.0) -
         fn(target)
         return ""
     except Exception as e:  # noqa: BLE001 - any network or disk failure ends in DataNotFoundError
-        return f"download into {target} failed ({type(e).__name__}: {str(e)[:200]})"
+        detail = " ".join(str(e).split())  # one line: torchvision's messages span several
+        detail = detail if len(detail) <= 160 else detail[:157] + "..."
+        return f"download into {target} failed ({type(e).__name__}: {detail})"
     finally:
         socket.setdefaulttimeout(old)
 
