@@ -24,6 +24,9 @@ from prunekit.train.seed import seed_everything
 
 logger = logging.getLogger(__name__)
 
+# make_loaders keywords that are not options of the dataset itself
+_LOADER_OPTIONS = ("limit", "download")
+
 
 @dataclass
 class Experiment:
@@ -81,17 +84,16 @@ def build_experiment(cfg: RunConfig) -> Experiment:
             Fashion-MNIST into ``in_channels=3``), fewer classes than the data has, a segmentation model on
             classification data (or the reverse), or a model that cannot run on the data's image size.
     """
-    from prunekit.data import make_loaders
+    from prunekit.data import dataset_info, make_loaders
     from prunekit.methods import create_method
     from prunekit.models import create_model, model_task
 
     seed_everything(cfg.train.seed)
-    task = model_task(cfg.model)  # unknown model names fail here, before any data is loaded
+    # Cheap checks first: names, options and shapes, before any image is generated or read.
+    task = model_task(cfg.model)
     method = create_method(cfg.method, **cfg.method_options)
-    t = cfg.train
-    loaders = make_loaders(cfg.dataset, t.batch_size, cfg.data_root, seed=t.seed, val_fraction=cfg.val_fraction,
-                           num_workers=t.num_workers, **cfg.data_options)
-    info = loaders.info
+    info_options = {k: v for k, v in cfg.data_options.items() if k not in _LOADER_OPTIONS}
+    info = dataset_info(cfg.dataset, cfg.data_root, **info_options)
     if info.task != task:
         raise ConfigError(f"model {cfg.model!r} is a {task} model but dataset {cfg.dataset!r} is {info.task} data")
     if cfg.in_channels is not None and cfg.in_channels != info.in_channels:
@@ -102,11 +104,14 @@ def build_experiment(cfg: RunConfig) -> Experiment:
         raise ConfigError(f"num_classes={cfg.num_classes} but dataset {cfg.dataset!r} has {info.num_classes} classes")
     num_classes = cfg.num_classes or info.num_classes
     model = create_model(cfg.model, num_classes=num_classes, in_channels=info.in_channels)
+    _check_forward(model, torch.zeros(2, info.in_channels, *info.image_size), cfg, task, num_classes)
+    t = cfg.train
+    loaders = make_loaders(cfg.dataset, t.batch_size, cfg.data_root, seed=t.seed, val_fraction=cfg.val_fraction,
+                           num_workers=t.num_workers, **cfg.data_options)
     ds = loaders.train.dataset
     if len(ds) == 0:
         raise ConfigError(f"dataset {cfg.dataset!r} has an empty training split")
     example = torch.stack([ds[i][0] for i in range(min(2, len(ds)))])
-    _check_forward(model, example, cfg, task, num_classes)
     pk_spec, pk_task = getattr(model, "pk_spec", None), getattr(model, "pk_task", task)
     model = method.prepare(model, example)
     if pk_spec is not None and not hasattr(model, "pk_spec"):

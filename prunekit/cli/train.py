@@ -1,0 +1,166 @@
+"""``prunekit train``: one experiment from the command line, with a progress bar and a summary table."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from prunekit.cli._common import (
+    ProgressBar,
+    add_data_root_arg,
+    add_parser,
+    data_root,
+    format_table,
+    human,
+    model_macs,
+    out,
+    parse_kv,
+    to_json,
+)
+from prunekit.errors import ConfigError
+from prunekit.train.config import OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
+
+_T = TrainConfig()
+_R = RunConfig()
+
+# First-class flags for the method options most methods share: flag name -> Config field name.
+METHOD_FLAGS = {
+    "target_macs": ("--target-macs", float, "target MACs ratio (relaxed cost / dense cost) in (0, 1]"),
+    "keep": ("--keep", float, "fraction (or count) of structures kept per group"),
+    "granularity": ("--granularity", str, "pruning granularity: filter, kernel, weight, block, ..."),
+    "quant_bits": ("--quant-bits", int, "bits of joint weight quantisation"),
+    "threshold": ("--threshold", float, "gate threshold that makes the final hard mask"),
+}
+
+
+def register(subparsers: Any) -> None:
+    p = add_parser(subparsers, "train", "train a model (optionally with a pruning method)",
+                   "Train MODEL on DATASET, optionally with a pruning METHOD; prints a summary table.")
+    g = p.add_argument_group("experiment")
+    g.add_argument("--model", default=_R.model, help="model name (see 'prunekit list models'; tv:NAME for torchvision)")
+    g.add_argument("--dataset", default=_R.dataset, help="dataset name (see 'prunekit list datasets')")
+    g.add_argument("--method", default=_R.method, help="pruning method (see 'prunekit list methods')")
+    g.add_argument("--method-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the method's config; repeatable")
+    for field, (flag, typ, text) in METHOD_FLAGS.items():
+        g.add_argument(flag, dest=field, type=typ, default=None, help=f"{text} (method option {field})")
+    g.add_argument("--data-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="a dataset option, e.g. num_samples=2000 for shapes; repeatable")
+    add_data_root_arg(g)
+    g.add_argument("--in-channels", type=int, default=None, help="model input channels (default: the data's)")
+    g.add_argument("--num-classes", type=int, default=None, help="model classes (default: the data's)")
+    g.add_argument("--val-fraction", type=float, default=_R.val_fraction, help="share of train held out for validation")
+    g.add_argument("--name", default=None, help="a name for this run")
+
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, default=_T.epochs, help="training epochs")
+    o.add_argument("--batch-size", type=int, default=_T.batch_size, help="mini-batch size")
+    o.add_argument("--lr", type=float, default=_T.lr, help="base learning rate")
+    o.add_argument("--optimizer", choices=OPTIMIZERS, default=_T.optimizer,
+                   help="optimizer (sdprun only with --method sdprun)")
+    o.add_argument("--momentum", type=float, default=_T.momentum, help="SGD momentum")
+    o.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
+    o.add_argument("--weight-decay", type=float, default=_T.weight_decay, help="weight decay")
+    o.add_argument("--schedule", choices=SCHEDULES, default=_T.schedule, help="lr schedule, stepped per epoch")
+    o.add_argument("--milestones", type=int, nargs="*", default=list(_T.milestones),
+                   help="epochs where the step schedule multiplies lr by --gamma")
+    o.add_argument("--gamma", type=float, default=_T.gamma, help="lr factor at each milestone")
+    o.add_argument("--seed", type=int, default=_T.seed, help="random seed (data order, init, noise)")
+    o.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap on steps per epoch (quick runs)")
+    o.add_argument("--log-every", type=int, default=_T.log_every, help="steps between logged metrics")
+
+    d = p.add_argument_group("hardware")
+    d.add_argument("--device", default=_T.device, help="auto, cpu, cuda, cuda:N or mps")
+    d.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    d.add_argument("--workers", type=int, default=_T.num_workers, help="data loader worker processes")
+    d.add_argument("--no-amp", action="store_true", help="disable mixed precision (used on CUDA only)")
+    d.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+
+    r = p.add_argument_group("output")
+    r.add_argument("--out", default=None, metavar="DIR",
+                   help="folder for the checkpoint (last.pt), config.json and result.json")
+    r.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue from this checkpoint")
+    r.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``--method-opt`` pairs plus the first-class method flags, checked against the method's Config."""
+    from prunekit.methods import create_method
+
+    opts = parse_kv(args.method_opt, "--method-opt")
+    given = {f: getattr(args, f) for f in METHOD_FLAGS if getattr(args, f, None) is not None}
+    if given:
+        fields = {f.name for f in dataclasses.fields(type(create_method(args.method)).Config)}
+        for field, value in given.items():
+            if field not in fields:
+                raise ConfigError(
+                    f"{METHOD_FLAGS[field][0]} is not an option of method {args.method!r}"
+                    + (f" (its options: {', '.join(sorted(fields))})" if fields else " (it has no options)")
+                )
+            opts[field] = value
+    return opts
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig the flags describe (ConfigError on bad values)."""
+    train = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+        momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
+        milestones=tuple(args.milestones), gamma=args.gamma, device=args.device, amp=not args.no_amp,
+        channels_last=args.channels_last, seed=args.seed, num_threads=args.threads, log_every=args.log_every,
+        max_steps_per_epoch=args.max_steps_per_epoch, num_workers=args.workers,
+    )
+    return RunConfig(
+        model=args.model, dataset=args.dataset, method=args.method, method_options=method_options(args),
+        train=train, data_root=data_root(args.data_root), data_options=parse_kv(args.data_opt, "--data-opt"),
+        in_channels=args.in_channels, num_classes=args.num_classes, val_fraction=args.val_fraction, name=args.name,
+    )
+
+
+def summary_rows(result: dict[str, Any], macs: float | None) -> list[tuple[str, str]]:
+    m = result["metrics"]
+    rows = [("model", f"{result['config']['model']} ({result['config']['method']})"),
+            ("dataset", result["config"]["dataset"]),
+            ("status", f"{result['status']} after {result['epochs']} epochs, {result['steps']} steps")]
+    for key in ("acc/val", "acc/test", "miou/val", "miou/test", "loss/test"):
+        if key in m:
+            rows.append((key, f"{m[key]:.4f}"))
+    rows.append(("params", human(result["params"])))
+    if macs is not None:
+        rows.append(("MACs", human(macs)))
+    rows.append(("train time", f"{result['train_time_s']:.1f} s"))
+    rows.append(("throughput", f"{result['throughput']:.0f} img/s"))
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    from prunekit.train.experiment import run_experiment
+
+    cfg = config_from_args(args)
+    out_dir = Path(args.out) if args.out else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    bar = ProgressBar(disable=args.no_progress or args.json)
+    result = run_experiment(cfg, callbacks=[bar], checkpoint_dir=out_dir, resume_from=args.resume)
+    macs = model_macs(result["model"], _example_input(result))
+    if macs is not None:
+        result["macs"] = macs
+    if out_dir is not None:
+        (out_dir / "result.json").write_text(to_json(result))
+    out(to_json(result) if args.json else format_table(summary_rows(result, macs), title="prunekit train"))
+    return 0
+
+
+def _example_input(result: dict[str, Any]) -> Any:
+    import torch
+
+    info = result["dataset"]
+    h, w = info["image_size"]
+    param = next(result["model"].parameters())
+    return torch.zeros(1, info["in_channels"], h, w, device=param.device)
