@@ -20,10 +20,12 @@ from prunekit.methods.bridgeout import (
 
 
 @pytest.fixture(autouse=True)
-def _restore_rng():
-    state = torch.get_rng_state()
+def _one_thread():
+    """Tiny models: extra intra-op threads only add synchronisation cost on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
-    torch.set_rng_state(state)
+    torch.set_num_threads(n)
 
 
 def _net() -> nn.Module:
@@ -159,3 +161,19 @@ def test_bad_options_raise_config_error():
         create_method("bridgeout", q=0)
     with pytest.raises(ConfigError, match="targeted_fraction"):
         create_method("bridgeout", targeted_fraction=1.5)
+
+
+def test_removing_from_a_deep_copy_leaves_the_original_parametrized():
+    import copy
+
+    model = _net()
+    add_bridgeout_(model, seed=0)
+    twin = copy.deepcopy(model)
+    assert remove_bridgeout_(twin) == ["0"]
+    assert type(twin[0]) is nn.Conv2d and isinstance(twin[0].weight, nn.Parameter)
+    x = torch.randn(2, 3, 6, 6)
+    model.eval()
+    assert torch.equal(model(x), twin.eval()(x))  # the original still works (and is still noisy in train mode)
+    assert parametrize.is_parametrized(model[0], "weight")
+    model.train()
+    assert not torch.equal(model[0].weight, twin[0].weight)

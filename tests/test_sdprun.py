@@ -14,10 +14,12 @@ from prunekit.methods.sdprun import SDPrun, coupled_param_groups, sdprun_param_g
 
 
 @pytest.fixture(autouse=True)
-def _restore_rng():
-    state = torch.get_rng_state()
+def _one_thread():
+    """Tiny models: extra intra-op threads only add synchronisation cost on a shared machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
-    torch.set_rng_state(state)
+    torch.set_num_threads(n)
 
 
 def _regression(seed: int = 0, n: int = 256, groups: int = 8, dim: int = 4):
@@ -174,3 +176,63 @@ def test_method_registered_and_trains_a_tiny_cnn():
     rows = method.layer_metrics(model)
     assert rows[0]["name"] == "keep_ratio" and rows[0]["layer"] == "0"
     assert torch.equal(model[0].weight.detach()[zero["0"]], torch.zeros(zero["0"].numel(), 1, 3, 3))
+
+
+def _trained_tiny_resnet(c: float = 0.6, steps: int = 30):
+    from prunekit.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", width=4, num_classes=3)
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 3, (16,))
+    method = create_method("sdprun", c=c)
+    model = method.prepare(model, x[:2])
+
+    class _Cfg:
+        lr = 0.05
+
+    opt = method.make_optimizer(model, _Cfg())
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model, method, opt, x
+
+
+def test_coupled_groups_from_the_engine_share_one_norm_and_zero_together():
+    pytest.importorskip("prunekit.augment", reason="the channel-group engine is not in this tree")
+    from prunekit.models import create_model
+
+    model = create_model("resnet20", width=4, num_classes=3)
+    groups = coupled_param_groups(model, torch.randn(2, 3, 8, 8))
+    stem = groups["conv1"]  # the stem and every layer1 block's conv2 write into one residual stream
+    expected = [model.conv1.weight] + [model.layer1[i].conv2.weight for i in range(3)]
+    assert sorted(id(p) for p, _ in stem) == sorted(id(w) for w in expected)
+    assert all(p is not model.fc.weight for ms in groups.values() for p, _ in ms)
+
+    model, method, opt, _ = _trained_tiny_resnet()
+    zero = opt.zero_groups()
+    assert 0 < opt.sparsity() < 1
+    residual = [n for n in zero if len(opt._structures[opt.structure_names().index(n)][1]) > 1]
+    assert residual  # at least one coupled residual channel went to zero in all its convs at once
+    for name in residual:
+        for p, idx in dict(opt._structures)[name]:
+            assert torch.equal(p.detach()[idx[zero[name]]], torch.zeros_like(p[idx[zero[name]]]))
+
+
+def test_finalize_masks_exactly_the_zero_channels_and_collapse_is_exact():
+    pytest.importorskip("prunekit.collapse", reason="the collapse engine is not in this tree")
+    from prunekit.collapse import collapse
+
+    model, method, opt, x = _trained_tiny_resnet()
+    zero = opt.zero_groups()
+    gated = method.finalize(model)
+    masks = gated.hard_masks()
+    for name, idx in zero.items():
+        assert not masks[name][idx].any(), name
+    assert sum(int((~m).sum()) for m in masks.values()) == sum(int(v.numel()) for v in zero.values())
+    slim = collapse(gated, x[:2])
+    assert slim.pk_collapse["max_diff"] <= 1e-4
+    assert sum(p.numel() for p in slim.parameters()) < sum(p.numel() for p in model.parameters())
+    gated.eval()
+    with torch.no_grad():
+        assert torch.allclose(slim.eval()(x), gated(x), atol=1e-5)

@@ -172,17 +172,27 @@ def add_bridgeout_(
 
 
 def remove_bridgeout_(model: nn.Module) -> list[str]:
-    """Remove every Bridgeout parametrization, leaving the clean weights as plain parameters."""
+    """Remove every Bridgeout parametrization, leaving the clean weights as plain parameters.
+
+    The clean weight stays the same ``nn.Parameter`` object, so an optimizer built on it keeps working.
+    Unlike ``parametrize.remove_parametrizations``, this never edits the injected ``Parametrized<Class>``,
+    which ``copy.deepcopy`` shares between a model and its copies (removing from a copy would break the
+    original).
+    """
     names = []
     for name, m in list(model.named_modules()):
-        if parametrize.is_parametrized(m, "weight") and any(
-            isinstance(t, BridgeoutParam) for t in m.parametrizations.weight
-        ):
-            others = [t for t in m.parametrizations.weight if not isinstance(t, BridgeoutParam)]
-            if others:
-                raise ConfigError(f"module {name!r} has other weight parametrizations; remove them first")
-            parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
-            names.append(name)
+        if not (parametrize.is_parametrized(m, "weight")
+                and any(isinstance(t, BridgeoutParam) for t in m.parametrizations.weight)):
+            continue
+        if any(not isinstance(t, BridgeoutParam) for t in m.parametrizations.weight) or set(m.parametrizations) != {
+            "weight"
+        }:
+            raise ConfigError(f"module {name!r} has other parametrizations; remove them first")
+        original = m.parametrizations.weight.original
+        m.__class__ = type(m).__bases__[0]  # parametrize injected a subclass of the module's own class
+        del m._modules["parametrizations"]
+        m.register_parameter("weight", original)
+        names.append(name)
     return names
 
 

@@ -271,22 +271,24 @@ def coupled_param_groups(model: nn.Module, example_input: torch.Tensor | None = 
     return _per_layer_groups(model, skip)
 
 
+def _dim(member: Any) -> str:
+    return getattr(member, "kind", None) or member.dim
+
+
 def _engine_groups(model: nn.Module, example_input: torch.Tensor, skip: set[str]) -> dict[str, list[Member]]:
-    from prunekit import augment  # type: ignore[attr-defined]
+    from prunekit.augment import augment
 
     twin = copy.deepcopy(model)
-    gated = augment(twin, example_input.to(next(twin.parameters()).device))
-    twin_names = {id(m): n for n, m in gated.named_modules()} if isinstance(gated, nn.Module) else {}
-    twin_names.update({id(m): n for n, m in twin.named_modules()})
+    gated = augment(twin, example_input.to(next(twin.parameters()).device), inplace=True)
     originals = dict(model.named_modules())
     out: dict[str, list[Member]] = {}
     for g in gated.groups:
         members = []
         for mem in g.members:
-            if mem.kind != "out" or not isinstance(mem.module, _SPARSE_LAYERS):
+            if _dim(mem) != "out" or not isinstance(mem.module, _SPARSE_LAYERS):
                 continue
-            name = mem.name if mem.name in originals else twin_names.get(id(mem.module))
-            if name is None or name in skip or name not in originals:
+            name = mem.name  # the twin was gated in place, so its module paths are the original's
+            if name in skip or name not in originals:
                 continue
             w = originals[name].weight
             if not w.requires_grad:
@@ -297,6 +299,11 @@ def _engine_groups(model: nn.Module, example_input: torch.Tensor, skip: set[str]
         if members:
             out[str(g.name)] = members
     covered = {id(w) for ms in out.values() for w, _ in ms}
+    # Layers of groups the engine keeps whole (e.g. grouped convs) cannot be removed: no point sparsifying them.
+    for g in getattr(gated, "fixed_groups", []):
+        for mem in g.members:
+            if _dim(mem) == "out" and isinstance(mem.module, _SPARSE_LAYERS) and mem.name in originals:
+                covered.add(id(originals[mem.name].weight))
     for name, ms in _per_layer_groups(model, skip).items():
         if id(ms[0][0]) not in covered:
             out[name] = ms
@@ -355,9 +362,10 @@ class SDPrunMethod(Method):
         x = self.example_input
         if x is not None:
             x = x.to(next(model.parameters()).device)
-        groups = coupled_param_groups(model, x if cfg.coupled else None)
-        if not cfg.coupled:
-            groups = _per_layer_groups(model, _classifier_names(model, self.example_input))
+        if cfg.coupled:
+            groups = coupled_param_groups(model, x)
+        else:
+            groups = _per_layer_groups(model, _classifier_names(model, x))
         lr = float(getattr(train_cfg, "lr", 0.1))
         if lr > 0.05:
             logger.info("sdprun: lr %.3g > 0.05; the paper recommends <= 0.05 for stability", lr)
@@ -389,12 +397,13 @@ class SDPrunMethod(Method):
         if self.example_input is None:
             return model
         try:
-            from prunekit import augment  # type: ignore[attr-defined]
+            from prunekit.augment import augment
+            from prunekit.curve import _mask_gate
         except ImportError:
             logger.warning("sdprun.finalize: prunekit.augment unavailable; zero filters left in place")
             return model
         x = self.example_input.to(next(model.parameters()).device)
-        gated = augment(model, x)
+        gated = augment(model, x, gate=_mask_gate())
         removed = 0
         for g in gated.groups:
             keep = zero_channel_keep_mask(g)
@@ -406,11 +415,15 @@ class SDPrunMethod(Method):
 
 
 def zero_channel_keep_mask(group: Any) -> torch.Tensor:
-    """``[group.size]`` bool: False where every Conv/Linear "out" member row is exactly zero (≥ 1 kept)."""
+    """``[group.size]`` bool: False where every Conv/Linear "out" member row is exactly zero.
+
+    A critical group (stem, stride-2, residual sum: closing it would cut the network) keeps at least one
+    channel; any other group may close completely, which collapse turns into removing the branch.
+    """
     zero = torch.ones(int(group.size), dtype=torch.bool)
     seen = False
     for mem in group.members:
-        if mem.kind != "out" or not isinstance(mem.module, _SPARSE_LAYERS):
+        if _dim(mem) != "out" or not isinstance(mem.module, _SPARSE_LAYERS):
             continue
         w = mem.module.weight.detach()
         rows = w.reshape(w.shape[0], -1)[mem.idxs.to(w.device)]
@@ -419,6 +432,6 @@ def zero_channel_keep_mask(group: Any) -> torch.Tensor:
     if not seen:
         return torch.ones(int(group.size), dtype=torch.bool)
     keep = ~zero
-    if not keep.any():
+    if not keep.any() and getattr(group, "critical", True):
         keep[0] = True
     return keep
