@@ -1,0 +1,232 @@
+"""The baselines users compare against: L1-norm filter pruning and network slimming.
+
+Both prune with fixed ``mask`` gates (a registered gate kind with no parameters: value 1, or 0 where
+its keep mask is off), so the result collapses exactly like every gated method.
+
+* ``l1`` (Li et al. 2017, *Pruning Filters for Efficient ConvNets*): train (or start from pretrained
+  weights), rank filters by the L1 norm of their weights — per coupled group, the sum over the group's
+  producing convs/linears — and prune to a MACs target at ``prune_epoch``, then fine-tune. Li et al.
+  choose per-layer ratios by sensitivity analysis; here one global ranking of the norms divided by their
+  group's mean picks the filters (the per-group normalisation keeps wide and narrow layers comparable),
+  with the number kept chosen so the hard MACs meet the target. ``mode="iterative"`` prunes in ``steps``
+  stages with geometric intermediate targets.
+* ``slimming`` (Liu et al. 2017, *Learning Efficient Convolutional Networks through Network Slimming*):
+  L1 penalty λ Σ|γ| (λ = 1e-4) on every BatchNorm scale during training, then one global threshold on
+  |γ| (mean over the group's BatchNorms) at ``prune_epoch``, chosen to meet the MACs target, then
+  fine-tune without the penalty.
+
+Schedule: by default the last half of the run fine-tunes (``finetune_epochs``), pruning happens at the
+end of the epoch before it; ``prune_epoch`` (0-based) overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError
+from prunekit.gates.base import Gate, register_gate
+from prunekit.graph import _BN, _CONVT
+from prunekit.methods._gated import (
+    GateMethod,
+    apply_masks,
+    calibrate,
+    check_positive,
+    check_target,
+    mask_ratio,
+    require_gated,
+)
+from prunekit.methods.base import register_method
+
+logger = logging.getLogger(__name__)
+
+MODES = ("oneshot", "iterative")
+
+
+@register_gate("mask")
+class MaskGate(Gate):
+    """A constant gate: 1 on kept structures, 0 on removed ones (set by ``set_mask``); nothing to train."""
+
+    def relaxed(self) -> torch.Tensor:
+        return torch.ones(self.size, device=self.keep.device)
+
+    def deterministic(self) -> torch.Tensor:
+        return self.relaxed()
+
+
+def prune_plan(epochs: int, mode: str = "oneshot", steps: int = 3, prune_epoch: int | None = None,
+               finetune_epochs: int | None = None) -> list[int]:
+    """0-based epochs at whose end pruning happens (the last one reaches the target).
+
+    Raises:
+        ConfigError: ``prune_epoch`` or ``finetune_epochs`` outside the run (names the option).
+    """
+    if prune_epoch is None:
+        ft = max(1, epochs // 2) if finetune_epochs is None else finetune_epochs
+        if ft >= epochs and epochs > 0:
+            raise ConfigError(f"finetune_epochs={ft} leaves no epoch before pruning in a run of epochs={epochs}")
+        prune_epoch = max(epochs - ft - 1, 0)
+    elif prune_epoch >= epochs:
+        raise ConfigError(f"prune_epoch={prune_epoch} is not an epoch of a run of epochs={epochs} (0-based)")
+    if mode == "oneshot":
+        return [prune_epoch]
+    return sorted({int(round((prune_epoch + 1) * (i + 1) / steps)) - 1 for i in range(steps)} - {-1} | {prune_epoch})
+
+
+@torch.no_grad()
+def filter_norms(gated: nn.Module, p: float = 1.0) -> list[torch.Tensor]:
+    """Per group, the ℓp norm of each structure's filters summed over the group's producing layers [size]."""
+    scores = []
+    for h in gated.groups:
+        s = torch.zeros(h.size)
+        for m in h.members:
+            if m.dim != "out" or isinstance(m.module, _BN) or not hasattr(m.module, "weight"):
+                continue
+            w = m.module.weight.detach().float()
+            if isinstance(m.module, _CONVT):
+                w = w.transpose(0, 1)
+            w = w[m.idxs.to(w.device)].flatten(1).abs().pow(p).sum(1).pow(1.0 / p).cpu()
+            s.index_add_(0, m.root_idxs.cpu(), w)
+        scores.append(s)
+    return scores
+
+
+@torch.no_grad()
+def bn_scales(gated: nn.Module) -> list[torch.Tensor]:
+    """Per group, mean |γ| over the group's BatchNorms [size] (filter norms where it has none)."""
+    norms = None
+    out = []
+    for i, h in enumerate(gated.groups):
+        s, n = torch.zeros(h.size), torch.zeros(h.size)
+        for m in h.members:
+            if isinstance(m.module, _BN) and m.module.affine:
+                s.index_add_(0, m.root_idxs.cpu(), m.module.weight.detach().abs().float()[m.idxs.to(m.module.weight.device)].cpu())
+                n.index_add_(0, m.root_idxs.cpu(), torch.ones(len(m.idxs)))
+        if not bool((n > 0).all()):
+            norms = norms if norms is not None else filter_norms(gated)
+            s, n = norms[i] / norms[i].mean().clamp_min(1e-12), torch.ones(h.size)
+        out.append(s / n)
+    return out
+
+
+class _ScheduledPrune(GateMethod):
+    """Dense training with fixed mask gates, pruning to the target at the scheduled epochs."""
+
+    gate_kind = "mask"
+
+    def __init__(self, config: Any = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        self.done = 0  # prune events made
+        self.final_done = False
+        self.plan: list[int] | None = None
+
+    def scores(self, gated: nn.Module) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def on_epoch_start(self, model: nn.Module, epoch: int, num_epochs: int) -> None:
+        c = self.config
+        self.plan = prune_plan(num_epochs, c.mode, c.steps, c.prune_epoch, c.finetune_epochs)
+
+    def on_epoch_end(self, model: nn.Module, epoch: int, num_epochs: int) -> None:
+        if self.plan is None or epoch not in self.plan or self.final_done:
+            return
+        i = self.plan.index(epoch)
+        target = self.config.target_macs ** ((i + 1) / len(self.plan))
+        self.prune(require_gated(model, self.name), target, final=i == len(self.plan) - 1)
+
+    @torch.no_grad()
+    def prune(self, gated: nn.Module, target: float, final: bool = True) -> float:
+        """Keep the globally top-scored structures (never re-adding pruned ones) at ``target`` MACs."""
+        scores = [torch.where(h.gate.keep.cpu(), s, torch.full_like(s, -float("inf")))
+                  for h, s in zip(gated.groups, self.scores(gated))]
+        masks, _ = calibrate(gated, scores, target, "macs")
+        masks = [m & h.gate.keep.cpu() | (h.critical & ~(m & h.gate.keep.cpu()).any() & (s == s.max()))
+                 for m, h, s in zip(masks, gated.groups, scores)]
+        apply_masks(gated, masks)
+        ratio = mask_ratio(gated, masks)
+        self.done += 1
+        self.final_done = self.final_done or final
+        self.report = {"ratio": ratio, "target": target, "events": self.done}
+        logger.info("%s: pruned to hard MACs ratio %.4f (stage target %.4f)", self.name, ratio, target)
+        return ratio
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        gated = require_gated(model, self.name)
+        if not self.final_done:
+            self.prune(gated, self.config.target_macs)
+        return gated
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"done": self.done, "final_done": self.final_done}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.done = int(state.get("done", self.done))
+        self.final_done = bool(state.get("final_done", self.final_done))
+
+
+def _check(cfg: Any) -> None:
+    check_target("target_macs", cfg.target_macs)
+    if cfg.mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
+    if cfg.steps < 1:
+        raise ConfigError(f"steps must be >= 1, got {cfg.steps}")
+    if cfg.prune_epoch is not None and cfg.prune_epoch < 0:
+        raise ConfigError(f"prune_epoch must be >= 0, got {cfg.prune_epoch}")
+    if cfg.finetune_epochs is not None and cfg.finetune_epochs < 0:
+        raise ConfigError(f"finetune_epochs must be >= 0, got {cfg.finetune_epochs}")
+
+
+@register_method
+class L1Method(_ScheduledPrune):
+    """Li et al. 2017: prune the filters with the smallest L1 norms to a MACs target, then fine-tune."""
+
+    name = "l1"
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        target_macs: float = 0.5
+        mode: str = "oneshot"  # or "iterative"
+        steps: int = 3  # pruning stages when iterative
+        prune_epoch: int | None = None  # 0-based epoch at whose end the (last) prune happens
+        finetune_epochs: int | None = None  # None: half of the run
+        norm: float = 1.0  # 1: L1 (Li et al.), 2: L2
+
+        def __post_init__(self) -> None:
+            _check(self)
+            check_positive(self, "norm", strict=True)
+
+    def scores(self, gated: nn.Module) -> list[torch.Tensor]:
+        return [s / s.mean().clamp_min(1e-12) for s in filter_norms(gated, self.config.norm)]
+
+
+@register_method
+class SlimmingMethod(_ScheduledPrune):
+    """Liu et al. 2017: L1 on BatchNorm γ while training, prune the smallest γ globally, fine-tune."""
+
+    name = "slimming"
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        target_macs: float = 0.5
+        lambda_bn: float = 1e-4
+        mode: str = "oneshot"
+        steps: int = 3
+        prune_epoch: int | None = None
+        finetune_epochs: int | None = None
+
+        def __post_init__(self) -> None:
+            _check(self)
+            check_positive(self, "lambda_bn")
+
+    def regularizer(self, model: nn.Module, step: int, epoch: int) -> dict[str, torch.Tensor]:
+        if self.final_done or self.config.lambda_bn == 0:
+            return {}
+        gammas = [m.weight.abs().sum() for m in model.model.modules() if isinstance(m, _BN) and m.affine]
+        return {"bn_l1": self.config.lambda_bn * torch.stack(gammas).sum()} if gammas else {}
+
+    def scores(self, gated: nn.Module) -> list[torch.Tensor]:
+        return bn_scales(gated)

@@ -1,0 +1,239 @@
+"""Growing efficient networks by structured continuous sparsification (Yuan, Savarese, Maire 2021;
+METHODS.md section 5).
+
+Every prunable group gets a ``bernoulli`` gate: one logit s per filter, mask σ(βs) ⊙ q with
+q ~ Bernoulli(σ(βs)) resampled every step, a temperature β per unit. Residual-block gates are used when
+``prunekit.augment`` offers them (``block_gate=`` keyword; the model then has ``block_gates``); otherwise
+only filters are grown and pruned.
+
+* **Seed architecture**: in every group a random ``seed_fraction`` of the units starts on
+  (s = ``init_on``), the rest off (s = ``init_off`` < 0); a unit whose logit rises above 0 joins.
+* **Budget-aware L1** *(reconstructed)*: ``lambda_channel · b · mean σ(βs)`` over filters plus
+  ``lambda_layer · b · mean σ(βs)`` over blocks, with b = clamp((F̃/F₀ − t)/t, −1, 1) from the relaxed
+  MACs (detached): above the budget the masks are pushed down, below it up, and the task gradient decides
+  which units move first.
+* **β schedule** *(reconstructed)*: every ``beta_interval`` (T) steps each unit's β becomes
+  min(β_max, β₀ · γ^{(n/T)^p}), n the number of steps the unit was sampled (q = 1).
+* **Training MACs**: after every step the cost model is evaluated at the sampled q (skipped units cost
+  nothing); ``macs_ratio/train`` is the running mean over the run — the training compute actually spent
+  relative to dense training — next to the inference ``macs_ratio/hard``.
+
+The end: keep units with s > 0. The paper has no fine-tune stage; with short schedules the budget term
+has not settled by the end, so by default the last ``finetune_epochs`` (1) fix the masks first:
+if the hard MACs miss the target by more than ``tolerance`` × t, one global ranking of the logits picks
+the kept units (``_gated.calibrate``); then β is set to ``FROZEN_BETA`` (σ(βs) is a step, q ≡ 1 on kept
+units) and the logits stop training, so training and evaluation compute the same masked network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError
+from prunekit.methods._gated import (
+    GateMethod,
+    check_positive,
+    check_target,
+    freeze_gates,
+    mask_ratio,
+    require_gated,
+    within,
+)
+from prunekit.methods.base import register_method
+
+logger = logging.getLogger(__name__)
+
+FROZEN_BETA = 1e4  # σ(βs) with |s| ≥ 0.01 is exactly 0 or 1 in float32
+_MIN_KEPT_LOGIT = 0.01
+
+
+def beta_schedule(n: torch.Tensor, beta0: float = 1.0, gamma: float = 2.0, interval: int = 20, p: float = 1.0,
+                  beta_max: float = 100.0) -> torch.Tensor:
+    """β = min(β_max, β₀ · γ^{(n/T)^p}) for sample counts ``n`` (any shape)."""
+    n = torch.as_tensor(n, dtype=torch.float32)
+    return torch.clamp(beta0 * torch.pow(torch.tensor(float(gamma)), (n / interval) ** p), max=beta_max)
+
+
+def _block_gates(model: nn.Module) -> list[nn.Module]:
+    bg = getattr(model, "block_gates", None)
+    return list(bg) if bg is not None else []
+
+
+@register_method
+class GrowingMethod(GateMethod):
+    """Grow from a seed architecture and prune with Bernoulli-sampled sigmoid masks and per-unit β."""
+
+    name = "growing"
+    gate_kind = "bernoulli"
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        target_macs: float = 0.5
+        lambda_channel: float = 1.0
+        lambda_layer: float = 1.0
+        seed_fraction: float = 0.25  # units on at the start, per group
+        init_on: float = 1.0
+        init_off: float = -0.5
+        beta0: float = 1.0
+        beta_max: float = 100.0
+        beta_gamma: float = 2.0
+        beta_power: float = 1.0
+        beta_interval: int = 20  # T, steps between β updates
+        blocks: bool = True  # residual-block gates when augment supports them
+        finetune_epochs: int | None = None  # None: 1 when the run has >= 3 epochs, else 0
+        calibrate: bool = True
+        tolerance: float = 0.05
+        gate_lr: float = 1e-2
+        gate_optimizer: str = "adam"
+        seed: int = 0  # which units form the seed architecture
+
+        def __post_init__(self) -> None:
+            check_target("target_macs", self.target_macs)
+            if not 0 < self.seed_fraction <= 1:
+                raise ConfigError(f"seed_fraction must be in (0, 1], got {self.seed_fraction}")
+            if self.init_off >= 0 or self.init_on <= 0:
+                raise ConfigError(f"init_on must be > 0 and init_off < 0, got {self.init_on} and {self.init_off}")
+            check_positive(self, "lambda_channel", "lambda_layer", "tolerance")
+            check_positive(self, "beta0", "beta_max", "beta_gamma", "beta_power", "gate_lr", strict=True)
+            if self.beta_interval < 1:
+                raise ConfigError(f"beta_interval must be >= 1, got {self.beta_interval}")
+            if self.finetune_epochs is not None and self.finetune_epochs < 0:
+                raise ConfigError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
+            if self.gate_optimizer not in ("adam", "same"):
+                raise ConfigError(f"gate_optimizer must be adam or same, got {self.gate_optimizer!r}")
+
+    def __init__(self, config: Any = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        self.frozen = False
+        self.train_macs_sum = 0.0
+        self.train_steps = 0
+        self._counts: list[torch.Tensor] | None = None
+
+    def gate_options(self) -> dict[str, Any]:
+        return {"init": self.config.init_off, "beta0": self.config.beta0}
+
+    def prepare(self, model: nn.Module, example_input: torch.Tensor) -> nn.Module:
+        from prunekit.augment import augment
+
+        kwargs: dict[str, Any] = {}
+        if self.config.blocks and "block_gate" in inspect.signature(augment).parameters:
+            kwargs["block_gate"] = "bernoulli"
+        gated = augment(model, example_input, gate="bernoulli", gate_options=self.gate_options(), **kwargs)
+        gen = torch.Generator().manual_seed(self.config.seed)
+        with torch.no_grad():
+            for gate in [h.gate for h in gated.groups] + _block_gates(gated):
+                k = max(1, round(self.config.seed_fraction * gate.size))
+                on = torch.randperm(gate.size, generator=gen)[:k]
+                gate.logit.fill_(self.config.init_off)
+                gate.logit[on.to(gate.logit.device)] = self.config.init_on
+        return gated
+
+    def _units(self, model: nn.Module) -> list[nn.Module]:
+        return [h.gate for h in model.groups] + _block_gates(model)
+
+    def temperature(self) -> float | None:
+        return self._mean_beta
+
+    _mean_beta: float | None = None
+
+    # -- loss and schedules ------------------------------------------------------------------------
+    def regularizer(self, model: nn.Module, step: int, epoch: int) -> dict[str, torch.Tensor]:
+        if self.frozen:
+            return {}
+        from prunekit.cost import macs_ratio
+
+        c = self.config
+        ratio = float(macs_ratio(model, "expected").detach())
+        b = max(-1.0, min(1.0, (ratio - c.target_macs) / c.target_macs))
+        chan = torch.cat([h.gate.expected() for h in model.groups]).mean()
+        terms = {"l1_channel": c.lambda_channel * b * chan}
+        blocks = _block_gates(model)
+        if blocks and c.lambda_layer > 0:
+            terms["l1_layer"] = c.lambda_layer * b * torch.cat([g.expected() for g in blocks]).mean()
+        return terms
+
+    @torch.no_grad()
+    def after_step(self, model: nn.Module, step: int, epoch: int) -> None:
+        from prunekit.cost import _cost_model
+
+        cm = _cost_model(model)
+        q = [h.gate.last_sample.float() * h.gate.keep.float() for h in model.groups]
+        self.train_macs_sum += float(cm.macs(q)) / cm.dense_macs
+        self.train_steps += 1
+        if self.frozen:
+            return
+        units = self._units(model)
+        if self._counts is None or len(self._counts) != len(units):
+            self._counts = [torch.zeros(g.size) for g in units]
+        self._counts = [n.to(g.last_sample.device) for n, g in zip(self._counts, units)]
+        for n, g in zip(self._counts, units):
+            n += g.last_sample
+        if self.train_steps % self.config.beta_interval == 0:
+            c = self.config
+            for n, g in zip(self._counts, units):
+                g.beta.copy_(beta_schedule(n, c.beta0, c.beta_gamma, c.beta_interval, c.beta_power, c.beta_max))
+        self._mean_beta = float(torch.cat([g.beta for g in units]).mean())
+
+    def on_epoch_end(self, model: nn.Module, epoch: int, num_epochs: int) -> None:
+        ft = self.config.finetune_epochs
+        if ft is None:
+            ft = 1 if num_epochs >= 3 else 0
+        if ft >= num_epochs:
+            raise ConfigError(f"finetune_epochs={ft} leaves no growing epoch in a run of epochs={num_epochs}")
+        if ft and epoch == num_epochs - ft - 1 and not self.frozen:
+            self.fix_masks(require_gated(model, self.name))
+
+    @torch.no_grad()
+    def fix_masks(self, gated: nn.Module) -> float:
+        """Keep s > 0 (calibrated to the target when it misses), then freeze β and the logits."""
+        c = self.config
+        for h in gated.groups:
+            h.set_mask(h.gate.keep & (h.gate.deterministic() > 0))
+        ratio = mask_ratio(gated, [h.gate.hard_mask() for h in gated.groups])
+        self.report = {"grown_ratio": ratio}
+        if c.calibrate and not within(ratio, c.target_macs, c.tolerance):
+            ratio = self._calibrate(gated, [h.gate.logit.detach() for h in gated.groups], c.target_macs, "macs")
+        for g in self._units(gated):
+            g.logit.copy_(torch.where(g.keep, g.logit.clamp_min(_MIN_KEPT_LOGIT), g.logit.clamp_max(-_MIN_KEPT_LOGIT)))
+            g.beta.fill_(FROZEN_BETA)
+        freeze_gates(gated)
+        self.frozen = True
+        self._mean_beta = FROZEN_BETA
+        self.report.update(ratio=ratio, train_macs_ratio=self.train_macs_ratio)
+        logger.info("growing: masks fixed at hard MACs ratio %.4f (target %.4f); training MACs so far %.4f",
+                    ratio, c.target_macs, self.train_macs_ratio)
+        return ratio
+
+    @property
+    def train_macs_ratio(self) -> float:
+        return self.train_macs_sum / max(self.train_steps, 1)
+
+    def step_metrics(self, model: nn.Module) -> dict[str, float]:
+        out = super().step_metrics(model)
+        if self.train_steps:
+            out["macs_ratio/train"] = self.train_macs_ratio
+        return out
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        gated = require_gated(model, self.name)
+        if not self.frozen:
+            self.fix_masks(gated)
+        return gated
+
+    # -- resume ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"frozen": self.frozen, "train_macs_sum": self.train_macs_sum, "train_steps": self.train_steps,
+                "counts": [n.cpu() for n in self._counts] if self._counts is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.frozen = bool(state.get("frozen", self.frozen))
+        self.train_macs_sum = float(state.get("train_macs_sum", self.train_macs_sum))
+        self.train_steps = int(state.get("train_steps", self.train_steps))
+        counts = state.get("counts")
+        self._counts = [torch.as_tensor(n) for n in counts] if counts is not None else None

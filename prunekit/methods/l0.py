@@ -1,0 +1,141 @@
+"""L0 regularisation with hard-concrete gates (Louizos, Welling, Kingma 2018), per channel group.
+
+Every prunable group gets a ``hardconcrete`` gate (γ = −0.1, ζ = 1.1, β = 2/3): a stretched, clamped
+concrete sample in training, ``clamp(sigmoid(log α)(ζ−γ)+γ, 0, 1)`` at eval, which is exactly 0 for
+log α below ≈ −2.4, so the eval network has true zeros. The penalty uses P(z ≠ 0) =
+sigmoid(log α − β log(−γ/ζ)), the expected L0 norm:
+
+* ``target_macs=None``: λ · mean_c P(z_c ≠ 0) (the paper's λ·Σ, normalised by the number of gates);
+* a target t (default 0.5): budget-aware, λ · |F̃/F₀ − t| with F̃ the expected MACs under P(z ≠ 0).
+
+The last ``finetune_epochs`` (default 1 when the run has ≥ 3 epochs) train with fixed masks: kept =
+eval gate ≠ 0, calibrated by a global ranking of log α when the hard MACs miss the target by more than
+``tolerance`` × t; the eval gate values are folded into the layers, the kept gates set to 1 (log α = 10)
+and frozen, so fine-tuning and evaluation see the same masked network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError
+from prunekit.gates.relaxations import HC_BETA
+from prunekit.methods._gated import (
+    GateMethod,
+    check_positive,
+    check_target,
+    cost_ratio,
+    fold_gate_values,
+    freeze_gates,
+    mask_ratio,
+    require_gated,
+    within,
+)
+from prunekit.methods.base import register_method
+
+logger = logging.getLogger(__name__)
+
+OPEN_LOG_ALPHA = 10.0  # hard-concrete gate ≈ 1 in training (P(z < 1) ≈ 2e-4) and exactly 1 at eval
+
+
+@register_method
+class L0Method(GateMethod):
+    """Hard-concrete gates with the expected-L0 penalty; deterministic gates at eval."""
+
+    name = "l0"
+    gate_kind = "hardconcrete"
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        target_macs: float | None = 0.5  # None: plain expected-L0 penalty
+        lambda_l0: float | None = None  # None: 2.0 with a target, 0.1 without
+        init_keep: float = 0.9
+        finetune_epochs: int | None = None  # None: 1 when the run has >= 3 epochs, else 0
+        calibrate: bool = True
+        tolerance: float = 0.05
+        gate_lr: float = 1e-2
+        gate_optimizer: str = "adam"
+
+        def __post_init__(self) -> None:
+            check_target("target_macs", self.target_macs, allow_none=True)
+            if not 0 < self.init_keep < 1:
+                raise ConfigError(f"init_keep must be in (0, 1), got {self.init_keep}")
+            check_positive(self, "lambda_l0", "tolerance")
+            check_positive(self, "gate_lr", strict=True)
+            if self.finetune_epochs is not None and self.finetune_epochs < 0:
+                raise ConfigError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
+            if self.gate_optimizer not in ("adam", "same"):
+                raise ConfigError(f"gate_optimizer must be adam or same, got {self.gate_optimizer!r}")
+
+    def __init__(self, config: Any = None, **options: Any) -> None:
+        super().__init__(config, **options)
+        self.frozen = False
+
+    def gate_options(self) -> dict[str, Any]:
+        return {"init_keep": self.config.init_keep}
+
+    def temperature(self) -> float:
+        return HC_BETA
+
+    @property
+    def lam(self) -> float:
+        c = self.config
+        if c.lambda_l0 is not None:
+            return float(c.lambda_l0)
+        return 2.0 if c.target_macs is not None else 0.1
+
+    def regularizer(self, model: nn.Module, step: int, epoch: int) -> dict[str, torch.Tensor]:
+        if self.frozen:
+            return {}
+        if self.config.target_macs is None:
+            p = torch.cat([h.gate.expected()[h.gate.keep] for h in model.groups])
+            return {"l0": self.lam * p.mean()}
+        return {"l0": self.lam * (cost_ratio(model, "expected") - self.config.target_macs).abs()}
+
+    def on_epoch_end(self, model: nn.Module, epoch: int, num_epochs: int) -> None:
+        ft = self.config.finetune_epochs
+        if ft is None:
+            ft = 1 if num_epochs >= 3 else 0
+        if ft >= num_epochs:
+            raise ConfigError(f"finetune_epochs={ft} leaves no L0 training epoch in a run of epochs={num_epochs}")
+        if ft and epoch == num_epochs - ft - 1 and not self.frozen:
+            self.fix_masks(require_gated(model, self.name))
+
+    @torch.no_grad()
+    def fix_masks(self, gated: nn.Module) -> float:
+        """Hard masks from the eval gates (calibrated to the target), folded in; gates then 1 and frozen."""
+        c = self.config
+        for h in gated.groups:
+            h.set_mask(h.gate.hard_mask())
+        ratio = mask_ratio(gated, [h.gate.hard_mask() for h in gated.groups])
+        self.report = {"l0_ratio": ratio}
+        if c.target_macs is not None and c.calibrate and not within(ratio, c.target_macs, c.tolerance):
+            ratio = self._calibrate(gated, [h.gate.log_alpha.detach() for h in gated.groups], c.target_macs, "macs")
+        # kept units whose eval gate is 0 (revived by calibration) restart from 1, the others keep their value
+        values = [torch.where(h.gate.keep & (h.gate.deterministic() > 0), h.gate.deterministic(),
+                              torch.ones_like(h.gate.log_alpha)) for h in gated.groups]
+        fold_gate_values(gated, values)
+        for h in gated.groups:
+            h.gate.log_alpha.fill_(OPEN_LOG_ALPHA)
+        freeze_gates(gated)
+        self.frozen = True
+        self.report["ratio"] = ratio
+        logger.info("l0: masks fixed at hard MACs ratio %.4f", ratio)
+        return ratio
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        gated = require_gated(model, self.name)
+        if not self.frozen:
+            self.fix_masks(gated)
+        return gated
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"frozen": self.frozen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.frozen = bool(state.get("frozen", self.frozen))
