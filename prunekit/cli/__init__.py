@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    # (no list()/eval() calls here: importing the subcommand modules binds `list` and `eval` in this namespace)
+    argv = [*(sys.argv[1:] if argv is None else argv)]
     debug = "--debug" in argv
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

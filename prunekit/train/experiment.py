@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit._device import resolve_device
 from prunekit.errors import ConfigError
 from prunekit.methods.base import Method
 from prunekit.train.callbacks import Callback
@@ -89,7 +90,8 @@ def build_experiment(cfg: RunConfig) -> Experiment:
     from prunekit.models import create_model, model_task
 
     seed_everything(cfg.train.seed)
-    # Cheap checks first: names, options and shapes, before any image is generated or read.
+    # Cheap checks first: device, names, options and shapes, before any image is generated or read.
+    resolve_device(cfg.train.device)
     task = model_task(cfg.model)
     method = create_method(cfg.method, **cfg.method_options)
     info_options = {k: v for k, v in cfg.data_options.items() if k not in _LOADER_OPTIONS}
