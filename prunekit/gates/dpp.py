@@ -246,6 +246,23 @@ class _DPPState(nn.Module):
         self.fixed = deterministic_mask(self.logits if logits is None else logits, self.k, self.banks)
         self.logits.requires_grad_(False)
 
+    @torch.no_grad()
+    def summary(self, logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eval mask, noise-free soft marginals), both [R, N], from one sort (the cheap path for metrics).
+
+        Args:
+            logits: Φ or some of its rows [R, N] (default: all of ``self.logits``).
+        """
+        if self.frozen:
+            return self.fixed, self.fixed
+        logits = self.logits if logits is None else logits
+        phi = _to_banks(logits, self.banks)
+        kb = self.k // self.banks
+        order = phi.argsort(dim=-1, descending=True)
+        hard = torch.zeros_like(phi).scatter_(-1, order[:, :kb], 1.0)
+        soft = sequential_softmax(phi / float(self.tau), order, kb).clamp_max_(1.0)
+        return _from_banks(hard, logits.shape[0]), _from_banks(soft, logits.shape[0])
+
     def probabilities(self) -> torch.Tensor:
         """The per-row selection probability matrix π = softmax(Φ) [M, N] (no grad)."""
         return torch.softmax(self.logits.detach(), dim=-1)

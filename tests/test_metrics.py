@@ -1,0 +1,155 @@
+"""Mask metrics on hand-built cases, and the per-layer rows for every gate kind."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError
+from prunekit.gates import list_gates
+from prunekit.gates.dpp import DPPGate, DPPMask
+from prunekit.metrics import (
+    binary_confidence,
+    binary_entropy_bits,
+    confidence,
+    confidence_diversity,
+    diversity,
+    flip_rate,
+    gate_histogram,
+    gate_layer_rows,
+    mean_row_entropy,
+    nm_structure,
+    selection_probabilities,
+    sparsity,
+)
+
+
+def test_one_hot_rows_are_fully_confident():
+    p = torch.eye(5)[[0, 3, 3, 1]]
+    assert confidence(p) == pytest.approx(1.0)
+    assert mean_row_entropy(p) == pytest.approx(0.0)
+
+
+def test_uniform_rows_have_zero_confidence_and_diversity():
+    p = torch.full((6, 8), 1 / 8)
+    assert confidence(p) == pytest.approx(0.0, abs=1e-6)
+    assert diversity(p) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_identical_rows_have_zero_diversity():
+    row = torch.softmax(torch.tensor([2.0, -1.0, 0.5, 0.0, 3.0]), 0)
+    assert diversity(row.expand(7, 5)) == pytest.approx(0.0, abs=1e-6)
+    assert diversity(torch.eye(4)[[2, 2, 2]]) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("m,n", [(2, 8), (3, 8), (4, 4), (5, 16)])
+def test_disjoint_one_hot_rows_reach_log_m_over_log_n(m, n):
+    p = torch.eye(n)[:m]
+    assert diversity(p) == pytest.approx(math.log(m) / math.log(n), abs=1e-6)
+    assert confidence(p) == pytest.approx(1.0)
+
+
+def test_half_confident_rows():
+    # every row spreads evenly over 2 of 4 candidates: H = log 2 = half of log 4
+    p = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]])
+    c, d = confidence_diversity(p)
+    assert c == pytest.approx(0.5) and d == pytest.approx(0.5)
+    assert (c, d) == pytest.approx((confidence(p), diversity(p)))
+
+
+def test_probabilities_from_logits_and_degenerate_shapes():
+    phi = torch.tensor([[0.0, math.log(3.0)]])
+    assert torch.allclose(selection_probabilities(phi), torch.tensor([[0.25, 0.75]]))
+    assert confidence(torch.ones(3, 1)) == 1.0 and diversity(torch.ones(3, 1)) == 0.0
+    with pytest.raises(ConfigError, match="shape"):
+        confidence(torch.ones(2, 2, 2))
+
+
+def test_binary_gate_entropy_in_bits():
+    assert binary_entropy_bits(torch.full((10,), 0.5)) == pytest.approx(1.0)
+    assert binary_entropy_bits(torch.tensor([0.0, 1.0, 1.0])) == pytest.approx(0.0)
+    assert binary_confidence(torch.tensor([0.0, 1.0, 0.5, 0.5])) == pytest.approx(0.5)
+
+
+def test_sparsity_flip_rate_histogram_and_nm_structure():
+    a = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    b = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    assert sparsity(a) == 0.5
+    assert flip_rate(a, b) == pytest.approx(2 / 8)
+    with pytest.raises(ConfigError):
+        flip_rate(a, b[:1])
+    h = gate_histogram(torch.tensor([0.0, 0.04, 0.5, 1.0]), bins=4)
+    assert h["edges"] == [0.0, 0.25, 0.5, 0.75, 1.0] and h["counts"] == [2, 0, 1, 1]
+    info = nm_structure(torch.tensor([[1, 1, 0, 0, 0, 1, 0, 1]]), banks=2)
+    assert info == {"pattern": "2:4 per bank", "k": 2, "n": 4, "exact": True}
+    assert nm_structure(torch.tensor([[1, 1, 1, 0, 0, 1, 0, 0]]), banks=2)["exact"] is False
+
+
+def _tiny() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+
+@pytest.mark.parametrize("kind", list_gates())
+def test_gate_layer_rows_for_every_gate_kind(kind):
+    from prunekit.augment import augment
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    gated = augment(_tiny(), x[:1], gate=kind)
+    gated.train()
+    gated(x)
+    gated(x)
+    state: dict = {}
+    rows = gate_layer_rows(gated, state=state)
+    rows = gate_layer_rows(gated, state=state)  # second call: flip rates of binary gates exist
+    names = {h.name for h in gated.groups}
+    assert {r["layer"] for r in rows} == names
+    for layer in names:
+        mine = {r["name"]: r for r in rows if r["layer"] == layer}
+        assert {"gate_mean", "gate_hist", "gate_values", "keep_ratio", "entropy", "confidence", "sparsity",
+                "flip_rate"} <= set(mine)
+        assert 0.0 <= mine["confidence"]["value"] <= 1.0
+        assert mine["confidence"]["value"] == pytest.approx(1 - mine["entropy"]["value"])
+        assert mine["keep_ratio"]["value"] + mine["sparsity"]["value"] == pytest.approx(1.0)
+        assert sum(mine["gate_hist"]["data"]["counts"]) == 8 == len(mine["gate_values"]["data"])
+        if kind == "dpp":
+            assert mine["keep_ratio"]["value"] == 0.5 and "diversity" in mine
+    for r in rows:
+        assert set(r) <= {"layer", "name", "value", "data"} and isinstance(r["value"], float)
+
+
+def test_rows_for_weight_masks_report_diversity_per_layer():
+    torch.manual_seed(1)
+    from torch.nn.utils import parametrize
+
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
+    for layer in (model[0], model[2]):
+        parametrize.register_parametrization(layer, "weight", DPPMask(layer.weight.shape, "weight", keep=0.5))
+    mask = model[0].parametrizations.weight[0]
+    with torch.no_grad():  # rows of Φ: disjoint confident choices → high diversity, confidence
+        mask.logits.copy_(torch.full((4, 6), -20.0))
+        mask.logits[torch.arange(4), torch.arange(4)] = 20.0
+    model.train()
+    model(torch.randn(3, 6))
+    model(torch.randn(3, 6))
+    rows = {(r["layer"], r["name"]): r["value"] for r in gate_layer_rows(model)}
+    assert rows[("0", "confidence")] == pytest.approx(1.0, abs=1e-6)
+    assert rows[("0", "diversity")] == pytest.approx(math.log(4) / math.log(6), abs=1e-6)
+    assert rows[("0", "sparsity")] == 0.5 and ("2", "flip_rate") in rows
+
+
+def test_metrics_are_cheap_for_resnet50_sized_filter_masks():
+    widths = [64] * 10 + [128] * 12 + [256] * 20 + [512] * 10 + [1024] * 5 + [2048] * 3
+    gates = nn.ModuleList(DPPGate(w) for w in widths)
+    gate_layer_rows(gates)
+    t0 = time.perf_counter()
+    rows = gate_layer_rows(gates)
+    elapsed = time.perf_counter() - t0
+    assert len({r["layer"] for r in rows}) == len(widths)
+    assert elapsed < 0.5  # the benchmark (prunekit.bench.metrics) measures the real number; target 50 ms
