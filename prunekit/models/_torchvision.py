@@ -44,27 +44,27 @@ def build_torchvision(name: str, num_classes: int, in_channels: int, **options: 
 
 def _replace_first_conv_(model: nn.Module, in_channels: int, name: str) -> None:
     """Swap the first Conv2d (in registration order, which is forward order for torchvision) for one
-    reading ``in_channels`` channels; its weights are freshly initialised as PyTorch's default."""
-    for parent in model.modules():
-        for child_name, child in parent.named_children():
-            if isinstance(child, nn.Conv2d):
-                if child.in_channels != 3:
-                    raise ConfigError(
-                        f"tv:{name}: first conv reads {child.in_channels} channels, cannot set in_channels"
-                    )
-                new = nn.Conv2d(
-                    in_channels,
-                    child.out_channels,
-                    child.kernel_size,
-                    stride=child.stride,
-                    padding=child.padding,
-                    dilation=child.dilation,
-                    groups=child.groups if child.groups == 1 else in_channels,
-                    bias=child.bias is not None,
-                    padding_mode=child.padding_mode,
-                )
-                if child.groups != 1 and (child.out_channels % in_channels != 0):
-                    raise ConfigError(f"tv:{name}: grouped first conv cannot take in_channels={in_channels}")
-                setattr(parent, child_name, new)
-                return
-    raise ConfigError(f"tv:{name} has no Conv2d to adapt to in_channels={in_channels}")
+    reading ``in_channels`` channels, He-initialised like torchvision's own convs."""
+    first = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None:
+        raise ConfigError(f"tv:{name} has no Conv2d to adapt to in_channels={in_channels}")
+    path, conv = first
+    if conv.in_channels != 3:
+        raise ConfigError(f"tv:{name}: first conv reads {conv.in_channels} channels, cannot set in_channels")
+    if conv.groups != 1:
+        raise ConfigError(f"tv:{name}: first conv is grouped, cannot set in_channels={in_channels}")
+    new = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+    )
+    nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")
+    if new.bias is not None:
+        nn.init.zeros_(new.bias)
+    parent_path, _, attr = path.rpartition(".")
+    setattr(model.get_submodule(parent_path) if parent_path else model, attr, new)
