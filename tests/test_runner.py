@@ -193,3 +193,32 @@ def test_sweep_bookkeeping(toy):
     sw = s.sweeps()
     assert sw.id.tolist() == [sweep_id] and sw.done.item() == 2 and sw.pending.item() == 0
     assert sw.config.item()["grid"] == {"train.lr": [0.05, 0.01]}
+
+
+def test_cli_runs_and_sweep_arguments(tmp_path, capsys):
+    from prunekit.cli import main
+
+    ws = str(tmp_path / "ws")
+    s = RunStore(ws)
+    done = s.create_run(_cfg().to_dict())
+    s.log_scalars(done, 32, 1, {"acc/test": 0.75})
+    s.set_status(done, "done")
+    queued = s.create_run(_cfg().to_dict())
+    assert main(["runs", "list", "--workspace", ws]) == 0
+    listing = capsys.readouterr().out
+    assert done in listing and queued in listing and "0.75" in listing
+    assert main(["runs", "show", done, "--workspace", ws]) == 0
+    assert "acc/test" in capsys.readouterr().out
+    assert main(["runs", "show", "r-nope", "--workspace", ws]) == 2
+    assert "r-nope" in capsys.readouterr().err
+    assert main(["runs", "rm", queued, "--workspace", ws]) == 2  # queued: needs --force
+    assert "--force" in capsys.readouterr().err
+    assert main(["runs", "stop", queued, "--workspace", ws]) == 0
+    assert s.get_run(queued).status == "stopped"
+    assert main(["runs", "rm", done, queued, "--workspace", ws]) == 0
+    assert s.list_runs().empty
+    assert main(["sweep", "--method", "dense", "--workspace", ws]) == 2
+    assert "--target-macs" in capsys.readouterr().err
+    assert main(["sweep", "--method", "dense", "--grid", "train.lr=0.1,-1", "--workspace", ws]) == 2
+    assert "lr must be > 0" in capsys.readouterr().err
+    assert s.sweeps().empty  # nothing queued when one grid point is invalid

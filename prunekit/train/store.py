@@ -406,15 +406,14 @@ class RunStore:
         if not run_ids:
             return {}
         self.flush()
-        qm = ",".join("?" * len(names))
-        rows = self._conn.execute(
-            f"SELECT s.run_id, s.name, s.value FROM scalars s JOIN (SELECT run_id, name, MAX(step) AS step FROM "
-            f"scalars WHERE name IN ({qm}) GROUP BY run_id, name) m USING (run_id, name, step)",
-            names,
-        ).fetchall()
         out: dict[str, dict[str, float]] = {}
-        for rid, name, value in rows:
-            out.setdefault(rid, {})[name] = value
+        # one primary-key probe per (run, name): cheap however long the histories are
+        q = "SELECT value FROM scalars WHERE run_id=? AND name=? ORDER BY step DESC LIMIT 1"
+        for rid in run_ids:
+            for name in names:
+                row = self._conn.execute(q, (rid, name)).fetchone()
+                if row is not None:
+                    out.setdefault(rid, {})[name] = row[0]
         return out
 
     def set_status(
