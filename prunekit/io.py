@@ -140,6 +140,14 @@ def load_slim(path: str | Path, map_location: str | torch.device = "cpu") -> nn.
             if s
         )
         raise CheckpointError(f"slim model {str(path)!r} does not match its spec: {detail}")
+    # per-module format versions (e.g. torchvision's MNASNet checks them) come from the rebuilt model
+    state = dict(state)
+    metadata = getattr(own, "_metadata", None)
+    if metadata is not None:
+        from collections import OrderedDict
+
+        state = OrderedDict(state)
+        state._metadata = metadata  # type: ignore[attr-defined]
     model.load_state_dict(state, strict=True)
     return model.to(map_location).eval()
 

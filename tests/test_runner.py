@@ -222,3 +222,19 @@ def test_cli_runs_and_sweep_arguments(tmp_path, capsys):
     assert main(["sweep", "--method", "dense", "--grid", "train.lr=0.1,-1", "--workspace", ws]) == 2
     assert "lr must be > 0" in capsys.readouterr().err
     assert s.sweeps().empty  # nothing queued when one grid point is invalid
+
+
+@pytest.mark.slow
+def test_default_experiment_in_the_background(tmp_path):
+    cfg = RunConfig(model="resnet20", dataset="shapes", method="dense",
+                    data_options={"num_samples": 64, "num_test": 32, "image_size": 16},
+                    train=TrainConfig(epochs=1, batch_size=16, max_steps_per_epoch=2, log_every=1, device="cpu"))
+    h = start_run(cfg, workspace=tmp_path, threads=1)
+    info = h.wait(timeout=240)
+    assert info.status == "done", info.error
+    assert 0 <= info.result["metrics"]["acc/test"] <= 1 and "model" not in info.result
+    s = RunStore(tmp_path)
+    assert s.metrics(h.id, ["loss"]).step.tolist() == [1, 2]
+    row = s.list_runs().iloc[0]
+    assert row["acc/test"] == pytest.approx(info.result["metrics"]["acc/test"])
+    assert s.latest_checkpoint(h.id) is not None and "threads" in (tmp_path / "runs" / h.id / "log.txt").read_text()
