@@ -1,0 +1,219 @@
+"""Methods crisp, growing, l0, l1, slimming: relaxations, losses, schedules, calibration, short runs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit.methods as pm
+from prunekit.augment import augment
+from prunekit.collapse import collapse
+from prunekit.cost import count_macs, macs_ratio
+from prunekit.errors import ConfigError
+from prunekit.gates.relaxations import (
+    bernoulli_gate,
+    crisp_gate,
+    hard_concrete_deterministic,
+    hard_concrete_prob_nonzero,
+    hard_concrete_sample,
+    prune_basis,
+)
+from prunekit.methods._gated import SplitOptimizer, calibrate, mask_ratio
+from prunekit.methods.baselines import filter_norms, prune_plan
+from prunekit.methods.crisp import crisp_schedule, cubic_ramp, prune_basis_loss, structure_loss
+from prunekit.methods.growing import beta_schedule
+from prunekit.train.config import RunConfig, TrainConfig
+
+
+def _net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU(),
+        nn.Conv2d(12, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
+    )
+
+
+X = torch.randn(2, 3, 8, 8)
+
+
+# -- relaxations ----------------------------------------------------------------------------------------
+def test_crisp_gate_values_gradient_and_limits():
+    s = torch.tensor([1.0, 0.0, -1.0], requires_grad=True)
+    g = crisp_gate(s, 5.0)
+    gd = g.detach()
+    assert torch.allclose(g, torch.sigmoid(5 * s))
+    assert gd[0] > 0.99 and abs(float(gd[1]) - 0.5) < 1e-6
+    g.sum().backward()
+    assert torch.allclose(s.grad, 5 * gd * (1 - gd))
+    s2 = torch.tensor([0.3, -0.3])
+    assert torch.equal(crisp_gate(s2, 1e4), torch.tensor([1.0, 0.0]))  # a -> inf: step
+    assert torch.allclose(crisp_gate(s2, 1e-6), torch.full((2,), 0.5), atol=1e-6)  # a -> 0: 0.5
+    assert float(crisp_gate(torch.tensor([-3.0, -2.0]), 5.0, normalize=True).max()) == 1.0
+
+
+def test_hard_concrete_values_limits_and_gradient():
+    la = torch.tensor([10.0, 0.0, -10.0], requires_grad=True)
+    det = hard_concrete_deterministic(la).detach()
+    assert det[0] == 1.0 and det[2] == 0.0 and abs(float(det[1]) - 0.5) < 1e-6
+    p = hard_concrete_prob_nonzero(la)
+    assert p[0] > 0.99 and p[2] < 0.01
+    p.sum().backward()
+    assert la.grad[1] > 0
+    u = torch.full((3,), 0.5)
+    z = hard_concrete_sample(la.detach(), beta=1e-4, u=u)  # temperature -> 0: sample = step of log alpha
+    assert torch.allclose(z, torch.tensor([1.0, 0.5, 0.0]))
+    z_hot = hard_concrete_sample(torch.zeros(1000), beta=1e4)  # temperature -> inf: sigmoid -> 0.5
+    assert torch.allclose(z_hot, torch.full((1000,), 0.5), atol=1e-3)
+
+
+def test_bernoulli_gate_sampling_and_temperature():
+    s = torch.tensor([2.0, -2.0, 0.0], requires_grad=True)
+    m, q = bernoulli_gate(s, torch.tensor([1e4, 1e4, 1.0]), torch.Generator().manual_seed(0))
+    assert q[0] == 1 and q[1] == 0 and torch.all((q == 0) | (q == 1))
+    assert torch.allclose(m, torch.sigmoid(torch.tensor([1e4, 1e4, 1.0]) * s) * q)
+    m.sum().backward()
+    assert s.grad is not None and s.grad[1] == 0  # skipped units get no gradient this step
+
+
+# -- losses and schedules ----------------------------------------------------------------------------------
+def test_structure_loss_and_prune_basis():
+    r = torch.tensor(0.7, requires_grad=True)
+    loss = structure_loss(r, 0.5)
+    loss.backward()
+    assert abs(float(loss.detach()) - 0.2) < 1e-6 and float(r.grad) == 1.0
+    assert float(prune_basis(torch.tensor(0.0))) == 1.0
+    assert math.isclose(float(prune_basis(torch.tensor(2.0))), math.exp(-1.0), rel_tol=1e-6)
+    s = torch.tensor([0.1, -0.1], requires_grad=True)
+    prune_basis_loss(s).backward()
+    assert s.grad[0] < 0 < s.grad[1]  # descent pushes logits away from 0
+    assert cubic_ramp(0, 1, 3) == 0 and cubic_ramp(2, 1, 3) == 0.125 and cubic_ramp(5, 1, 3) == 1
+
+
+def test_beta_schedule():
+    b = beta_schedule(torch.tensor([0.0, 20.0, 40.0, 10_000.0]), beta0=1.0, gamma=2.0, interval=20, beta_max=100)
+    assert torch.allclose(b, torch.tensor([1.0, 2.0, 4.0, 100.0]))
+
+
+def test_crisp_schedule_and_errors():
+    s = crisp_schedule(6)
+    assert (s.search_epochs, s.finetune_epochs, s.prune_epochs, s.finetune_start) == (3, 2, (2, 3), 4)
+    s = crisp_schedule(10, search_epochs=4, rounds=2, round_epochs=2)
+    assert s.prune_epochs == (3, 5, 7) and s.finetune_epochs == 2
+    with pytest.raises(ConfigError, match="rounds=5"):
+        crisp_schedule(4, rounds=5)
+    assert prune_plan(6) == [2] and prune_plan(6, "iterative", 3) == [0, 1, 2]
+    with pytest.raises(ConfigError, match="prune_epoch=9"):
+        prune_plan(4, prune_epoch=9)
+
+
+@pytest.mark.parametrize("name,bad", [("crisp", {"target_macs": 1.5}), ("crisp", {"threshold": 1.0}),
+                                      ("growing", {"target_macs": 0.0}), ("l0", {"target_macs": -1}),
+                                      ("l1", {"mode": "twice"}), ("slimming", {"target_macs": 2})])
+def test_bad_options(name, bad):
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        pm.create(name, **bad)
+
+
+def test_no_prunable_group_is_refused():
+    from prunekit.errors import PrunekitError
+
+    with pytest.raises(PrunekitError, match="no prunable"):
+        pm.create("crisp").prepare(nn.Sequential(nn.Flatten(), nn.Linear(192, 4)), X)
+
+
+# -- calibration, optimizer, metrics ------------------------------------------------------------------------
+def test_calibrate_meets_target_and_keeps_every_group():
+    g = augment(_net(), X, gate="crisp")
+    scores = [torch.rand(h.size, generator=torch.Generator().manual_seed(h.index)) for h in g.groups]
+    for t in (0.3, 0.5, 0.8):
+        masks, ratio = calibrate(g, scores, t)
+        assert abs(ratio - t) < 0.03 and all(m.any() for m in masks)  # 36 channels: coarse steps
+        assert math.isclose(ratio, mask_ratio(g, masks))
+
+
+def test_crisp_param_groups_and_split_optimizer():
+    m = pm.create("crisp")
+    g = m.prepare(_net(), X)
+    opt = m.make_optimizer(g, TrainConfig(lr=0.1))
+    assert isinstance(opt, SplitOptimizer)
+    gate_group = opt.param_groups[-1]
+    assert gate_group["weight_decay"] == 0.0 and gate_group["lr"] == m.config.gate_lr
+    assert {id(p) for p in gate_group["params"]} == {id(p) for p in g.gate_parameters()}
+    loss = g.train()(X).sum() + sum(m.regularizer(g, 0, 0).values())
+    loss.backward()
+    before = [p.detach().clone() for p in g.gate_parameters()]
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 0.5)
+    opt.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, g.gate_parameters()))
+    sched.step()
+    assert opt.optimizers[1].param_groups[0]["lr"] == pytest.approx(m.config.gate_lr * 0.5)
+    opt.load_state_dict(opt.state_dict())
+    metrics = m.step_metrics(g)
+    assert {"macs_ratio/expected", "macs_ratio/hard", "temperature"} <= set(metrics)
+    rows = m.layer_metrics(g)
+    assert {r["name"] for r in rows} >= {"gate_mean", "keep_ratio"} and len({r["layer"] for r in rows}) == len(g.groups)
+
+
+def test_l1_scores_follow_filter_norms():
+    net = _net()
+    with torch.no_grad():
+        net[3].weight[5].zero_()
+    g = augment(net, X, gate="mask")
+    norms = filter_norms(g)
+    grp = next(h for h in g.groups if h.size == 12)
+    assert float(norms[grp.index][5]) == 0.0 and float(norms[grp.index].min()) == 0.0
+    m = pm.create("l1", target_macs=0.6)
+    m.prune(g, 0.6)
+    assert not bool(grp.gate.keep[5])
+    assert abs(float(macs_ratio(g, "hard")) - 0.6) < 0.05 * 0.6
+
+
+# -- short runs: prune, collapse exactly, hit the target -------------------------------------------------------
+def _run(method: str, **options):
+    from prunekit.train.experiment import run_experiment
+
+    cfg = RunConfig(model="resnet20", dataset="shapes", method=method, method_options={"target_macs": 0.5, **options},
+                    data_options={"num_samples": 96, "num_test": 32, "image_size": 16},
+                    train=TrainConfig(epochs=3, batch_size=32, lr=0.05, max_steps_per_epoch=2, log_every=1,
+                                      num_threads=1, device="cpu"))
+    logs: list[dict] = []
+
+    from prunekit.train.callbacks import Callback
+
+    class Rec(Callback):
+        def on_step_end(self, trainer, step_logs):
+            logs.append(step_logs)
+
+    result = run_experiment(cfg, callbacks=[Rec()])
+    return result, logs
+
+
+@pytest.mark.parametrize("method", ["crisp", "growing", "l0", "l1", "slimming"])
+def test_method_short_run_collapses_on_target(method):
+    result, logs = _run(method)
+    gated = result["model"]
+    total = sum(h.size for h in gated.groups)
+    kept = sum(int(h.hard_mask().sum()) for h in gated.groups)
+    assert kept < total  # something was pruned
+    ratio = float(macs_ratio(gated, "hard"))
+    assert abs(ratio - 0.5) <= 0.05 * 0.5
+    slim = collapse(gated)  # raises CollapseError if not exact
+    x = gated.example_input[:1]
+    assert count_macs(slim, x) / count_macs(gated, x) == pytest.approx(ratio, rel=1e-6)
+    assert {"macs_ratio/expected", "macs_ratio/hard"} <= set(logs[-1])
+    if method in ("crisp", "growing", "l0"):
+        assert "temperature" in logs[-1]
+    if method == "growing":
+        assert 0 < logs[-1]["macs_ratio/train"] < 1
+
+
+def test_crisp_params_target_and_anneal():
+    result, logs = _run("crisp", target_kind="params", target_params=0.4, anneal_a=True)
+    from prunekit.cost import params_ratio
+
+    assert abs(float(params_ratio(result["model"], "hard")) - 0.4) <= 0.05 * 0.4
+    assert logs[-1]["temperature"] > 5.0  # a was annealed upward
