@@ -217,3 +217,23 @@ def test_crisp_params_target_and_anneal():
 
     assert abs(float(params_ratio(result["model"], "hard")) - 0.4) <= 0.05 * 0.4
     assert logs[-1]["temperature"] > 5.0  # a was annealed upward
+
+
+@pytest.mark.slow
+def test_crisp_unet_segmentation_collapses_with_miou():
+    from prunekit.data import make_loaders
+    from prunekit.train.evaluate import evaluate
+    from prunekit.train.experiment import run_experiment
+
+    data = {"num_samples": 64, "num_test": 32, "image_size": 32}
+    cfg = RunConfig(model="unet", dataset="shapes-seg", method="crisp", method_options={"target_macs": 0.5},
+                    data_options=data, train=TrainConfig(epochs=3, batch_size=16, lr=0.05, max_steps_per_epoch=2,
+                                                         num_threads=1, device="cpu"))
+    result = run_experiment(cfg)
+    gated = result["model"]
+    assert abs(float(macs_ratio(gated, "hard")) - 0.5) <= 0.025
+    slim = collapse(gated)  # concatenated skips: raises unless exact
+    test = make_loaders("shapes-seg", 16, seed=0, **data).test
+    before = evaluate(gated, test, "segmentation", "cpu")["miou"]
+    after = evaluate(slim, test, "segmentation", "cpu")["miou"]
+    assert before == pytest.approx(result["metrics"]["miou/test"]) and after == pytest.approx(before, abs=1e-6)
