@@ -18,7 +18,7 @@ from torch import nn
 from prunekit.errors import ConfigError, UnsupportedModelError
 from prunekit.gates import create_gate
 from prunekit.gates.base import Gate
-from prunekit.graph import ChannelGroup, Member, analyze
+from prunekit.graph import Branch, ChannelGroup, Member, analyze, residual_branches
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,20 @@ class _GateHook:
         return output * v.view(1, -1, *([1] * (output.dim() - 2)))
 
 
+class _BlockHook:
+    """Forward hook multiplying a residual branch's output (its last BatchNorm) by its block gate."""
+
+    def __init__(self, owner: GatedModel, index: int) -> None:
+        self.owner_ref = owner
+        self.index = index
+
+    def __call__(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor | None:
+        values = self.owner_ref._block_values
+        if values is None:
+            return None
+        return output * values[self.index].to(output.dtype).view(1, -1, *([1] * (output.dim() - 2)))
+
+
 class GatedModel(nn.Module):
     """A model with one gate per prunable coupled-channel group.
 
@@ -90,7 +104,15 @@ class GatedModel(nn.Module):
         example_shape: input shape used for the analysis (cost model, collapse check).
     """
 
-    def __init__(self, model: nn.Module, groups: list[ChannelGroup], gates: list[Gate], example_input: torch.Tensor) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        groups: list[ChannelGroup],
+        gates: list[Gate],
+        example_input: torch.Tensor,
+        branches: list[Branch] | None = None,
+        block_gates: list[Gate] | None = None,
+    ) -> None:
         super().__init__()
         self.model = model
         self.gates = nn.ModuleList(gates)
@@ -99,7 +121,14 @@ class GatedModel(nn.Module):
         self.fixed_groups = [g for g in groups if not g.prunable]
         self.register_buffer("example_input", example_input.detach().clone(), persistent=False)
         self._values: list[torch.Tensor] | None = None
+        self._block_values: list[torch.Tensor] | None = None
         self._hooks = []
+        # residual branches with a block gate each; inner groups as indices into self.groups
+        position = {id(g): i for i, g in enumerate(prunable)}
+        self.branches = list(branches or [])
+        self.block_gates = nn.ModuleList(block_gates or [])
+        self.branch_inner = [[position[id(groups[gi])] for gi in b.inner] for b in self.branches]
+        self.block_of_group: dict[int, int] = {gi: bi for bi, inner in enumerate(self.branch_inner) for gi in inner}
         names = dict(model.named_modules())
         entries: dict[str, list[tuple[int, Member]]] = {}
         for h in self.groups:
@@ -110,13 +139,27 @@ class GatedModel(nn.Module):
             width = ents[0][1].module.num_features if hasattr(module, "num_features") else _out_width(module)
             self._hooks.append(module.register_forward_hook(_GateHook(self, ents, width)))
         self.gate_points = {name: ents for name, ents in entries.items()}
+        for bi, b in enumerate(self.branches):
+            self._hooks.append(names[b.end.name].register_forward_hook(_BlockHook(self, bi)))
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         self._values = [g() for g in self.gates]
+        self._block_values = [g() for g in self.block_gates]
         try:
             return self.model(*args, **kwargs)
         finally:
             self._values = None
+            self._block_values = None
+
+    def effective_values(self, values: list[torch.Tensor], block_values: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Group values with each branch's block gate applied to its inner groups.
+
+        A closed block (value 0) closes every channel inside its branch: that is how block masks remove
+        whole residual blocks at collapse, and how the relaxed cost sees them.
+        """
+        if not block_values:
+            return values
+        return [v * block_values[self.block_of_group[i]] if i in self.block_of_group else v for i, v in enumerate(values)]
 
     # -- conveniences --------------------------------------------------------------------------
     def group(self, name: str) -> GroupHandle:
@@ -133,8 +176,8 @@ class GatedModel(nn.Module):
         return {h.name: h.hard_mask() for h in self.groups}
 
     def gate_parameters(self) -> list[nn.Parameter]:
-        """Trainable gate logits (they get their own optimizer group)."""
-        return list(self.gates.parameters())
+        """Trainable gate logits, block gates included (they get their own optimizer group)."""
+        return list(self.gates.parameters()) + list(self.block_gates.parameters())
 
     def weight_parameters(self) -> list[nn.Parameter]:
         return list(self.model.parameters())
@@ -155,7 +198,7 @@ def _out_width(module: nn.Module) -> int:
 
 
 def is_gate_hook(hook: Callable[..., Any]) -> bool:
-    return isinstance(hook, _GateHook)
+    return isinstance(hook, (_GateHook, _BlockHook))
 
 
 def augment(
@@ -167,6 +210,8 @@ def augment(
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
     inplace: bool = False,
     timeout_s: float = 120.0,
+    block_gate: str | None = None,
+    block_gate_options: dict[str, Any] | None = None,
 ) -> GatedModel:
     """Gate every prunable coupled-channel group of ``model``.
 
@@ -178,6 +223,9 @@ def augment(
         filter_fn: ``filter_fn(root_module, name) -> bool``; groups whose root fails stay whole.
         inplace: gate ``model`` itself instead of a deep copy.
         timeout_s: bound on the graph analysis.
+        block_gate: also gate every residual branch as a whole with a one-unit gate of this kind
+            (e.g. ``"bernoulli"`` for the growing method); a closed block removes the branch.
+        block_gate_options: keyword options of the block gate kind.
     Returns:
         a :class:`GatedModel`; ``.groups`` lists the prunable groups.
     """
@@ -194,7 +242,9 @@ def augment(
         reasons = "; ".join(sorted({g.reason or "" for g in groups})[:3]) or "no conv/linear layers found"
         raise UnsupportedModelError(f"{type(model).__name__} has no prunable channel group ({reasons})")
     gates = [create_gate(gate, g.size, critical=g.critical, **(gate_options or {})).to(device) for g in prunable]
-    gated = GatedModel(target, groups, gates, example_input[:1])
+    branches = residual_branches(groups) if block_gate else []
+    block_gates = [create_gate(block_gate, 1, **(block_gate_options or {})).to(device) for _ in branches]
+    gated = GatedModel(target, groups, gates, example_input[:1], branches, block_gates)
     for attr in ("pk_spec", "pk_task"):
         if hasattr(model, attr):
             setattr(gated, attr, getattr(model, attr))

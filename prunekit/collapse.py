@@ -160,13 +160,14 @@ def collapse(
     was_training = gated.training
     gated.eval()
     try:
-        values = [h.gate.values() for h in gated.groups]
+        block_values = [b.values() for b in gated.block_gates]
+        values = gated.effective_values([h.gate.values() for h in gated.groups], block_values)
         keep = [v != 0 for v in values]
         inputs = _check_inputs(gated, example_input)
         with torch.no_grad():
             refs = [gated(x) for x in inputs] if check else []
         dummy: list[str] = []
-        slim, layers = _build(gated, values, keep)
+        slim, layers = _build(gated, values, keep, block_values)
         if check:
             try:
                 diff = _max_diff(slim, inputs, refs)
@@ -180,7 +181,7 @@ def collapse(
                     keep[h.index][0] = True
                     dummy.append(h.name)
                 log.info("branch removal not possible for %s (%s); keeping one zeroed channel", dummy, e)
-                slim, layers = _build(gated, values, keep)
+                slim, layers = _build(gated, values, keep, block_values)
                 diff = _max_diff(slim, inputs, refs)
             scale = max(1.0, max(float(r.abs().max()) for r in refs))
             if not diff <= tol * scale:
@@ -199,6 +200,9 @@ def collapse(
     slim.pk_collapse = {
         "layers": layers,
         "removed": removed,
+        "removed_blocks": [
+            b.name for b, inner in zip(gated.branches, gated.branch_inner) if not any(keep[i].any() for i in inner)
+        ],
         "dummy_channels": dummy,
         "max_diff": diff,
         "seconds": time.perf_counter() - t0,
@@ -207,20 +211,27 @@ def collapse(
     return slim
 
 
-def _build(gated: GatedModel, values: list[torch.Tensor], keep: list[torch.Tensor]) -> tuple[nn.Module, dict]:
+def _build(
+    gated: GatedModel, values: list[torch.Tensor], keep: list[torch.Tensor], block_values: list[torch.Tensor]
+) -> tuple[nn.Module, dict]:
     slim = copy.deepcopy(gated.model)
     _strip_gate_hooks(slim)
     modules = dict(slim.named_modules())
     for name, entries in gated.gate_points.items():
-        hook = _GateHook(gated, entries, entries[0][1].module.num_features if hasattr(modules[name], "num_features") else _width(modules[name]))
+        hook = _GateHook(gated, entries, _width(modules[name]))
         v = hook.mask(values, values[entries[0][0]])
         _fold(modules[name], v, name)
+    for b, bv in zip(gated.branches, block_values):
+        # the block gate scales the branch's last BN; 0 makes the branch add exactly nothing
+        _fold(modules[b.end.name], bv.expand(_width(modules[b.end.name])), b.end.name)
     layers = _apply(slim, _plan(gated, keep))
     slim.eval()
     return slim, layers
 
 
 def _width(mod: nn.Module) -> int:
+    if isinstance(mod, _BN):
+        return mod.num_features
     return mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
 
 

@@ -170,16 +170,23 @@ def _cost_model(gated: nn.Module) -> CostModel:
 
 
 def gate_values(gated: nn.Module, mode: str = "expected") -> list[torch.Tensor]:
-    """Per-group gate values: ``expected`` (differentiable), ``hard`` (0/1 survivors) or ``eval``."""
-    if mode == "expected":
-        return [h.gate.expected() * h.gate.keep.to(torch.float32) for h in gated.groups]
-    if mode == "hard":
-        return [h.gate.hard_mask().to(torch.float32) for h in gated.groups]
-    if mode == "eval":
-        return [h.gate.values() for h in gated.groups]
-    from prunekit.errors import ConfigError
+    """Per-group gate values: ``expected`` (differentiable), ``hard`` (0/1 survivors) or ``eval``.
 
-    raise ConfigError(f"mode must be expected, hard or eval, got {mode!r}")
+    Block gates are applied to the groups inside their branch (a closed block closes them all).
+    """
+    gates = [h.gate for h in gated.groups]
+    blocks = list(gated.block_gates)
+    if mode == "expected":
+        f = lambda g: g.expected() * g.keep.to(torch.float32)  # noqa: E731
+    elif mode == "hard":
+        f = lambda g: g.hard_mask().to(torch.float32)  # noqa: E731
+    elif mode == "eval":
+        f = lambda g: g.values()  # noqa: E731
+    else:
+        from prunekit.errors import ConfigError
+
+        raise ConfigError(f"mode must be expected, hard or eval, got {mode!r}")
+    return gated.effective_values([f(g) for g in gates], [f(b) for b in blocks])
 
 
 def relaxed_macs(gated: nn.Module, mode: str = "expected") -> torch.Tensor:

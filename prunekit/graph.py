@@ -84,6 +84,19 @@ class ChannelGroup:
     critical: bool = False
     prunable: bool = True
     reason: str | None = None
+    # producer layer name -> the gate point that carries its output (itself, or the BN right after it)
+    point_of: dict[str, Member] = field(default_factory=dict, repr=False)
+
+    def producers(self) -> list[Member]:
+        """Out-members that compute the group's channels (convs and linears; not BatchNorms, and not
+        depthwise convs, which only carry each channel through)."""
+        return [
+            m for m in self.members if m.dim == "out" and isinstance(m.module, _WEIGHTED) and not is_depthwise(m.module)
+        ]
+
+    def consumers(self) -> list[Member]:
+        """In-members: layers that read the group's channels."""
+        return [m for m in self.members if m.dim == "in" and isinstance(m.module, _WEIGHTED)]
 
     def member_names(self) -> list[str]:
         return sorted({m.name for m in self.members})
@@ -238,7 +251,7 @@ def analyze(
         if filter_fn is not None and not filter_fn(root, group.name):
             group.prunable, group.reason = False, f"excluded by filter_fn at {group.name!r}"
         group.gate_points = _gate_points(dg, group)
-        producers = [m for m in group.members if m.dim == "out" and isinstance(m.module, _WEIGHTED)]
+        producers = group.producers()
         group.critical = (
             len(producers) > 1
             or any(m.module is stem for m in producers)
@@ -279,7 +292,7 @@ def _unique_first(idxs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _gate_points(dg, group: ChannelGroup) -> list[Member]:
-    bn_modules = {id(m.module) for m in group.members if isinstance(m.module, _BN)}
+    bns = {id(m.module): m for m in group.members if isinstance(m.module, _BN)}
     points: list[Member] = []
     for m in group.members:
         if m.dim != "out":
@@ -289,7 +302,80 @@ def _gate_points(dg, group: ChannelGroup) -> list[Member]:
         elif isinstance(m.module, _WEIGHTED):
             node = dg.module2node.get(m.module)
             consumers = [o.module for o in node.outputs] if node is not None else []
-            followed_by_bn = bool(consumers) and all(id(c) in bn_modules for c in consumers)
+            followed_by_bn = bool(consumers) and all(id(c) in bns for c in consumers)
             if not followed_by_bn:
                 points.append(m)
+                group.point_of[m.name] = m
+            elif len(consumers) == 1:
+                group.point_of[m.name] = bns[id(consumers[0])]
     return points
+
+
+@dataclass(eq=False)
+class Branch:
+    """A residual branch: the layers between a fork of a residual stream and its sum.
+
+    Attributes:
+        name: the branch's last producer (e.g. ``layer1.0.conv2``).
+        end: the gate point where the branch's output enters the sum (its last BatchNorm).
+        inner: indices (into the analysed group list) of the groups living only inside the branch.
+    """
+
+    name: str
+    end: Member
+    inner: list[int]
+
+
+def residual_branches(groups: list[ChannelGroup]) -> list[Branch]:
+    """Find residual branches from the groups alone (no per-architecture rules).
+
+    A residual sum is a group with several producers. Walking back from one producer through the
+    groups it reads, every single-producer group is inside the branch; the walk stops at residual
+    streams (its sources). It is a branch when (1) it ends in a BatchNorm, (2) each source is the sum's
+    own stream (identity shortcut) or is read by another producer of the sum (projection shortcut),
+    so the block keeps a path without it, and (3) its inner channels are read only inside it, so
+    closing the branch removes all of them.
+    """
+    by_consumer: dict[str, list[int]] = {}
+    for gi, g in enumerate(groups):
+        for m in g.consumers():
+            by_consumer.setdefault(m.name, []).append(gi)
+    branches: list[Branch] = []
+    for gi_sum, g in enumerate(groups):
+        producers = g.producers()
+        if len(producers) < 2:
+            continue
+        for p in producers:
+            end = g.point_of.get(p.name)
+            if end is None or not isinstance(end.module, _BN):
+                continue
+            inner: list[int] = []
+            sources: set[int] = set()
+            inside = {p.name}
+            frontier = [p.name]
+            while frontier:
+                name = frontier.pop()
+                reads = by_consumer.get(name, ())
+                if not reads:
+                    sources.add(-1)  # reads the network input: no shortcut around it
+                for gi in reads:
+                    src = groups[gi]
+                    if len(src.producers()) != 1:
+                        sources.add(gi)
+                        continue
+                    if gi in inner:
+                        continue
+                    inner.append(gi)
+                    for q in src.producers():
+                        inside.add(q.name)
+                        frontier.append(q.name)
+            if not inner or not sources:
+                continue
+            others = {q.name for q in producers if q is not p}
+            bypassed = all(
+                s == gi_sum or (s >= 0 and any(c.name in others for c in groups[s].consumers())) for s in sources
+            )
+            closed = all(c.name in inside for gi in inner for c in groups[gi].consumers())
+            if bypassed and closed and all(groups[gi].prunable for gi in inner):
+                branches.append(Branch(name=p.name, end=end, inner=sorted(inner)))
+    return branches

@@ -176,3 +176,23 @@ def test_collapse_with_soft_gate_values_folds_them() -> None:
     gated.eval()
     with torch.no_grad():
         assert (slim(x) - gated(x)).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["resnet20", "tv:mobilenet_v2"])
+def test_block_gates_remove_whole_residual_blocks(name: str) -> None:
+    model = _build(name)
+    x = _input(name)
+    _randomize_bn(model, x.shape[-1])
+    gated = pk.augment(model, x[:1], gate="crisp", block_gate="bernoulli")
+    assert len(gated.branches) == (9 if name == "resnet20" else 10)
+    assert len(gated.block_gates) == len(gated.branches)
+    # close two blocks; their inner groups are closed with them, for the cost model and for collapse
+    for b in list(gated.block_gates)[:2]:
+        b.set_mask(torch.zeros(1, dtype=torch.bool))
+    slim = pk.collapse(gated)
+    assert slim.pk_collapse["removed_blocks"] == [gated.branches[0].name, gated.branches[1].name]
+    gated.eval()
+    with torch.no_grad():
+        assert (slim(x) - gated(x)).abs().max().item() <= 1e-4
+    assert pk.count_macs(slim, x[:1]) == pytest.approx(float(pk.relaxed_macs(gated, "hard")), rel=1e-6)
+    assert pk.count_macs(slim, x[:1]) < pk.count_macs(model, x[:1])
