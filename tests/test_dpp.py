@@ -193,6 +193,21 @@ def test_dpp_gate_is_registered_and_respects_set_mask():
     assert gate()[5:].sum() == 0 and gate().sum() == 4
 
 
+def test_frozen_masks_survive_a_state_dict_round_trip():
+    torch.manual_seed(10)
+    gate = DPPGate(12, keep=0.25)
+    gate.dpp.freeze_()
+    fresh = DPPGate(12, keep=0.25)
+    fresh.load_state_dict(gate.state_dict())
+    assert fresh.dpp.frozen and not fresh.dpp.logits.requires_grad
+    fresh.train()
+    assert torch.equal(fresh(), gate.eval()())
+    back = DPPGate(12, keep=0.25)
+    back.dpp.freeze_()
+    back.load_state_dict(DPPGate(12, keep=0.25).state_dict())  # frozen ← unfrozen
+    assert not back.dpp.frozen and back.dpp.logits.requires_grad
+
+
 # -- the method -------------------------------------------------------------------------------------------
 def test_temperature_schedule_is_linear_per_epoch():
     assert temperature(0, 5) == 5.0 and temperature(4, 5) == 0.5

@@ -32,6 +32,7 @@ and :class:`DPPMask`, a ``torch.nn.utils.parametrize`` parametrization W â†¦ W â
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -218,6 +219,14 @@ class _DPPState(nn.Module):
     @property
     def frozen(self) -> bool:
         return self.fixed.numel() > 0
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # a frozen mask's ``fixed`` is [M, N], an unfrozen one's is empty: take the saved shape
+        fixed = state_dict.get(prefix + "fixed")
+        if fixed is not None and fixed.shape != self.fixed.shape:
+            self.fixed = torch.empty(fixed.shape, dtype=self.fixed.dtype, device=self.fixed.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.logits.requires_grad_(not self.frozen)
 
     def set_tau(self, tau: float) -> None:
         if not tau > 0:
