@@ -178,6 +178,8 @@ def _selectors(model: nn.Module) -> list[tuple[str, nn.Module]]:
         gate = getattr(h, "gate", None)
         if gate is not None:
             names[id(gate)] = str(h.name)
+    for branch, gate in zip(getattr(model, "branches", None) or [], getattr(model, "block_gates", None) or []):
+        names[id(gate)] = f"block:{branch.name}"  # a whole residual branch (block gate)
     out = []
     for path, module in model.named_modules():
         if isinstance(module, Gate):

@@ -124,6 +124,19 @@ def test_gate_layer_rows_for_every_gate_kind(kind):
         assert set(r) <= {"layer", "name", "value", "data"} and isinstance(r["value"], float)
 
 
+def test_block_gates_are_named_after_their_branch():
+    from prunekit.augment import augment
+    from prunekit.models import create_model
+
+    torch.manual_seed(2)
+    x = torch.randn(1, 3, 16, 16)
+    gated = augment(create_model("resnet20", num_classes=3), x, gate="crisp", block_gate="crisp")
+    assert gated.block_gates, "resnet20 has residual branches"
+    layers = {r["layer"] for r in gate_layer_rows(gated)}
+    assert {f"block:{b.name}" for b in gated.branches} <= layers
+    assert {h.name for h in gated.groups} <= layers
+
+
 def test_rows_for_weight_masks_report_diversity_per_layer():
     torch.manual_seed(1)
     from torch.nn.utils import parametrize
