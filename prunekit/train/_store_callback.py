@@ -1,9 +1,9 @@
 """The callback that writes a training run into the run store.
 
-Metrics go through the store's buffered writes (one SQLite transaction per ~2 s or 2000 rows), so the
-training thread only appends to a list per step. The heartbeat and progress are written by a small daemon
-thread on its own connection every ``heartbeat_interval`` seconds, so a run that spends a minute in one
-evaluation still looks alive, and a killed one stops beating at once. The stop flag is polled at most every
+Metrics go through the store's buffer: the training thread only appends to a list per step. A small daemon
+thread flushes that buffer (one SQLite transaction) and writes the heartbeat and progress (on its own
+connection) every ``heartbeat_interval`` seconds, so the step never waits for the disk, a run that spends a
+minute in one evaluation still looks alive, and a killed one stops beating at once. The stop flag is polled at most every
 ``poll_interval`` seconds (one indexed SELECT).
 """
 
@@ -45,7 +45,8 @@ class StoreCallback(Callback):
         store: the open run store.
         run_id: the run being trained (created with ``store.create_run``).
         poll_interval: minimum seconds between two reads of the stop flag.
-        heartbeat_interval: seconds between heartbeats (0 disables the heartbeat thread).
+        heartbeat_interval: seconds between heartbeats and background flushes (0: no thread; the training
+            thread then flushes every ``store.flush_interval``).
         manage_status: set ``running`` at start and ``done``/``stopped``/``failed`` at the end. The background
             runner keeps this on and refines the final status with the full result.
         checkpoint_dir: where the loop writes ``last.pt``; new versions of it are recorded as checkpoint rows.
@@ -57,7 +58,7 @@ class StoreCallback(Callback):
         run_id: str,
         *,
         poll_interval: float = 0.5,
-        heartbeat_interval: float = 2.0,
+        heartbeat_interval: float = 1.0,
         manage_status: bool = True,
         checkpoint_dir: str | Path | None = None,
     ) -> None:
@@ -95,10 +96,11 @@ class StoreCallback(Callback):
     def _beat_loop(self) -> None:
         from prunekit.train.store import RunStore
 
-        own = RunStore(self.store.workspace)  # own connection: never waits on the training thread's lock
+        own = RunStore(self.store.workspace)  # own connection for the heartbeat
         try:
             while not self._beat_stop.wait(self.heartbeat_interval):
                 try:
+                    self.store.flush()
                     own.heartbeat(self.run_id, self.progress)
                 except Exception as e:  # noqa: BLE001 - a missed beat must not kill training
                     logger.warning("heartbeat of run %s failed: %s", self.run_id, e)
@@ -136,6 +138,9 @@ class StoreCallback(Callback):
             self.store.set_status(self.run_id, "running", pid=os.getpid())
         self.store.heartbeat(self.run_id, self.progress)
         if self.heartbeat_interval > 0 and self._beat is None:
+            # the thread flushes; the training thread only does when the buffer grows past flush_rows
+            self._saved_flush_interval = self.store.flush_interval
+            self.store.flush_interval = float("inf")
             self._beat = threading.Thread(target=self._beat_loop, name=f"heartbeat-{self.run_id}", daemon=True)
             self._beat.start()
 
@@ -171,13 +176,19 @@ class StoreCallback(Callback):
         if self.is_writer:
             self.store.add_checkpoint(self.run_id, trainer.step, trainer.epoch, path)
 
-    def on_train_end(self, trainer: Any, result: dict[str, Any]) -> None:
-        if not self.is_writer:
-            return
+    def close(self) -> None:
+        """Stop the heartbeat thread and flush (``on_train_end`` does it; call it when training raised)."""
         self._beat_stop.set()
         if self._beat is not None:
             self._beat.join(timeout=5)
             self._beat = None
+            self.store.flush_interval = self._saved_flush_interval
+        self.store.flush()
+
+    def on_train_end(self, trainer: Any, result: dict[str, Any]) -> None:
+        if not self.is_writer:
+            return
+        self.close()
         status = result.get("status")
         if status != "diverged":
             self._sync_checkpoint(int(trainer.step), int(trainer.epoch))

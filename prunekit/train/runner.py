@@ -306,7 +306,7 @@ def _child_main(argv: list[str] | None = None) -> int:
                     f", resuming from {resume_from}" if resume_from else "")
         result = fn(cfg, callbacks=[cb], checkpoint_dir=ckpt_dir, resume_from=resume_from)
     except BaseException as e:  # noqa: BLE001 - every failure must reach the store
-        store.flush()
+        cb.close()
         step = getattr(e, "step", None)
         msg = f"{type(e).__name__}: {e}"
         if step is not None and f"step {step}" not in msg:

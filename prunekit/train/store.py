@@ -182,7 +182,8 @@ class RunStore:
         self.stale_after = stale_after
         self.flush_rows = flush_rows
         self.flush_interval = flush_interval
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the connection
+        self._buf_lock = threading.Lock()  # the metric buffers: appending never waits for the database
         self._scalar_buf: list[tuple] = []
         self._layer_buf: list[tuple] = []
         self._last_flush = time.monotonic()
@@ -465,8 +466,9 @@ class RunStore:
         """Remove the run's rows and its folder (checkpoints, logs)."""
         self._row(run_id)
         with self._lock:
-            self._scalar_buf = [r for r in self._scalar_buf if r[0] != run_id]
-            self._layer_buf = [r for r in self._layer_buf if r[0] != run_id]
+            with self._buf_lock:
+                self._scalar_buf = [r for r in self._scalar_buf if r[0] != run_id]
+                self._layer_buf = [r for r in self._layer_buf if r[0] != run_id]
             c = self._conn
             c.execute("BEGIN IMMEDIATE")
             try:
@@ -491,7 +493,7 @@ class RunStore:
     def log_scalars(self, run_id: str, step: int, epoch: int, values: dict[str, float]) -> None:
         """Buffer scalar metrics of one step (flushed in batches; see :meth:`flush`)."""
         rows = [(run_id, int(step), int(epoch), str(k), _float(v)) for k, v in values.items()]
-        with self._lock:
+        with self._buf_lock:
             self._scalar_buf.extend(rows)
         self._maybe_flush()
 
@@ -504,7 +506,7 @@ class RunStore:
                 run_id, int(step), int(epoch), str(r["layer"]), str(r["name"]), _float(r.get("value")),
                 None if data is None else json.dumps(_jsonable(data)),
             ))
-        with self._lock:
+        with self._buf_lock:
             self._layer_buf.extend(buf)
         self._maybe_flush()
 
@@ -514,13 +516,14 @@ class RunStore:
             self.flush()
 
     def flush(self) -> None:
-        """Write the buffered metric rows in one transaction."""
+        """Write the buffered metric rows in one transaction (safe to call from another thread)."""
         with self._lock:
-            self._last_flush = time.monotonic()
-            if not self._scalar_buf and not self._layer_buf:
+            with self._buf_lock:
+                self._last_flush = time.monotonic()
+                scalars, layers = self._scalar_buf, self._layer_buf
+                self._scalar_buf, self._layer_buf = [], []
+            if not scalars and not layers:
                 return
-            scalars, layers = self._scalar_buf, self._layer_buf
-            self._scalar_buf, self._layer_buf = [], []
             c = self._conn
             c.execute("BEGIN IMMEDIATE")
             try:
@@ -531,7 +534,8 @@ class RunStore:
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")
-                self._scalar_buf, self._layer_buf = scalars + self._scalar_buf, layers + self._layer_buf
+                with self._buf_lock:
+                    self._scalar_buf, self._layer_buf = scalars + self._scalar_buf, layers + self._layer_buf
                 raise
 
     def metrics(self, run_id: str, names: list[str] | None = None, since_step: int | None = None) -> pd.DataFrame:
