@@ -116,10 +116,15 @@ def _evaluate(model: nn.Module, loader: Iterable[Any], task: str, device: torch.
     return (m["acc"] if task == "classification" else m["miou"]), m["loss"]
 
 
-def _plain_copy(model: nn.Module) -> nn.Module:
-    """A copy without training-time weight noise (Bridgeout parametrizations hold the clean weight)."""
+def _plain_copy(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
+    """A plain copy: Bridgeout noise removed (its parametrization holds the clean weight), a gated model
+    (e.g. sDprun's finalized one) collapsed to the slim network its masks define."""
+    from prunekit.augment import GatedModel
+    from prunekit.collapse import collapse
     from prunekit.methods.bridgeout import remove_bridgeout_
 
+    if isinstance(model, GatedModel):
+        return collapse(model, example_input.to(model.example_input.device))
     twin = copy.deepcopy(model)
     remove_bridgeout_(twin)
     return twin
@@ -148,7 +153,9 @@ def prune_curve(
     """Prune a trained model to each fraction of filters per group, collapse, and evaluate with no fine-tuning.
 
     Args:
-        model: a trained network (not gated; Bridgeout noise, if still installed, is ignored). Not modified.
+        model: a trained network; not modified. Bridgeout noise, if still installed, is ignored; a gated model
+            (``prunekit.augment``, e.g. sDprun's finalized one) is first collapsed with its current masks, so the
+            fractions then apply to the channels it kept.
         data_loader: yields ``(images [N, C, H, W], targets)``; evaluated in full unless ``max_batches``.
         fractions: shares of channels to remove from every prunable group, each in [0, 1).
         criterion: ``"l2"`` (default) or ``"l1"`` norm of the group's output filters.
@@ -189,7 +196,7 @@ def prune_curve(
         example_input = first[0][:1]
     x = example_input.to(dev)
 
-    base = _plain_copy(model).to(dev).eval()
+    base = _plain_copy(model, x).to(dev).eval()
     dense_macs, dense_params = count_macs(base, x), count_params(base)
     gated = augment(base, x, gate=_mask_gate(), filter_fn=filter_fn, inplace=True).eval()
     scores = [group_filter_scores(g, criterion) for g in gated.groups]
