@@ -435,3 +435,21 @@ def zero_channel_keep_mask(group: Any) -> torch.Tensor:
     if not keep.any() and getattr(group, "critical", True):
         keep[0] = True
     return keep
+
+
+def sdprun_optimizer(
+    model: nn.Module, train_cfg: Any, example_input: torch.Tensor | None = None, **config: Any
+) -> SDPrun:
+    """The :class:`SDPrun` optimizer for ``model`` with ``train_cfg.lr`` (for ``--optimizer sdprun`` with any method).
+
+    Args:
+        model: the (possibly gated) model to train; its gate logits, BN and biases get plain SGD.
+        train_cfg: a ``TrainConfig`` (only ``lr`` is read).
+        example_input: ``[N, C, H, W]``; with it the engine's coupled groups share one norm, without it
+            every Conv/Linear's rows are separate structures.
+        **config: fields of :class:`SDPrunMethod.Config` (``c``, ``mu``, ``group_size_factor``, ``coupled``).
+    """
+    method = SDPrunMethod(**config)
+    if example_input is not None:
+        method.prepare(model, example_input)
+    return method.make_optimizer(model, train_cfg)
