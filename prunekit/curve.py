@@ -13,8 +13,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import statistics
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -78,34 +76,9 @@ def keep_mask_for_fraction(scores: torch.Tensor, fraction: float) -> torch.Tenso
 
 
 def _latency_ms_b1(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
-    try:
-        from prunekit import measure_latency  # type: ignore[attr-defined]
-    except ImportError:
-        measure_latency = None
-    if measure_latency is not None:
-        out = measure_latency(model, x[:1], batch_sizes=(1,))
-        if isinstance(out, dict):
-            v = out.get(1, out.get("1"))
-            if isinstance(v, dict):
-                v = v.get("median_ms", v.get("ms"))
-            if v is not None:
-                return float(v)
-        elif isinstance(out, (int, float)):
-            return float(out)
-    xb = x[:1]
-    with torch.inference_mode():
-        for _ in range(2):
-            model(xb)
-        times = []
-        for _ in range(repeats):
-            if xb.device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            model(xb)
-            if xb.device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    from prunekit.latency import measure_latency
+
+    return float(measure_latency(model, x[:1], batch_sizes=(1,), repeats=max(1, repeats))[1])
 
 
 def _evaluate(model: nn.Module, loader: Iterable[Any], task: str, device: torch.device,
