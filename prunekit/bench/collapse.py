@@ -1,0 +1,179 @@
+"""``prunekit bench collapse``: does collapse work, is it exact, how fast, and does it really run faster?
+
+For each model: 50% random channel masks on every prunable group → collapse → max |slim − gated|,
+collapse time, MACs and params before/after, CPU latency at batch 1 and 64 and the speedup ÷ MACs
+reduction. Side by side, Torch-Pruning (``MagnitudePruner``, same 50% ratio per group) on the same model:
+whether it handles it, its pruning time and speedup. A model that cannot be handled is reported with
+its reason (analysis time is bounded, no hangs).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunekit.bench import md_table, write_report
+
+log = logging.getLogger(__name__)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # the issue's headline pair plus one of each family, small inputs: minutes on 2 CPU cores
+    "quick": {
+        "models": ["resnet56", "tv:resnet50", "resnet20", "vgg16", "mobilenetv2", "unet", "tv:mobilenet_v3_small", "tv:densenet121"],
+        "size": 32,
+        "tv_size": 64,
+        "repeats": 5,
+    },
+    # every in-house model and every torchvision classification model
+    "full": {"models": None, "size": 32, "tv_size": 64, "repeats": 5},
+}
+
+
+def _models(preset: dict[str, Any]) -> list[str]:
+    from prunekit.models import list_models
+
+    return preset["models"] or list_models(include_torchvision=True)
+
+
+def _half_masks(gated, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for h in gated.groups:
+        keep = torch.zeros(h.size, dtype=torch.bool)
+        keep[torch.randperm(h.size, generator=g)[: max(1, h.size // 2)]] = True
+        h.set_mask(keep)
+
+
+def _prunekit_row(name: str, x: torch.Tensor, repeats: int) -> dict[str, Any]:
+    import prunekit as pk
+
+    kwargs = {"aux_logits": False, "init_weights": False} if name in ("tv:googlenet", "tv:inception_v3") else {}
+    model = pk.create_model(name, num_classes=10, **kwargs).eval()
+    t0 = time.perf_counter()
+    gated = pk.augment(model, x, timeout_s=60)
+    t_aug = time.perf_counter() - t0
+    _half_masks(gated)
+    t0 = time.perf_counter()
+    slim = pk.collapse(gated)
+    t_col = time.perf_counter() - t0
+    macs0, macs1 = pk.count_macs(model, x), pk.count_macs(slim, x)
+    lat0 = pk.measure_latency(model, x, (1, 64), warmup=2, repeats=repeats)
+    lat1 = pk.measure_latency(slim, x, (1, 64), warmup=2, repeats=repeats)
+    red = macs0 / max(macs1, 1)
+    return {
+        "groups": len(gated.groups),
+        "fixed_groups": len(gated.fixed_groups),
+        "macs_before": macs0,
+        "macs_after": macs1,
+        "params_before": pk.count_params(model),
+        "params_after": pk.count_params(slim),
+        "max_diff": slim.pk_collapse["max_diff"],
+        "augment_s": t_aug,
+        "collapse_s": t_col,
+        "latency_ms": {"before": lat0, "after": lat1},
+        "speedup_b1": lat0[1] / lat1[1],
+        "speedup_b64": lat0[64] / lat1[64],
+        "macs_reduction": red,
+        "speedup_over_macs_b1": lat0[1] / lat1[1] / red,
+        "speedup_over_macs_b64": lat0[64] / lat1[64] / red,
+        "removed": len(slim.pk_collapse["removed"]),
+    }
+
+
+def _torch_pruning_row(name: str, x: torch.Tensor, repeats: int) -> dict[str, Any]:
+    import torch_pruning as tp
+
+    import prunekit as pk
+
+    kwargs = {"aux_logits": False, "init_weights": False} if name in ("tv:googlenet", "tv:inception_v3") else {}
+    model = pk.create_model(name, num_classes=10, **kwargs).eval()
+    lat0 = pk.measure_latency(model, x, (1, 64), warmup=2, repeats=repeats)
+    macs0 = pk.count_macs(model, x)
+    classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:]
+    if getattr(model, "pk_task", "classification") == "segmentation":
+        classifier = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1:]
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner = tp.pruner.MagnitudePruner(
+            model, x, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=0.5, ignored_layers=classifier
+        )
+        pruner.step()
+    t_prune = time.perf_counter() - t0
+    with torch.no_grad():
+        model(x)
+    macs1 = pk.count_macs(model, x)
+    lat1 = pk.measure_latency(model, x, (1, 64), warmup=2, repeats=repeats)
+    red = macs0 / max(macs1, 1)
+    return {
+        "prune_s": t_prune,
+        "macs_after": macs1,
+        "params_after": pk.count_params(model),
+        "speedup_b1": lat0[1] / lat1[1],
+        "speedup_b64": lat0[64] / lat1[64],
+        "macs_reduction": red,
+    }
+
+
+def _guard(fn, *args) -> dict[str, Any]:
+    try:
+        return {"ok": True, **fn(*args)}
+    except Exception as e:  # noqa: BLE001 - a model we cannot handle is a result, reported with its reason
+        return {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+
+
+def bench_collapse(
+    out_dir: str | Path, preset: str = "quick", *, models: list[str] | None = None, torch_pruning: bool = True
+) -> dict[str, Any]:
+    """Run the collapse suite; write ``collapse.json`` / ``collapse.md`` to ``out_dir``.
+
+    Args:
+        out_dir: results folder.
+        preset: ``quick`` (8 models: ResNet-56, tv:resnet50 and one of each family) or ``full`` (the whole zoo).
+        models: override the model list.
+        torch_pruning: also prune each model with Torch-Pruning's MagnitudePruner at the same ratio.
+    """
+    from prunekit.errors import ConfigError
+
+    if preset not in PRESETS:
+        raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    cfg = PRESETS[preset]
+    names = models or _models(cfg)
+    results: dict[str, Any] = {}
+    for name in names:
+        size = cfg["tv_size"] if name.startswith("tv:") else cfg["size"]
+        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+        log.info("bench collapse: %s", name)
+        row = {"input": list(x.shape), "prunekit": _guard(_prunekit_row, name, x, cfg["repeats"])}
+        if torch_pruning:
+            row["torch_pruning"] = _guard(_torch_pruning_row, name, x, cfg["repeats"])
+        results[name] = row
+    headers = [
+        "model", "groups", "MACs before→after (M)", "params before→after (M)", "max diff", "collapse s",
+        "speedup b1", "speedup b64", "MACs red.", "speedup÷MACs b64", "TP ok", "TP prune s", "TP speedup b64",
+    ]
+    rows = []
+    for name, r in results.items():
+        p, t = r["prunekit"], r.get("torch_pruning", {})
+        if not p["ok"]:
+            rows.append([name, "fails: " + p["error"]] + [None] * 9 + [t.get("ok"), None, None])
+            continue
+        rows.append([
+            name, p["groups"], f"{p['macs_before'] / 1e6:.1f}→{p['macs_after'] / 1e6:.1f}",
+            f"{p['params_before'] / 1e6:.2f}→{p['params_after'] / 1e6:.2f}", f"{p['max_diff']:.1e}", p["collapse_s"],
+            p["speedup_b1"], p["speedup_b64"], p["macs_reduction"], p["speedup_over_macs_b64"],
+            "yes" if t.get("ok") else ("no: " + t["error"] if t else None), t.get("prune_s"), t.get("speedup_b64"),
+        ])
+    ok = sum(r["prunekit"]["ok"] for r in results.values())
+    tp_ok = sum(r.get("torch_pruning", {}).get("ok", False) for r in results.values())
+    md = (
+        f"# collapse ({preset})\n\n50% random channel masks per prunable group; MACs per sample by torch.utils.flop_counter "
+        "(1 MAC = 1 multiply-add, conv/linear only); latency = median CPU ms; TP = Torch-Pruning MagnitudePruner at ratio 0.5.\n\n"
+        + md_table(headers, rows)
+        + f"\nprunekit handled {ok}/{len(results)} models, Torch-Pruning {tp_ok}/{len(results)}.\n"
+    )
+    return write_report(out_dir, "collapse", {"preset": preset, "models": results}, md)
