@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from prunekit.cli._common import HelpFormatter
+from prunekit.cli._common import HelpFormatter, out
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,10 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from prunekit.bench import run_suite
 
-    out = Path(args.out)
-    result = run_suite(args.suite, out, args.preset)
-    md = out / f"{args.suite}.md"
+    folder = Path(args.out)
+    result = run_suite(args.suite, folder, args.preset)
+    md = folder / f"{args.suite}.md"
     text = result.get("markdown") if isinstance(result, dict) else None
-    print(text or (md.read_text() if md.exists() else ""))
-    print(f"results written to {out}/")
+    out(text or (md.read_text() if md.exists() else ""))
+    out(f"results written to {folder}/")
     return 0
