@@ -418,7 +418,9 @@ class RunDashboard:
         todo: list[widgets.Widget] = [self.widget]
         while todo:
             w = todo.pop()
-            w.send_state()
+            # An Output's empty msg_id means "stop capturing"; nbclient (0.10) fails on it for an Output that
+            # never captured, and these Outputs never capture (their outputs are assigned), so leave it out.
+            w.send_state(key=[k for k in w.keys if k != "msg_id"] if isinstance(w, widgets.Output) else None)
             todo.extend(c for c in getattr(w, "children", ()) if isinstance(c, widgets.Widget))
 
     def close(self) -> None:
