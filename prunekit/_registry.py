@@ -29,7 +29,7 @@ class Registry(Generic[T]):
         """Decorator registering ``obj`` under ``name`` (default: its ``__name__``)."""
 
         def deco(obj: T) -> T:
-            key = name or getattr(obj, "__name__")
+            key = name or obj.__name__
             if key in self._items:
                 raise ValueError(f"{self.kind} {key!r} is already registered")
             self._items[key] = obj
