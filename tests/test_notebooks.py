@@ -3,6 +3,9 @@
 Each notebook is executed with nbclient on a kernel of *this* interpreter (a kernelspec written to a temporary
 folder, so no user-level kernel registration is needed or used), with ``PRUNEKIT_NB_SMALL=1`` and a fresh
 ``PRUNEKIT_HOME``. Executed copies are written to ``test-artifacts/notebooks/`` for inspection.
+
+Notebooks are committed without outputs; after running one by hand, strip it with
+``python tests/test_notebooks.py --strip notebooks/*.ipynb``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,20 @@ KERNEL = "prunekit-test"
 SMALL_BUDGET_S = 180  # the brief each notebook is written to: under 3 minutes on a 2-core CPU
 
 
+def strip_outputs(path: Path) -> bool:
+    """Remove outputs, execution counts and saved widget state from a notebook in place; True if it changed."""
+    nb = nbformat.read(path, as_version=4)
+    before = nbformat.writes(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    nb.metadata.pop("widgets", None)
+    after = nbformat.writes(nb)
+    if after != before:
+        path.write_text(after, encoding="utf-8")
+    return after != before
+
+
 def test_notebooks_exist_and_are_stripped():
     """Committed notebooks carry no outputs or execution counts (they are rebuilt by running them)."""
     names = [p.name for p in NOTEBOOKS]
@@ -37,7 +54,8 @@ def test_notebooks_exist_and_are_stripped():
         nbformat.validate(nb)
         dirty = [i for i, c in enumerate(nb.cells)
                  if c.cell_type == "code" and (c.outputs or c.execution_count is not None)]
-        assert not dirty, f"{path.name}: cells {dirty} have outputs; strip them before committing"
+        assert not dirty, (
+            f"{path.name}: cells {dirty} have outputs; run python tests/test_notebooks.py --strip {path}")
         assert "widgets" not in nb.metadata, f"{path.name}: saved widget state committed"
         first = next(c for c in nb.cells if c.cell_type == "code")
         assert "PRUNEKIT_NB_SMALL" in first.source, f"{path.name}: the first code cell must read the budget switch"
@@ -111,3 +129,23 @@ def test_notebook_executes(path: Path, tmp_path: Path):
     plots = [m for m in models.values() if m["model_name"] == "OutputModel"
              and any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in m["state"].get("outputs", []))]
     assert plots, f"{path.name}: no figure saved inside a widget"
+
+
+def test_strip_outputs(tmp_path: Path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1")])
+    nb.cells[0].outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=1)]
+    nb.cells[0].execution_count = 1
+    nb.metadata["widgets"] = {WIDGET_MIME: {"state": {}}}
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, path)
+    assert strip_outputs(path) is True
+    clean = nbformat.read(path, as_version=4)
+    assert clean.cells[0].outputs == [] and clean.cells[0].execution_count is None and "widgets" not in clean.metadata
+    assert strip_outputs(path) is False
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3 or sys.argv[1] != "--strip":
+        sys.exit("usage: python tests/test_notebooks.py --strip NOTEBOOK.ipynb ...")
+    for arg in sys.argv[2:]:
+        print(("stripped " if strip_outputs(Path(arg)) else "clean    ") + arg)
