@@ -128,9 +128,11 @@ def model_macs(model: Any, example_input: Any) -> float | None:
         return None
 
 
-def to_json(obj: Any) -> str:
-    """JSON of a result dict, dropping objects (the model) that do not serialise."""
-    return json.dumps({k: v for k, v in obj.items() if k != "model"}, indent=2, default=str)
+def to_json(obj: dict[str, Any]) -> str:
+    """JSON of a result dict, dropping the model object (``result["model"]``) if present."""
+    from torch import nn
+
+    return json.dumps({k: v for k, v in obj.items() if not isinstance(v, nn.Module)}, indent=2, default=str)
 
 
 class ProgressBar(Callback):

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
               "epoch": ckpt["epoch"], "step": ckpt["step"], "status": status, "samples": r["samples"],
               "params": count_params(model), "metrics": metrics}
     if args.json:
-        out(to_json({**result, "model_name": cfg.model, "model": None}))
+        out(to_json(result))
     else:
         rows = [("checkpoint", str(args.checkpoint)), ("model", f"{cfg.model} ({cfg.method})"),
                 ("dataset", f"{cfg.dataset} [{args.split}, {r['samples']} samples]"),

@@ -98,6 +98,8 @@ class Trainer:
         config: the optimisation schedule.
         method: the pruning method; None trains densely.
         callbacks: observers (progress bars, run store, gates); see ``prunekit.train.callbacks``.
+            ``on_step_end`` and ``on_layer_metrics`` fire every ``config.log_every`` steps (scalars averaged
+            over those steps), ``should_stop`` is asked after every step.
         task: ``"classification"`` or ``"segmentation"``.
         checkpoint_dir: write ``last.pt`` here after every epoch and on stop.
         resume_from: a checkpoint to continue from (same step numbers, same data order).
