@@ -166,8 +166,10 @@ class Trainer:
 
     def _resume(self) -> tuple[int, int, dict[str, Any] | None]:
         """Load ``resume_from``; return (first epoch, steps already done in it, RNG state to restore)."""
+        # CPU: RNG states must stay CPU tensors; load_state_dict copies weights and optimizer state to
+        # the parameters' device.
         ckpt = load_checkpoint(self.resume_from, self.model, self.optimizer, self.scheduler, self.method,
-                               map_location=self.device)
+                               map_location="cpu")
         extra = ckpt.get("extra") or {}
         if extra.get("scaler"):
             self.scaler.load_state_dict(extra["scaler"])
