@@ -15,7 +15,7 @@ from prunekit.collapse import collapse
 from prunekit.compare import compare, layer_widths
 from prunekit.cost import count_macs, count_params, macs_ratio, params_ratio, relaxed_macs, relaxed_params
 from prunekit.curve import prune_curve
-from prunekit.data import DataInfo, Loaders, create_dataset, dataset_info, list_datasets, make_loaders
+from prunekit.data import DataInfo, Loaders, create_dataset, dataset_info, list_datasets, make_loaders, register_dataset
 from prunekit.errors import (
     CheckpointError,
     CollapseError,
@@ -27,12 +27,15 @@ from prunekit.errors import (
 from prunekit.gates import create_gate, list_gates
 from prunekit.io import export_onnx, load_slim, save_slim
 from prunekit.latency import measure_latency
-from prunekit.methods import create_method, list_methods
-from prunekit.models import create_model, list_models
+from prunekit.methods import create_method, list_methods, register_method
+from prunekit.metrics import confidence, diversity, gate_layer_rows
+from prunekit.models import create_model, list_models, model_task, register_model
+from prunekit.quant import bake_, model_size_bits, quantize_
 from prunekit.train.config import RunConfig, TrainConfig
 from prunekit.train.experiment import build_experiment, run_experiment
-from prunekit.train.runner import RunHandle, resume_run, start_run, stop_run
+from prunekit.train.runner import RunHandle, get_handle, resume_run, start_run, stop_run
 from prunekit.train.store import RunStore
+from prunekit.train.sweep import create_sweep, run_sweep
 
 __version__ = "0.1.0"
 
@@ -52,6 +55,19 @@ __all__ = [
     "TrainConfig",
     "UnsupportedModelError",
     "augment",
+    "bake_",
+    "confidence",
+    "create_sweep",
+    "diversity",
+    "gate_layer_rows",
+    "get_handle",
+    "model_size_bits",
+    "model_task",
+    "quantize_",
+    "register_dataset",
+    "register_method",
+    "register_model",
+    "run_sweep",
     "build_experiment",
     "collapse",
     "compare",
