@@ -415,26 +415,26 @@ class RunDashboard:
 
     def send_state(self) -> None:
         """Re-send every widget's full state from the current cell (see the module docstring)."""
-        todo: list[widgets.Widget] = [self.widget]
-        while todo:
-            w = todo.pop()
+        for w in self._widgets():
             # An Output's empty msg_id means "stop capturing"; nbclient (0.10) fails on it for an Output that
             # never captured, and these Outputs never capture (their outputs are assigned), so leave it out.
             w.send_state(key=[k for k in w.keys if k != "msg_id"] if isinstance(w, widgets.Output) else None)
-            todo.extend(c for c in getattr(w, "children", ()) if isinstance(c, widgets.Widget))
 
     def close(self) -> None:
         """Stop refreshing and close the widgets and the store connection."""
         self.stop()
-        self._close_widgets()
+        for w in self._widgets():
+            w.close()
         self.store.close()
 
-    def _close_widgets(self) -> None:
-        todo: list[widgets.Widget] = [self.widget]
+    def _widgets(self) -> list[widgets.Widget]:
+        """The dashboard's widget tree, parents first."""
+        out, todo = [], [self.widget]
         while todo:
             w = todo.pop()
+            out.append(w)
             todo.extend(c for c in getattr(w, "children", ()) if isinstance(c, widgets.Widget))
-            w.close()
+        return out
 
     def _repr_mimebundle_(self, **kw: Any) -> Any:
         return self.widget._repr_mimebundle_(**kw)
