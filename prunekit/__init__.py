@@ -39,6 +39,15 @@ from prunekit.train.sweep import create_sweep, run_sweep
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    if name == "widgets":  # ipywidgets is an optional extra: import it only when asked for
+        import importlib
+
+        return importlib.import_module("prunekit.widgets")
+    raise AttributeError(f"module 'prunekit' has no attribute {name!r}")
+
+
 __all__ = [
     "CheckpointError",
     "CollapseError",
