@@ -163,10 +163,23 @@ def explain_loss(metrics: pd.DataFrame) -> str:
         return text + "; this method adds no regulariser, so the loss only measures mistakes."
     reg = sum(terms.values())
     share = reg / (reg + b) if reg + b > 0 else 0.0
-    return (
-        text + f"; the regulariser ({', '.join(terms)}) adds {reg:.3g}, {share:.0%} of the total: "
-        "it is the force that pushes gates towards the size target."
-    )
+    return text + f"; the regulariser ({', '.join(terms)}) adds {reg:.3g}, {share:.0%} of the total: " + _role(terms)
+
+
+# What each regulariser term does, for the one-line readings (names as the methods log them).
+_TERM_ROLES = {
+    "entropy": "the entropy term makes each mask row confident (one clear choice instead of a spread)",
+    "struct": "the structure term pulls the relaxed MACs towards the target",
+    "prune_basis": "the prune basis pushes undecided gates to clearly on or off",
+    "l1_channel": "the L1 terms shrink the masks of channels and blocks the budget cannot afford",
+    "l0": "the L0 term lowers the expected number of open gates towards the budget",
+    "bn_l1": "the L1 term on BatchNorm scales makes unimportant channels fade out",
+}
+
+
+def _role(terms: dict[str, float]) -> str:
+    roles = [r for k, r in _TERM_ROLES.items() if any(t.startswith(k) for t in terms)]
+    return ("; ".join(roles) if roles else "it is what pushes the gates towards the size target") + "."
 
 
 def accuracy_figure(metrics: pd.DataFrame) -> go.Figure:
