@@ -172,3 +172,16 @@ def test_method_flag_reaches_method_options():
             assert config_from_args(args).method_options[field] == typ(value)
             return
     pytest.skip("no registered method takes one of the first-class flags yet")
+
+
+@pytest.mark.slow
+def test_train_background_is_a_run_in_the_store(tmp_path: Path, capsys):
+    from prunekit.train.runner import get_handle
+
+    ws = tmp_path / "ws"
+    rc = main(["train", *TINY, "--background", "--workspace", str(ws), "--json"])
+    assert rc == 0
+    run_id = json.loads(capsys.readouterr().out)["id"]
+    info = get_handle(run_id, ws).wait(timeout=240)
+    assert info.status == "done", info.error
+    assert info.config["model"] == "resnet20" and info.result is not None

@@ -158,7 +158,8 @@ class ProgressBar(Callback):
             self._shown = trainer.step
 
     def on_step_end(self, trainer: Any, logs: dict[str, float]) -> None:
-        self._postfix["loss"] = f"{logs.get('loss', float('nan')):.3f}"
+        if "loss" in logs:
+            self._postfix["loss"] = f"{logs['loss']:.3f}"
         if "acc/train" in logs:
             self._postfix["acc"] = f"{logs['acc/train']:.3f}"
         self._advance(trainer)

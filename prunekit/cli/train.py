@@ -20,6 +20,7 @@ from prunekit.cli._common import (
     parse_kv,
     to_json,
 )
+from prunekit.cli.runs import add_background_option, launch_background
 from prunekit.errors import ConfigError
 from prunekit.train.config import OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
 
@@ -85,6 +86,7 @@ def register(subparsers: Any) -> None:
     r.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue from this checkpoint")
     r.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_background_option(p)
     p.set_defaults(func=run)
 
 
@@ -142,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
     from prunekit.train.experiment import run_experiment
 
     cfg = config_from_args(args)
+    if args.background:
+        return launch_background(args, cfg)
     out_dir = Path(args.out) if args.out else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

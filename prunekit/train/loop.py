@@ -142,6 +142,19 @@ class Trainer:
         self.steps_per_epoch = min(batches, config.max_steps_per_epoch or batches)
         self.metrics: dict[str, float] = {}
 
+    def _log_final(self, model: nn.Module) -> None:
+        """Re-log the last step after ``finalize``: the hard masks (and MACs) are the final ones only now."""
+        try:
+            logs = {k: float(v) for k, v in self.method.step_metrics(model).items()}
+            rows = self.method.layer_metrics(model)
+        except Exception as e:  # noqa: BLE001 - reporting only: a method whose metrics need the pre-finalize model
+            logger.warning("final metrics of method %s unavailable after finalize: %s", self.method.name, e)
+            return
+        logs.update(self.metrics)
+        self._emit("on_step_end", logs)
+        if rows:
+            self._emit("on_layer_metrics", rows)
+
     # -- set-up -------------------------------------------------------------------------------
     def _setup(self) -> None:
         cfg = self.config
@@ -152,6 +165,11 @@ class Trainer:
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = self.method.make_optimizer(self.model, cfg)
+        if self.optimizer is None and cfg.optimizer == "sdprun":
+            # --optimizer sdprun with any method: dual averaging with group soft-thresholds on the weights
+            from prunekit.methods.sdprun import sdprun_optimizer
+
+            self.optimizer = sdprun_optimizer(self.model, cfg, getattr(self.model, "example_input", None))
         if self.optimizer is None:
             self.optimizer = build_optimizer(self.method.param_groups(self.model, cfg), cfg)
         epochs, schedule, milestones, gamma = cfg.epochs, cfg.schedule, cfg.milestones, cfg.gamma
@@ -329,6 +347,7 @@ class Trainer:
                 self.model = model = method.finalize(model)
                 finalized = True
                 self.metrics = self._evaluate() or self.metrics
+                self._log_final(model)
         result = {
             "status": status,
             "epochs": self.epoch,
