@@ -75,64 +75,8 @@ def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-class ConstantMap(nn.Module):
-    """Replaces a conv or linear layer whose inputs were all removed: it outputs its bias, broadcast.
-
-    A residual branch whose inner channels are all closed reduces to this constant (then its BatchNorm
-    turns it into β − γμ/√(σ²+ε)), so the block becomes its shortcut plus an exact per-channel constant.
-    Only the input's *shape* is read; its (empty) values are not.
-    """
-
-    def __init__(self, out_channels: int, kernel_size=(), stride=(), padding=(), dilation=(), linear: bool = False) -> None:
-        super().__init__()
-        self.out_channels = int(out_channels)
-        self.kernel_size, self.stride = tuple(kernel_size), tuple(stride)
-        self.padding, self.dilation = tuple(padding), tuple(dilation)
-        self.linear = bool(linear)
-        self.register_buffer("bias", torch.zeros(self.out_channels))
-
-    @classmethod
-    def like(cls, module: nn.Module, out_keep: torch.Tensor | None = None) -> ConstantMap:
-        """A constant map standing for ``module`` with only ``out_keep`` output channels (default: all)."""
-        n_out = module.out_features if isinstance(module, nn.Linear) else module.out_channels
-        keep = torch.arange(n_out) if out_keep is None else out_keep
-        if isinstance(module, nn.Linear):
-            cm = cls(len(keep), linear=True)
-        else:
-            if isinstance(module.padding, str):
-                raise UnsupportedModelError("string padding is not supported for branch removal")
-            cm = cls(len(keep), module.kernel_size, module.stride, module.padding, module.dilation)
-        if module.bias is not None:
-            cm.bias.copy_(module.bias.detach()[keep])
-        return cm
-
-    def spec(self) -> dict:
-        return {
-            "type": "ConstantMap",
-            "out_channels": self.out_channels,
-            "kernel_size": list(self.kernel_size),
-            "stride": list(self.stride),
-            "padding": list(self.padding),
-            "dilation": list(self.dilation),
-            "linear": self.linear,
-        }
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.linear:
-            return self.bias.to(x.dtype).expand(*x.shape[:-1], self.out_channels)
-        spatial = [
-            _out_size(n, k, s, p, d)
-            for n, k, s, p, d in zip(x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation)
-        ]
-        b = self.bias.to(x.dtype).view(1, -1, *([1] * len(spatial)))
-        return b.expand(x.shape[0], self.out_channels, *spatial)
-
-    def extra_repr(self) -> str:
-        return f"out_channels={self.out_channels}, linear={self.linear}"
-
-
-class EmptyChannels(nn.Module):
-    """Replaces a layer whose outputs were all removed: emits a [N, 0, ...] tensor of the right shape."""
+class _ShapeOnly(nn.Module):
+    """Shared geometry of the stand-ins below: they read only the input's shape, never its values."""
 
     def __init__(self, kernel_size=(), stride=(), padding=(), dilation=(), linear: bool = False) -> None:
         super().__init__()
@@ -140,17 +84,27 @@ class EmptyChannels(nn.Module):
         self.padding, self.dilation = tuple(padding), tuple(dilation)
         self.linear = bool(linear)
 
-    @classmethod
-    def like(cls, module: nn.Module) -> EmptyChannels:
+    @staticmethod
+    def geometry(module: nn.Module) -> dict:
         if isinstance(module, nn.Linear):
-            return cls(linear=True)
+            return {"linear": True}
         if isinstance(module.padding, str):
             raise UnsupportedModelError("string padding is not supported for branch removal")
-        return cls(module.kernel_size, module.stride, module.padding, module.dilation)
+        return {k: getattr(module, k) for k in ("kernel_size", "stride", "padding", "dilation")}
+
+    def out_shape(self, x: torch.Tensor, channels: int) -> tuple[int, ...]:
+        """The output shape the replaced layer had for input ``x``, with ``channels`` channels."""
+        if self.linear:
+            return (*x.shape[:-1], channels)
+        spatial = [
+            _out_size(n, k, s, p, d)
+            for n, k, s, p, d in zip(x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation)
+        ]
+        return (x.shape[0], channels, *spatial)
 
     def spec(self) -> dict:
         return {
-            "type": "EmptyChannels",
+            "type": type(self).__name__,
             "kernel_size": list(self.kernel_size),
             "stride": list(self.stride),
             "padding": list(self.padding),
@@ -158,14 +112,50 @@ class EmptyChannels(nn.Module):
             "linear": self.linear,
         }
 
+
+class ConstantMap(_ShapeOnly):
+    """Replaces a conv or linear layer whose inputs were all removed: it outputs its bias, broadcast.
+
+    A residual branch whose inner channels are all closed reduces to this constant (then its BatchNorm
+    turns it into β − γμ/√(σ²+ε)), so the block becomes its shortcut plus an exact per-channel constant.
+    """
+
+    def __init__(self, out_channels: int, kernel_size=(), stride=(), padding=(), dilation=(), linear: bool = False) -> None:
+        super().__init__(kernel_size, stride, padding, dilation, linear)
+        self.out_channels = int(out_channels)
+        self.register_buffer("bias", torch.zeros(self.out_channels))
+
+    @classmethod
+    def like(cls, module: nn.Module, out_keep: torch.Tensor | None = None) -> ConstantMap:
+        """A constant map standing for ``module`` with only ``out_keep`` output channels (default: all)."""
+        n_out = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+        keep = torch.arange(n_out) if out_keep is None else out_keep
+        cm = cls(len(keep), **cls.geometry(module))
+        if module.bias is not None:
+            cm.bias.copy_(module.bias.detach()[keep])
+        return cm
+
+    def spec(self) -> dict:
+        return {**super().spec(), "out_channels": self.out_channels}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.linear:
-            return x.new_zeros(*x.shape[:-1], 0)
-        spatial = [
-            _out_size(n, k, s, p, d)
-            for n, k, s, p, d in zip(x.shape[2:], self.kernel_size, self.stride, self.padding, self.dilation)
-        ]
-        return x.new_zeros(x.shape[0], 0, *spatial)
+        shape = self.out_shape(x, self.out_channels)
+        b = self.bias.to(x.dtype)
+        return (b if self.linear else b.view(1, -1, *([1] * (len(shape) - 2)))).expand(shape)
+
+    def extra_repr(self) -> str:
+        return f"out_channels={self.out_channels}, linear={self.linear}"
+
+
+class EmptyChannels(_ShapeOnly):
+    """Replaces a layer whose outputs were all removed: emits a [N, 0, ...] tensor of the right shape."""
+
+    @classmethod
+    def like(cls, module: nn.Module) -> EmptyChannels:
+        return cls(**cls.geometry(module))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(self.out_shape(x, 0))
 
 
 class Removed(nn.Identity):
