@@ -1,0 +1,527 @@
+"""``prunekit bench pareto``: accuracy vs MACs vs latency of every method and Torch-Pruning on one budget.
+
+Every method trains the same model on the same data (same subset, split, augmentation, epochs, batch,
+lr schedule and seed) and lands on the same MACs targets; the slim network is collapsed
+(``prunekit.collapse``) and measured: MACs per sample (``prunekit.cost.count_macs``: flop counter,
+1 MAC = one multiply-add of a conv/linear layer), parameters, validation and test accuracy, and CPU
+latency (median ms, one thread). Methods and how they meet a target:
+
+* ``crisp``, ``growing``, ``l0``, ``l1``, ``slimming``: ``target_macs`` in their Config (calibrated).
+* ``dpp`` (filter): exactly-k masks; ``keep`` is solved so that k of N per group gives the target MACs.
+* ``bridgeout`` and ``sdprun``: trained once per seed, then the lowest-L2 filters of every group are
+  removed, the same fraction per group, until the target MACs are met, with **no fine-tuning** (their
+  papers' protocol; ``prunekit.curve``'s rule). sDprun trains with its own optimizer at ``sdprun_lr``.
+* ``tp-groupnorm`` / ``tp-magnitude``: Torch-Pruning's ``GroupNormPruner`` (with its sparse regulariser)
+  and ``MagnitudePruner`` (L1), progressive pruning to the target half-way, fine-tuned for the rest
+  (``prunekit.bench._tp``).
+
+Selection on validation: a method with several option variants in the preset's ``grid`` is reported
+with the variant of best validation accuracy; test accuracy is reported, never used to choose. With
+more than one seed, accuracies are mean ± std over seeds. Suite 4 (latency vs MACs of the slim networks
+against the Torch-Pruning networks at the same target) is written beside it as ``latency.json/.md``.
+
+Presets: ``smoke`` (minutes: 512-image subsets, 4 steps per epoch, one target: proves the plumbing,
+the accuracies mean nothing), ``hour`` (about an hour on 2 CPU cores: 2,000-image subsets, 4 epochs,
+targets 0.3/0.5/0.7) and ``paper`` (ResNet-56, full CIFAR-10, 200 epochs, 3 seeds: for a GPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunekit.bench import md_table, write_report
+from prunekit.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("dense", "crisp", "growing", "dpp", "l0", "l1", "slimming", "bridgeout", "sdprun",
+           "tp-groupnorm", "tp-magnitude")
+TARGETED = ("crisp", "growing", "l0", "l1", "slimming")  # take target_macs in their Config
+POST_HOC = ("bridgeout", "sdprun")  # trained once, L2-pruned to every target with no fine-tuning
+TP_PRUNERS = {"tp-groupnorm": "groupnorm", "tp-magnitude": "magnitude"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ParetoPreset:
+    """The fixed budget every method gets."""
+
+    model: str = "resnet20"
+    datasets: tuple[str, ...] = ("fashion-mnist", "cifar10")
+    targets: tuple[float, ...] = (0.3, 0.5, 0.7)
+    methods: tuple[str, ...] = METHODS
+    epochs: int = 4
+    batch_size: int = 128
+    lr: float = 0.1
+    max_steps_per_epoch: int | None = None
+    limit: int | None = 2000  # samples per split (seeded subset); None: everything
+    seeds: tuple[int, ...] = (0,)
+    sdprun_lr: float = 0.05  # the sDprun paper recommends <= 0.05
+    grid: tuple[tuple[str, tuple[tuple[tuple[str, Any], ...], ...]], ...] = (
+        ("sdprun", ((("c", 1e-3),),)),
+    )  # method -> option variants, chosen on validation accuracy
+    latency_batch_sizes: tuple[int, ...] = (1, 32)
+    latency_repeats: int = 10
+    latency_min_seconds: float = 0.5  # keep timing at least this long per batch size (a shared CPU is noisy)
+    latency_threads: int = 1
+    device: str = "cpu"
+    num_threads: int | None = None  # training threads (None: torch's default)
+
+
+PRESETS: dict[str, ParetoPreset] = {
+    "smoke": ParetoPreset(targets=(0.5,), epochs=2, batch_size=64, lr=0.05, max_steps_per_epoch=4, limit=512,
+                          latency_repeats=5),
+    "hour": ParetoPreset(),
+    "paper": ParetoPreset(model="resnet56", datasets=("cifar10",), epochs=200, batch_size=128, lr=0.1, limit=None,
+                          seeds=(0, 1, 2), device="auto", latency_repeats=50,
+                          grid=(("sdprun", ((("c", 5e-4),), (("c", 1e-3),))),)),
+}
+
+
+def _data_root() -> str | None:
+    """``../shared/data`` beside the repository when present (the CIFAR-10 JPEG tar), else the default search."""
+    path = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
+    return str(path) if path.is_dir() else None
+
+
+def _variants(p: ParetoPreset, method: str) -> list[dict[str, Any]]:
+    for name, variants in p.grid:
+        if name == method:
+            return [dict(v) for v in variants]
+    return [{}]
+
+
+def _run_config(p: ParetoPreset, dataset: str, method: str, options: dict[str, Any], seed: int) -> Any:
+    from prunekit.train.config import RunConfig, TrainConfig
+
+    common = dict(epochs=p.epochs, batch_size=p.batch_size, seed=seed, max_steps_per_epoch=p.max_steps_per_epoch,
+                  device=p.device, num_threads=p.num_threads, log_every=50)
+    if method == "sdprun":
+        train = TrainConfig(lr=p.sdprun_lr, optimizer="sdprun", momentum=0.0, weight_decay=0.0, **common)
+    else:
+        train = TrainConfig(lr=p.lr, **common)
+    data_options = {"limit": p.limit} if p.limit is not None else {}
+    return RunConfig(model=p.model, dataset=dataset, method="dense" if method in TP_PRUNERS else method,
+                     method_options=options, train=train, data_root=_data_root(), data_options=data_options)
+
+
+# -- meeting a MACs target ---------------------------------------------------------------------------------
+def dpp_keep_for_target(model: torch.nn.Module, x: torch.Tensor, target: float) -> tuple[float, float]:
+    """The DPP ``keep`` fraction whose exactly-k masks (k = keep_count(keep, N) per group) give ``target`` MACs.
+
+    Returns:
+        (keep, the MACs ratio those masks give), nearest to ``target`` over a bisection of ``keep``.
+    """
+    from prunekit.augment import augment
+    from prunekit.gates.dpp import keep_count
+    from prunekit.methods._gated import mask_ratio
+
+    gated = augment(copy.deepcopy(model), x, gate="mask")
+
+    def ratio(keep: float) -> float:
+        masks = [torch.arange(h.size) < keep_count(keep, h.size) for h in gated.groups]
+        return mask_ratio(gated, masks)
+
+    lo, hi = 1e-3, 1.0
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if ratio(mid) < target else (lo, mid)
+    best = min((lo, hi), key=lambda k: abs(ratio(k) - target))
+    return best, ratio(best)
+
+
+def l2_prune_to_macs(model: torch.nn.Module, x: torch.Tensor, target_macs: int) -> tuple[torch.nn.Module, float]:
+    """Remove the same fraction of lowest-L2 filters from every group until MACs ≤ ``target_macs``; no fine-tuning.
+
+    Args:
+        model: trained network (Bridgeout noise still installed, or sDprun's finalized gated model); not modified.
+        x: example input ``[1, C, H, W]``.
+        target_macs: MACs per sample to meet (absolute, so the reference is the caller's dense network).
+
+    Returns:
+        (the collapsed slim network, the fraction removed per group).
+    """
+    from prunekit.augment import GatedModel, augment
+    from prunekit.collapse import collapse
+    from prunekit.cost import count_macs
+    from prunekit.curve import group_filter_scores, keep_mask_for_fraction
+    from prunekit.methods._gated import apply_masks, mask_ratio
+    from prunekit.methods.bridgeout import remove_bridgeout_
+
+    if isinstance(model, GatedModel):
+        base = collapse(model, x)
+    else:
+        base = copy.deepcopy(model)
+        remove_bridgeout_(base)
+    base.eval()
+    base_macs = count_macs(base, x)
+    gated = augment(base, x, gate="mask", inplace=True).eval()
+    scores = [group_filter_scores(g, "l2") for g in gated.groups]
+
+    def masks(f: float) -> list[torch.Tensor]:
+        return [keep_mask_for_fraction(s, f) for s in scores]
+
+    def macs(f: float) -> float:
+        return mask_ratio(gated, masks(f)) * base_macs
+
+    if macs(0.0) <= target_macs:
+        f = 0.0
+    else:
+        lo, hi = 0.0, 0.99  # macs(lo) > target >= macs(hi) (or hi is as far as it goes)
+        for _ in range(14):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if macs(mid) > target_macs else (lo, mid)
+        f = hi
+    apply_masks(gated, masks(f))
+    return collapse(gated, x).eval(), f
+
+
+# -- one run -------------------------------------------------------------------------------------------------
+def _measure(slim: torch.nn.Module, x: torch.Tensor, p: ParetoPreset) -> dict[str, Any]:
+    from prunekit.cost import count_macs, count_params
+    from prunekit.latency import measure_latency
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(p.latency_threads)
+    try:
+        lat = measure_latency(slim, x, p.latency_batch_sizes, device="cpu", warmup=2, repeats=p.latency_repeats,
+                              min_seconds=p.latency_min_seconds)
+    finally:
+        torch.set_num_threads(threads)
+    slim.to(x.device)
+    return {"macs": count_macs(slim, x), "params": count_params(slim),
+            **{f"latency_ms_b{b}": v for b, v in lat.items()}}
+
+
+def _slim(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.nn.Module, float | None]:
+    from prunekit.augment import GatedModel
+    from prunekit.collapse import collapse
+
+    if isinstance(model, GatedModel):
+        slim = collapse(model, x)
+        return slim.eval(), float(slim.pk_collapse["max_diff"])
+    return model.eval(), None
+
+
+def _evaluate(model: torch.nn.Module, cfg: Any) -> dict[str, float]:
+    from prunekit.data import make_loaders
+    from prunekit.train.evaluate import evaluate
+
+    t = cfg.train
+    loaders = make_loaders(cfg.dataset, t.batch_size, cfg.data_root, seed=t.seed, val_fraction=cfg.val_fraction,
+                           **cfg.data_options)
+    return {f"acc/{s}": evaluate(model, getattr(loaders, s), "classification", "cpu")["acc"] for s in ("val", "test")}
+
+
+def _train(p: ParetoPreset, dataset: str, method: str, options: dict[str, Any], seed: int,
+           target: float | None) -> tuple[torch.nn.Module, dict[str, Any], Any]:
+    from prunekit.bench._tp import run_tp_experiment
+    from prunekit.train.experiment import run_experiment
+
+    cfg = _run_config(p, dataset, method, options, seed)
+    if method in TP_PRUNERS:
+        result = run_tp_experiment(cfg, TP_PRUNERS[method], float(target), **options)
+    else:
+        result = run_experiment(cfg)
+    model = result.pop("model").cpu().eval()
+    return model, result, cfg
+
+
+def _rows_for(p: ParetoPreset, dataset: str, method: str, seed: int, dense_macs: int, x: torch.Tensor,
+              info: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every row (targets × option variants) of one method on one dataset and seed."""
+    rows = []
+    targets: list[float | None] = [None] if method == "dense" else list(p.targets)
+    for options in _variants(p, method):
+        if method in POST_HOC:
+            t0 = time.perf_counter()
+            model, result, cfg = _train(p, dataset, method, options, seed, None)
+            train_s = time.perf_counter() - t0
+            for t in targets:
+                t1 = time.perf_counter()
+                slim, frac = l2_prune_to_macs(model, x, int(t * dense_macs))
+                acc = _evaluate(slim, cfg)
+                rows.append({"options": options, "target": t, "acc_val": acc["acc/val"], "acc_test": acc["acc/test"],
+                             "fraction_removed": frac, "train_s": train_s, "wall_s": train_s + time.perf_counter() - t1,
+                             **_measure(slim, x, p)})
+            continue
+        for t in targets:
+            t0 = time.perf_counter()
+            opts = dict(options)
+            if method in TARGETED:
+                opts["target_macs"] = t
+            elif method == "dpp":
+                opts["keep"], _ = dpp_keep_for_target(info["model"], x, float(t))
+            model, result, _ = _train(p, dataset, method, opts, seed, t)
+            slim, max_diff = _slim(model, x)
+            m = result["metrics"]
+            row = {"options": opts, "target": t, "acc_val": m.get("acc/val"), "acc_test": m.get("acc/test"),
+                   "collapse_max_diff": max_diff, "train_s": result.get("train_time_s"),
+                   "wall_s": time.perf_counter() - t0, **_measure(slim, x, p)}
+            if "tp" in result:
+                row["tp_prune_steps"] = result["tp"].get("steps")
+            rows.append(row)
+    for r in rows:
+        r.update(dataset=dataset, method=method, seed=seed, macs_ratio=r["macs"] / dense_macs)
+    return rows
+
+
+def _guarded_rows(p: ParetoPreset, dataset: str, method: str, seed: int, dense_macs: int, x: torch.Tensor,
+                  info: dict[str, Any]) -> list[dict[str, Any]]:
+    try:
+        return _rows_for(p, dataset, method, seed, dense_macs, x, info)
+    except Exception as e:  # noqa: BLE001 - a method that fails is a result, reported with its reason
+        logger.exception("bench pareto: %s on %s failed", method, dataset)
+        return [{"dataset": dataset, "method": method, "seed": seed, "target": t,
+                 "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+                for t in ([None] if method == "dense" else p.targets)]
+
+
+# -- aggregation and tables ----------------------------------------------------------------------------------
+def _select(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (dataset, method, target, seed) keep the option variant of best validation accuracy."""
+    best: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        key = (r["dataset"], r["method"], r["target"], r["seed"])
+        r["selected"] = False
+        if "error" in r:
+            best.setdefault(key, r)
+            continue
+        cur = best.get(key)
+        if cur is None or "error" in cur or (r["acc_val"] or 0) > (cur["acc_val"] or 0):
+            best[key] = r
+    for r in best.values():
+        r["selected"] = True
+    return list(best.values())
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    if len(values) == 1:
+        return values[0], None
+    return statistics.fmean(values), statistics.stdev(values)
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Selected rows grouped over seeds: mean (and std with >1 seed) of accuracy, MACs ratio and latency."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in _select(rows):
+        groups.setdefault((r["dataset"], r["method"], r["target"]), []).append(r)
+    out = []
+    for (dataset, method, target), rs in groups.items():
+        ok = [r for r in rs if "error" not in r]
+        s: dict[str, Any] = {"dataset": dataset, "method": method, "target": target, "seeds": len(ok)}
+        if not ok:
+            s["error"] = rs[0]["error"]
+            out.append(s)
+            continue
+        for k in ("acc_val", "acc_test", "macs_ratio", "macs", "params", "latency_ms_b1", "latency_ms_b32"):
+            vals = [float(r[k]) for r in ok if r.get(k) is not None]
+            if vals:
+                s[k], s[k + "_std"] = _mean_std(vals)
+        s["options"] = ok[0].get("options", {})
+        out.append(s)
+    return out
+
+
+def _pct(v: float | None, std: float | None = None) -> str:
+    if v is None:
+        return "-"
+    return f"{100 * v:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+
+
+def _target_key(t: float | None) -> float:
+    return 1.0 if t is None else float(t)
+
+
+def pareto_markdown(summary: list[dict[str, Any]], p: ParetoPreset, preset: str) -> str:
+    """One table per dataset plus a plain statement of where prunekit loses to Torch-Pruning."""
+    lines = [f"# pareto ({preset}): accuracy vs MACs on one budget, {p.model}\n",
+             f"Budget per run: {p.epochs} epochs, batch {p.batch_size}, SGD lr {p.lr} cosine (sDprun: its own optimizer, "
+             f"lr {p.sdprun_lr}), {'all images' if p.limit is None else f'{p.limit} images per split'}"
+             f"{'' if p.max_steps_per_epoch is None else f', at most {p.max_steps_per_epoch} steps per epoch'}; "
+             f"seeds {list(p.seeds)}. MACs per sample by torch.utils.flop_counter (conv/linear multiply-adds); "
+             f"latency = median CPU ms with {p.latency_threads} thread. Accuracy in %, test split, variant chosen on val.\n"]
+    for dataset in dict.fromkeys(s["dataset"] for s in summary):
+        rows_d = [s for s in summary if s["dataset"] == dataset]
+        dense = next((s for s in rows_d if s["method"] == "dense" and "error" not in s), None)
+        table = []
+        for s in sorted(rows_d, key=lambda s: (-_target_key(s["target"]), s["method"])):
+            if "error" in s:
+                table.append([s["method"], s["target"], "fails: " + s["error"]] + [None] * 6)
+                continue
+            speed = (dense["latency_ms_b32"] / s["latency_ms_b32"]) if dense and s.get("latency_ms_b32") else None
+            delta = (100 * (s["acc_test"] - dense["acc_test"])) if dense else None
+            table.append([s["method"], s["target"], f"{s['macs_ratio']:.3f}", f"{s['params'] / 1e3:.1f}k",
+                          _pct(s.get("acc_val"), s.get("acc_val_std")), _pct(s["acc_test"], s.get("acc_test_std")),
+                          None if delta is None else f"{delta:+.2f}", s.get("latency_ms_b1"),
+                          None if speed is None else f"{speed:.2f}x"])
+        lines.append(f"## {dataset}\n")
+        lines.append(md_table(["method", "target", "MACs ratio", "params", "acc val", "acc test", "Δ vs dense",
+                               "latency b1 (ms)", "speed-up b32"], table))
+        lines += _verdicts(rows_d)
+    return "\n".join(lines)
+
+
+def _verdicts(rows_d: list[dict[str, Any]]) -> list[str]:
+    """Per target: the best prunekit method vs the best Torch-Pruning pruner, in words."""
+    out = []
+    for t in sorted({s["target"] for s in rows_d if s["target"] is not None}):
+        ok = [s for s in rows_d if s["target"] == t and "error" not in s]
+        pk = [s for s in ok if s["method"] not in TP_PRUNERS]
+        tp = [s for s in ok if s["method"] in TP_PRUNERS]
+        if not pk or not tp:
+            continue
+        a, b = max(pk, key=lambda s: s["acc_test"]), max(tp, key=lambda s: s["acc_test"])
+        d = 100 * (a["acc_test"] - b["acc_test"])
+        word = "beats" if d > 0 else ("ties" if d == 0 else "**loses to**")
+        losers = [s["method"] for s in pk if s["acc_test"] < b["acc_test"]]
+        out.append(f"- target {t}: best prunekit ({a['method']}, {_pct(a['acc_test'])}%) {word} best Torch-Pruning "
+                   f"({b['method']}, {_pct(b['acc_test'])}%) by {d:+.2f} points; below {b['method']}: "
+                   f"{', '.join(losers) or 'none'}.")
+    return out + ([""] if out else [])
+
+
+def latency_rows(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Suite 4: every slim network's latency beside Torch-Pruning's at the same target (ratios > 1: slower)."""
+    out = []
+    for s in summary:
+        if "error" in s or s["method"] in TP_PRUNERS or s["target"] is None:
+            continue
+        peers = {m: x for x in summary if x["dataset"] == s["dataset"] and x["target"] == s["target"]
+                 and "error" not in x for m in [x["method"]] if m in TP_PRUNERS}
+        row = {k: s.get(k) for k in ("dataset", "method", "target", "macs_ratio", "latency_ms_b1", "latency_ms_b32")}
+        for m, x in peers.items():
+            row[f"{m}_macs_ratio"] = x["macs_ratio"]
+            for b in (1, 32):
+                k = f"latency_ms_b{b}"
+                if s.get(k) and x.get(k):
+                    row[f"vs_{m}_b{b}"] = s[k] / x[k]
+        out.append(row)
+    return out
+
+
+def latency_markdown(rows: list[dict[str, Any]], summary: list[dict[str, Any]], p: ParetoPreset, preset: str) -> str:
+    lines = [f"# latency ({preset}): slim networks vs Torch-Pruning at the same MACs target, {p.model}\n",
+             f"Median CPU ms, {p.latency_threads} thread, batch 1 and 32. 'vs TP' = this network's latency ÷ the "
+             "Torch-Pruning network's at the same target (< 1: prunekit's slim network is faster).\n"]
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        dense = next((s for s in summary if s["dataset"] == dataset and s["method"] == "dense" and "error" not in s), None)
+        tps = [s for s in summary if s["dataset"] == dataset and s["method"] in TP_PRUNERS and "error" not in s]
+        table = [[s["method"], s["target"], f"{s['macs_ratio']:.3f}", s.get("latency_ms_b1"), s.get("latency_ms_b32"),
+                  None, None] for s in ([dense] if dense else []) + tps]
+        for r in rows:
+            if r["dataset"] != dataset:
+                continue
+            table.append([r["method"], r["target"], f"{r['macs_ratio']:.3f}", r["latency_ms_b1"], r["latency_ms_b32"],
+                          r.get("vs_tp-groupnorm_b32"), r.get("vs_tp-magnitude_b32")])
+        table.sort(key=lambda row: (-_target_key(row[1]), row[0]))
+        lines.append(f"## {dataset}\n")
+        lines.append(md_table(["method", "target", "MACs ratio", "b1 (ms)", "b32 (ms)", "b32 vs TP-groupnorm",
+                               "b32 vs TP-magnitude"], table))
+    return "\n".join(lines)
+
+
+# -- the suite ------------------------------------------------------------------------------------------------
+def _dataset_setup(p: ParetoPreset, dataset: str) -> tuple[torch.Tensor, dict[str, Any]]:
+    from prunekit.data import make_loaders
+    from prunekit.models import create_model
+
+    loaders = make_loaders(dataset, p.batch_size, _data_root(), seed=p.seeds[0],
+                           **({"limit": p.limit} if p.limit is not None else {}))
+    info = loaders.info
+    x = loaders.test.dataset[0][0].unsqueeze(0)
+    model = create_model(p.model, num_classes=info.num_classes, in_channels=info.in_channels)
+    return x, {"model": model, "num_classes": info.num_classes, "in_channels": info.in_channels}
+
+
+def bench_pareto(out_dir: str | Path, preset: str = "smoke", *, methods: tuple[str, ...] | None = None,
+                 datasets: tuple[str, ...] | None = None, seeds: tuple[int, ...] | None = None,
+                 plots: bool = True, **overrides: Any) -> dict[str, Any]:
+    """Train, collapse and measure every method at every target; write pareto and latency reports.
+
+    Args:
+        out_dir: results folder: ``pareto.json/.md``, ``latency.json/.md`` and the plots.
+        preset: ``smoke``, ``hour`` or ``paper`` (see ``PRESETS``).
+        methods: override the preset's methods (``dense`` is always added: the reference).
+        datasets: override the preset's datasets.
+        seeds: override the preset's seeds (mean ± std over them when more than one).
+        plots: write the figures (``prunekit.bench.plot``).
+        **overrides: further ``ParetoPreset`` fields (e.g. ``targets=(0.5,)``, ``limit=256``).
+
+    Returns:
+        ``{"preset", "settings", "counter", "rows" (every run), "summary" (selected, over seeds), "latency",
+        "markdown"}`` plus the machine description.
+    """
+    from prunekit.cost import count_macs
+    from prunekit.errors import DataNotFoundError
+
+    if preset not in PRESETS:
+        raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    changes = {k: tuple(v) for k, v in (("methods", methods), ("datasets", datasets), ("seeds", seeds)) if v}
+    bad = set(overrides) - {f.name for f in dataclasses.fields(ParetoPreset)}
+    if bad:
+        raise ConfigError(f"unknown pareto settings: {', '.join(sorted(bad))}")
+    p = dataclasses.replace(PRESETS[preset], **changes, **overrides)
+    unknown = [m for m in p.methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"methods must be among {', '.join(METHODS)}, got {unknown}")
+    if not p.seeds:
+        raise ConfigError(f"seeds must not be empty, got {p.seeds}")
+    for t in p.targets:
+        if not 0 < t < 1:
+            raise ConfigError(f"targets must be in (0, 1), got {t}")
+    method_list = ("dense", *[m for m in p.methods if m != "dense"])
+    rows: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    for dataset in p.datasets:
+        try:
+            x, info = _dataset_setup(p, dataset)
+        except DataNotFoundError as e:
+            skipped[dataset] = str(e).splitlines()[0]
+            logger.warning("bench pareto: skipping %s: %s", dataset, skipped[dataset])
+            continue
+        dense_macs = count_macs(info["model"], x)
+        for seed in p.seeds:
+            for method in method_list:
+                logger.info("bench pareto: %s on %s, seed %d", method, dataset, seed)
+                rows += _guarded_rows(p, dataset, method, seed, dense_macs, x, info)
+    summary = summarize(rows)
+    lat = latency_rows(summary)
+    md = pareto_markdown(summary, p, preset)
+    if skipped:
+        md += "\nSkipped datasets: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()) + "\n"
+    lat_md = latency_markdown(lat, summary, p, preset)
+    settings = dataclasses.asdict(p)
+    counter = "torch.utils.flop_counter FLOPs / 2 per sample (conv/linear multiply-adds)"
+    result = {"preset": preset, "settings": settings, "counter": counter, "rows": rows, "summary": summary,
+              "latency": lat, "skipped": skipped}
+    out = write_report(out_dir, "pareto", result, md)
+    write_report(out_dir, "latency", {"preset": preset, "settings": settings, "rows": lat}, lat_md)
+    if plots:
+        from prunekit.bench.plot import write_pareto_plots
+
+        out["plots"] = [str(f) for f in write_pareto_plots(summary, out_dir, title=f"{p.model} ({preset})", model=p.model)]
+    return out
+
+
+def bench_latency(out_dir: str | Path, preset: str = "smoke") -> dict[str, Any]:
+    """Suite 4 alone: the latency table of an existing ``pareto.json`` in ``out_dir`` (else runs the pareto suite)."""
+    import json
+
+    path = Path(out_dir) / "pareto.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("preset") == preset:
+            p = dataclasses.replace(PRESETS[preset], **{k: tuple(v) if isinstance(v, list) else v
+                                                        for k, v in data["settings"].items() if k != "grid"})
+            lat = latency_rows(data["summary"])
+            return write_report(out_dir, "latency", {"preset": preset, "settings": data["settings"], "rows": lat},
+                                latency_markdown(lat, data["summary"], p, preset))
+    return {**bench_pareto(out_dir, preset), "markdown": (Path(out_dir) / "latency.md").read_text()}
