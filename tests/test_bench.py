@@ -1,0 +1,177 @@
+"""Benchmark suites' plumbing on tiny budgets: pareto/latency reports, the Torch-Pruning baseline, collapse, plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import prunekit as pk
+from prunekit.bench import get_suite
+from prunekit.errors import ConfigError
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _tiny_resnet20(in_channels: int = 1) -> torch.nn.Module:
+    return pk.create_model("resnet20", num_classes=10, in_channels=in_channels)
+
+
+# -- Torch-Pruning baseline ------------------------------------------------------------------------------
+@pytest.mark.parametrize("pruner", ["groupnorm", "magnitude"])
+def test_tp_baseline_reaches_macs_target_on_resnet20(pruner):
+    from prunekit.bench._tp import prune_to_macs
+
+    model = _tiny_resnet20()
+    x = torch.randn(1, 1, 16, 16)
+    report = prune_to_macs(model, x, 0.5, pruner, iterative_steps=50)
+    ratio = pk.count_macs(model, x) / report["macs_before"]
+    assert report["macs_ratio"] == pytest.approx(ratio)
+    assert 0.45 <= ratio <= 0.5  # Torch-Pruning's rule: the first step at or under the target
+    assert model(x).shape == (1, 10)
+
+
+def test_conv_linear_macs_agrees_with_flop_counter():
+    from prunekit.bench._tp import conv_linear_macs
+
+    model = _tiny_resnet20(3)
+    x = torch.randn(2, 3, 16, 16)
+    assert conv_linear_macs(model, x) == pk.count_macs(model, x)
+
+
+def test_tp_method_prunes_mid_run_and_keeps_training():
+    from prunekit.bench._tp import TPMethod
+    from prunekit.train.config import TrainConfig
+    from prunekit.train.loop import Trainer
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 10, (16,), generator=g))
+    loaders = (DataLoader(data, batch_size=8), DataLoader(data, batch_size=8))
+    model = _tiny_resnet20()
+    x = data.tensors[0][:2]
+    dense_macs = pk.count_macs(model, x[:1])
+    method = TPMethod(pruner="groupnorm", target_macs=0.5, iterative_steps=20)
+    model = method.prepare(model, x)
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.01, device="cpu", log_every=1)
+    result = Trainer(model, loaders, cfg, method).fit()
+    assert result["status"] == "completed" and result["steps"] == 4
+    assert method.report["macs_ratio"] <= 0.5
+    assert pk.count_macs(model, x[:1]) / dense_macs <= 0.5
+    # the optimizer trains the pruned parameters, not the stale pre-pruning ones
+    opt_params = {id(p) for grp in method.optimizer.param_groups for p in grp["params"]}
+    assert opt_params == {id(p) for p in model.parameters()}
+
+
+def test_tp_method_refuses_bad_options():
+    from prunekit.bench._tp import TPMethod
+
+    with pytest.raises(ConfigError, match="target_macs"):
+        TPMethod(target_macs=1.5)
+    with pytest.raises(ConfigError, match="pruner"):
+        TPMethod(pruner="hrank")
+
+
+# -- meeting targets without training --------------------------------------------------------------------
+def test_dpp_keep_and_l2_prune_meet_the_target():
+    from prunekit.bench.pareto import dpp_keep_for_target, l2_prune_to_macs
+
+    model = _tiny_resnet20()
+    x = torch.randn(1, 1, 16, 16)
+    dense = pk.count_macs(model, x)
+    keep, ratio = dpp_keep_for_target(model, x, 0.5)
+    assert 0.5 < keep < 0.9 and abs(ratio - 0.5) < 0.05
+    slim, frac = l2_prune_to_macs(model, x, int(0.5 * dense))
+    assert 0 < frac < 1
+    assert 0.4 < pk.count_macs(slim, x) / dense <= 0.5
+    assert pk.count_macs(model, x) == dense  # the trained model is left alone
+
+
+# -- aggregation, tables, plots ---------------------------------------------------------------------------
+def _row(method, target, acc, seed=0, macs=0.5, val=None):
+    return {"dataset": "d", "method": method, "target": target, "seed": seed, "acc_val": acc if val is None else val,
+            "acc_test": acc, "macs_ratio": macs, "macs": 100, "params": 10, "latency_ms_b1": 1.0,
+            "latency_ms_b32": 10.0 * macs}
+
+
+def test_summary_selects_on_val_and_averages_seeds():
+    from prunekit.bench.pareto import summarize
+
+    rows = [_row("l1", 0.5, 0.80, seed=0), _row("l1", 0.5, 0.90, seed=1),
+            {**_row("sdprun", 0.5, 0.99, val=0.1), "options": {"c": 1}},  # best test, worst val: not chosen
+            {**_row("sdprun", 0.5, 0.70, val=0.8), "options": {"c": 2}}]
+    s = {x["method"]: x for x in summarize(rows)}
+    assert s["l1"]["acc_test"] == pytest.approx(0.85) and s["l1"]["acc_test_std"] == pytest.approx(0.0707, abs=1e-3)
+    assert s["l1"]["seeds"] == 2
+    assert s["sdprun"]["acc_test"] == pytest.approx(0.70) and s["sdprun"]["options"] == {"c": 2}
+
+
+def test_markdown_says_when_prunekit_loses_and_latency_ratios():
+    from prunekit.bench.pareto import PRESETS, latency_rows, pareto_markdown, summarize
+
+    summary = summarize([_row("dense", None, 0.9, macs=1.0), _row("l1", 0.5, 0.7), _row("tp-groupnorm", 0.5, 0.8, macs=0.25)])
+    md = pareto_markdown(summary, PRESETS["smoke"], "smoke")
+    assert "**loses to**" in md and "tp-groupnorm" in md and "-10.00 points" in md
+    lat = latency_rows(summary)
+    assert [r["method"] for r in lat] == ["l1"]
+    assert lat[0]["vs_tp-groupnorm_b32"] == pytest.approx(2.0)
+
+
+def test_plots_write_offline_html_and_svg(tmp_path):
+    from prunekit.bench.plot import svg_scatter, write_pareto_plots
+
+    svg = svg_scatter({"a": [(0.5, 80.0), (0.3, 70.0)], "b": [(0.7, 85.0)]}, "t", "x", "y")
+    assert svg.startswith("<svg") and svg.count("<circle") == 3 + 2  # points + legend markers
+    files = write_pareto_plots([_row("dense", None, 0.9, macs=1.0), _row("l1", 0.5, 0.7)], tmp_path, "t")
+    names = {f.name for f in files}
+    assert {"pareto_plots.html", "pareto_d.svg", "latency_d.svg"} <= names
+    page = (tmp_path / "pareto_plots.html").read_text()
+    assert '<script src="http' not in page and "Plotly.newPlot" in page
+    assert len(page) > 1_000_000  # plotly.js embedded: opens offline
+
+
+def test_pareto_refuses_bad_settings(tmp_path):
+    fn = get_suite("pareto")
+    with pytest.raises(ConfigError, match="preset"):
+        fn(tmp_path, preset="weekend")
+    with pytest.raises(ConfigError, match="methods"):
+        fn(tmp_path, methods=("magic",))
+    with pytest.raises(ConfigError, match="targets"):
+        fn(tmp_path, targets=(1.5,))
+
+
+# -- the suites end to end, tiny ---------------------------------------------------------------------------
+@pytest.mark.slow
+def test_pareto_smoke_tiny_writes_rows_and_reports(tmp_path):
+    if not FASHION_DIR.is_dir():
+        pytest.skip(f"Fashion-MNIST not installed at {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
+    from prunekit.bench.pareto import bench_pareto
+
+    r = bench_pareto(tmp_path, "smoke", methods=("l1", "tp-magnitude"), datasets=("fashion-mnist",), limit=64,
+                     max_steps_per_epoch=1, latency_repeats=1, latency_min_seconds=0.0)
+    rows = {row["method"]: row for row in r["rows"]}
+    assert set(rows) == {"dense", "l1", "tp-magnitude"}
+    for row in rows.values():
+        assert "error" not in row, row
+        assert 0 <= row["acc_test"] <= 1 and row["macs"] > 0 and row["latency_ms_b1"] > 0
+    assert rows["dense"]["macs_ratio"] == 1.0
+    for m in ("l1", "tp-magnitude"):
+        assert 0.4 < rows[m]["macs_ratio"] <= 0.55
+    data = json.loads((tmp_path / "pareto.json").read_text())
+    assert data["preset"] == "smoke" and data["machine"]["torch"] == torch.__version__
+    assert "| l1 | 0.5 |" in (tmp_path / "pareto.md").read_text()
+    lat = json.loads((tmp_path / "latency.json").read_text())["rows"]
+    assert lat[0]["method"] == "l1" and lat[0]["vs_tp-magnitude_b32"] > 0
+    assert (tmp_path / "pareto_plots.html").is_file()
+
+
+@pytest.mark.slow
+def test_collapse_suite_on_one_tiny_model_writes_its_files(tmp_path):
+    r = get_suite("collapse")(tmp_path, models=["resnet20"])
+    row = r["models"]["resnet20"]
+    assert row["prunekit"]["ok"] and row["prunekit"]["max_diff"] < 1e-3
+    assert row["prunekit"]["macs_after"] < row["prunekit"]["macs_before"]
+    assert row["torch_pruning"]["ok"]
+    assert (tmp_path / "collapse.json").is_file() and "resnet20" in (tmp_path / "collapse.md").read_text()
