@@ -137,3 +137,10 @@ def test_block_of_channels_is_one_group_through_residual_sums() -> None:
         assert f"layer1.{i}.conv2" in names and f"layer1.{i}.bn2" in names and f"layer1.{i}.conv1" in names
     assert "layer2.0.shortcut.0" in names  # the projection reads the stage-1 stream
     assert trunk.critical
+
+
+def test_public_api_names_resolve() -> None:
+    missing = [n for n in pk.__all__ if not hasattr(pk, n)]
+    assert missing == []
+    assert {"augment", "collapse", "count_macs", "count_params", "save_slim", "load_slim"} <= set(pk.__all__)
+    assert pk.widgets.RunDashboard is not None  # lazily imported optional extra
