@@ -16,7 +16,7 @@ from prunekit.graph import _BN, _CONV, _CONVT, is_depthwise
 def _take(p: torch.Tensor | None, dim: int, keep: torch.Tensor | None) -> torch.Tensor | None:
     if p is None or keep is None:
         return p
-    return p.detach().index_select(dim, keep.to(p.device)).clone()
+    return p.detach().index_select(dim, keep.to(p.device))  # a new tensor: nothing shared
 
 
 def _set_param(module: nn.Module, name: str, value: torch.Tensor | None) -> None:

@@ -39,19 +39,47 @@ def _strip_gate_hooks(model: nn.Module) -> None:
 
 
 @torch.no_grad()
+def _scaled(p: nn.Parameter, v: torch.Tensor) -> nn.Parameter:
+    # out of place: the slim copy shares the gated model's tensors until it changes them
+    return nn.Parameter(p.detach() * v, requires_grad=p.requires_grad)
+
+
 def _fold(module: nn.Module, v: torch.Tensor, name: str) -> None:
     if isinstance(module, _BN):
         if not module.affine:
             raise CollapseError(f"cannot fold a gate into non-affine BatchNorm {name!r}")
-        module.weight.mul_(v)
-        module.bias.mul_(v)
+        module.weight = _scaled(module.weight, v)
+        module.bias = _scaled(module.bias, v)
         return
     out_dim = 1 if isinstance(module, _CONVT) else 0
     shape = [1] * module.weight.dim()
     shape[out_dim] = -1
-    module.weight.mul_(v.view(shape))
+    module.weight = _scaled(module.weight, v.view(shape))
     if module.bias is not None:
-        module.bias.mul_(v)
+        module.bias = _scaled(module.bias, v)
+
+
+def _share_copy(model: nn.Module, owner: nn.Module) -> nn.Module:
+    """Deep copy of the module tree that shares parameter and buffer tensors (no data copied yet).
+
+    ``owner`` (the GatedModel its gate hooks point to) is not copied either; the hooks are stripped next.
+    """
+    memo = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    memo[id(owner)] = owner
+    return copy.deepcopy(model, memo)
+
+
+@torch.no_grad()
+def _unshare(slim: nn.Module, source: nn.Module) -> None:
+    """Give ``slim`` its own copy of every tensor it still shares with ``source`` (the untouched layers)."""
+    shared = {id(t) for t in list(source.parameters()) + list(source.buffers())}
+    for mod in slim.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is not None and id(p) in shared:
+                mod._parameters[name] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
+        for name, b in list(mod._buffers.items()):
+            if b is not None and id(b) in shared:
+                mod._buffers[name] = b.clone()
 
 
 def _keep_masks(gated: GatedModel, keep: list[torch.Tensor]) -> dict[tuple[str, str], torch.Tensor]:
@@ -214,7 +242,7 @@ def collapse(
 def _build(
     gated: GatedModel, values: list[torch.Tensor], keep: list[torch.Tensor], block_values: list[torch.Tensor]
 ) -> tuple[nn.Module, dict]:
-    slim = copy.deepcopy(gated.model)
+    slim = _share_copy(gated.model, gated)
     _strip_gate_hooks(slim)
     modules = dict(slim.named_modules())
     for name, entries in gated.gate_points.items():
@@ -225,6 +253,7 @@ def _build(
         # the block gate scales the branch's last BN; 0 makes the branch add exactly nothing
         _fold(modules[b.end.name], bv.expand(_width(modules[b.end.name])), b.end.name)
     layers = _apply(slim, _plan(gated, keep))
+    _unshare(slim, gated.model)
     slim.eval()
     return slim, layers
 

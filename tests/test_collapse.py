@@ -196,3 +196,20 @@ def test_block_gates_remove_whole_residual_blocks(name: str) -> None:
         assert (slim(x) - gated(x)).abs().max().item() <= 1e-4
     assert pk.count_macs(slim, x[:1]) == pytest.approx(float(pk.relaxed_macs(gated, "hard")), rel=1e-6)
     assert pk.count_macs(slim, x[:1]) < pk.count_macs(model, x[:1])
+
+
+def test_slim_shares_no_tensor_with_the_gated_model() -> None:
+    model = pk.create_model("resnet20").eval()
+    x = torch.randn(2, 3, 32, 32)
+    gated = pk.augment(model, x[:1])
+    _random_masks(gated)
+    gated.groups[0].set_mask(torch.ones(gated.groups[0].size, dtype=torch.bool))  # some layers stay untouched
+    slim = pk.collapse(gated)
+    gated.eval()
+    with torch.no_grad():
+        before = gated(x).clone()
+        for t in list(slim.parameters()) + list(slim.buffers()):
+            t.add_(1.0)  # training the slim net must never change the gated one
+        assert torch.equal(gated(x), before)
+    ours = {id(t) for t in list(gated.parameters()) + list(gated.buffers())}
+    assert not any(id(t) in ours for t in list(slim.parameters()) + list(slim.buffers()))
