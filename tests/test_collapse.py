@@ -209,7 +209,7 @@ def test_slim_shares_no_tensor_with_the_gated_model() -> None:
     with torch.no_grad():
         before = gated(x).clone()
         for t in list(slim.parameters()) + list(slim.buffers()):
-            t.add_(1.0)  # training the slim net must never change the gated one
+            t.add_(1)  # training the slim net must never change the gated one
         assert torch.equal(gated(x), before)
     ours = {id(t) for t in list(gated.parameters()) + list(gated.buffers())}
     assert not any(id(t) in ours for t in list(slim.parameters()) + list(slim.buffers()))
