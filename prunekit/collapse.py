@@ -72,13 +72,14 @@ def _share_copy(model: nn.Module, owner: nn.Module) -> nn.Module:
 @torch.no_grad()
 def _unshare(slim: nn.Module, source: nn.Module) -> None:
     """Give ``slim`` its own copy of every tensor it still shares with ``source`` (the untouched layers)."""
-    shared = {id(t) for t in list(source.parameters()) + list(source.buffers())}
+    # by storage, not object: a resized layer may wrap an unchanged tensor (e.g. a bias) in a new Parameter
+    shared = {t.untyped_storage().data_ptr() for t in list(source.parameters()) + list(source.buffers()) if t.numel()}
     for mod in slim.modules():
         for name, p in list(mod._parameters.items()):
-            if p is not None and id(p) in shared:
+            if p is not None and p.numel() and p.untyped_storage().data_ptr() in shared:
                 mod._parameters[name] = nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad)
         for name, b in list(mod._buffers.items()):
-            if b is not None and id(b) in shared:
+            if b is not None and b.numel() and b.untyped_storage().data_ptr() in shared:
                 mod._buffers[name] = b.clone()
 
 
