@@ -5,10 +5,10 @@ import os
 import streamlit as st
 
 from prunekit import app_support as sup
-from prunekit import viz
 
 st.set_page_config(page_title="prunekit", page_icon="✂️", layout="wide")
 WS = os.environ.get("PRUNEKIT_HOME")
+sup.settle_process()  # after the imports: Streamlit's per-run full GC then skips them
 
 st.title("prunekit: structured pruning you can watch")
 st.markdown(
@@ -53,24 +53,27 @@ if run_id is None:
 
 def most_recent() -> None:
     try:
-        info = store.get_run(run_id)
-        metrics = store.metrics(run_id)
+        snap = sup.live_metrics(store, run_id, st.session_state.get("home_snapshot"))
+        st.session_state.home_snapshot = snap
+        figs = sup.training_figures(snap, views=("loss", "macs"))
     except Exception as e:
         st.error(f"Cannot read run {run_id}: {sup.describe_error(e)}")
         return
+    info = snap.info
     st.subheader(f"Most recent run: `{run_id}` ({info.config.get('model')} / {info.config.get('dataset')} / "
                  f"{info.config.get('method')})")
     st.progress(float(info.progress or 0.0), text=f"status: {info.status}")
     if info.status == "failed":
         st.error(f"The run failed: {info.error}")
     left, right = st.columns(2)
-    with left:
-        st.plotly_chart(viz.loss_figure(metrics), key="home_loss")
-        st.caption(viz.explain_loss(metrics))
-    with right:
-        st.plotly_chart(viz.macs_figure(metrics), key="home_macs")
-        st.caption(viz.explain_macs(metrics))
+    for col, view in ((left, "loss"), (right, "macs")):
+        with col:
+            fig, reading = figs[view]
+            st.plotly_chart(fig, key=f"home_{view}")
+            st.caption(reading)
+    if active and info.status not in sup.ACTIVE:
+        st.rerun()  # the run ended: stop refreshing
 
 
 active = runs.loc[runs["id"] == run_id, "status"].isin(sup.ACTIVE).any()
-st.fragment(run_every=1.5 if active else None)(most_recent)()
+st.fragment(run_every=sup.LIVE_EVERY_S if active else None)(most_recent)()

@@ -6,11 +6,20 @@ one store and one loaded model per checkpoint for all sessions); the rest is pla
 
 Models shared between sessions are mutated by the what-if evaluation (hard masks), so each
 :class:`LoadedRun` carries a lock and restores its masks before releasing it.
+
+Performance (issue 8: re-render ≤ 0.5 s while a run trains, training ≥ 0.8× as fast with the app open): the
+app shares the CPU with the runs it shows, and every session's script holds the app's GIL while it builds
+figures. So live views read only the rows logged since their last refresh (:func:`live_metrics`), figures are
+built once per data version and shared by all sessions (:func:`cached_figure`), checkpoints without gates are
+never loaded (:func:`checkpoint_has_gates`), and model work in the app runs on one thread (:func:`app_threads`).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
+import gc
 import inspect
 import io
 import json
@@ -19,6 +28,8 @@ import re
 import threading
 import time
 import zipfile
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +46,10 @@ logger = logging.getLogger(__name__)
 # The experiment `make run` opens on: small, offline, and it shows every view of the app.
 DEFAULT_MODEL, DEFAULT_DATASET, DEFAULT_METHOD, DEFAULT_TARGET = "resnet20", "shapes", "crisp", 0.5
 ACTIVE = ("queued", "running")
+# Live views refresh this often while a run trains (issue 8: ~1-2 s); each refresh costs the run CPU time.
+LIVE_EVERY_S = 2.0
+# Intra-op torch threads for model work inside the app process (the runner leaves one core to the UI).
+APP_THREADS = 1
 _TARGET_NAMES = ("target_macs", "target", "target_ratio", "target_flops", "macs_target")
 
 
@@ -295,8 +310,108 @@ def cached_store(workspace: str | None) -> Any:
 
 
 def cached_run(workspace: str | None, run_id: str, checkpoint: str) -> LoadedRun:
-    """``load_run`` cached per (workspace, run, checkpoint path) for all sessions."""
-    return _st_cached("run", load_run)(workspace, run_id, checkpoint)
+    """``load_run`` cached per (workspace, run, checkpoint file version) for all sessions.
+
+    The key includes the file's mtime and size: the loop rewrites ``last.pt`` after every epoch, and the same
+    path must then give the new weights. Loading runs on :data:`APP_THREADS` threads.
+    """
+    return _st_cached("run", _load_run_at)(workspace, run_id, str(checkpoint), file_version(checkpoint))
+
+
+def _load_run_at(workspace: str | None, run_id: str, checkpoint: str, version: tuple[int, int] | None) -> LoadedRun:
+    del version  # part of the cache key only
+    with app_threads():
+        return load_run(workspace, run_id, checkpoint)
+
+
+def file_version(path: str | Path) -> tuple[int, int] | None:
+    """``(mtime_ns, size)`` of a file, None if it is missing: a cache key that changes when the file is rewritten."""
+    try:
+        st_ = Path(path).stat()
+    except OSError:
+        return None
+    return (st_.st_mtime_ns, st_.st_size)
+
+
+_GATE_KEY = re.compile(r"(^|\.)gates\.\d+\.keep$")
+_HAS_GATES: dict[tuple[str, tuple[int, int] | None], bool] = {}
+
+
+def checkpoint_has_gates(path: str | Path) -> bool:
+    """Whether a checkpoint's model holds pruning gates (``gates.<i>.keep`` buffers), without building the model.
+
+    Reads the file's tensors only (``weights_only=True``, memory-mapped); cached per file version. The what-if
+    and collapse views use it to say "this method has no gates" without spending seconds rebuilding a model
+    for nothing while a run trains. An unreadable file counts as gated so that loading it reports the error.
+    """
+    key = (str(path), file_version(path))
+    if key not in _HAS_GATES:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            state = ckpt.get("model", {}) if isinstance(ckpt, dict) else {}
+            _HAS_GATES[key] = any(_GATE_KEY.search(str(k)) for k in state)
+        except Exception:  # noqa: BLE001 - a corrupt file is load_run's to report, with its own message
+            return True
+        if len(_HAS_GATES) > 256:
+            _HAS_GATES.pop(next(iter(_HAS_GATES)))
+    return _HAS_GATES[key]
+
+
+# -- the app process: garbage collector and torch threads ---------------------------------------------
+_SETTLED = False
+_SETTLE_LOCK = threading.Lock()
+
+
+def settle_process() -> bool:
+    """Once per app process, after the pages' imports: move every live object out of the collector's reach.
+
+    Streamlit runs a full ``gc.collect(2)`` after every script and fragment run (``runner.postScriptGC``). With
+    torch, pandas and plotly loaded that walks ~300k objects, 0.2-0.4 s holding the GIL, after each 2 s live
+    refresh: a fifth of a core taken from the run being watched, and every other tab's click waits behind it.
+    ``gc.freeze()`` (after one last collection) puts the modules' objects in the permanent generation, so the
+    later passes only look at what the pages create; ``gc.unfreeze`` at exit lets the interpreter clean up.
+
+    Returns:
+        True on the call that froze, False afterwards.
+    """
+    global _SETTLED
+    with _SETTLE_LOCK:
+        if _SETTLED:
+            return False
+        _SETTLED = True
+    gc.collect()
+    gc.freeze()
+    atexit.register(gc.unfreeze)
+    return True
+
+
+# -- torch threads ----------------------------------------------------------------------------------
+_THREADS_LOCK = threading.Lock()
+_THREADS_USERS = 0
+_THREADS_SAVED = 0
+
+
+@contextlib.contextmanager
+def app_threads(n: int = APP_THREADS) -> Iterator[None]:
+    """Run the block's torch work on ``n`` intra-op threads; the previous count comes back when the last
+    concurrent user (other sessions' threads) leaves.
+
+    The app process shares the machine with the runs it shows: the runner gives a run all cores but one, so
+    model work in the app (loading a checkpoint, what-if evaluation) stays on that one.
+    """
+    global _THREADS_USERS, _THREADS_SAVED
+    with _THREADS_LOCK:
+        if _THREADS_USERS == 0:
+            _THREADS_SAVED = torch.get_num_threads()
+            torch.set_num_threads(max(1, int(n)))
+        _THREADS_USERS += 1
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _THREADS_USERS -= 1
+            if _THREADS_USERS == 0:
+                torch.set_num_threads(_THREADS_SAVED)
 
 
 _CACHED: dict[str, Any] = {}
@@ -334,7 +449,7 @@ def what_if(loaded: LoadedRun, threshold: float, *, max_batches: int = 4) -> dic
     t0 = time.perf_counter()
     val = loaded.experiment.loaders.val
     loader = val if len(val.dataset) else loaded.experiment.loaders.test
-    with loaded.lock:
+    with loaded.lock, app_threads():
         saved = [h.gate.keep.clone() for h in gated.groups]
         try:
             trained = [int(h.hard_mask().sum()) for h in gated.groups]
@@ -534,3 +649,181 @@ def runs_for_explore(store: Any) -> pd.DataFrame:
         macs.append(slim["macs"] / orig["macs"] if slim.get("macs") and orig.get("macs") else None)
     runs = runs.assign(**{"latency_b1_ms": lat, "macs_ratio/slim": macs})
     return runs
+
+
+def cached_runs_for_explore(workspace: str | None, ttl: float = 2.0) -> pd.DataFrame:
+    """:func:`runs_for_explore` shared by all sessions for ``ttl`` seconds (``st.cache_data``)."""
+    key = f"explore_runs_{ttl:g}"
+    if key not in _CACHED:
+        import streamlit as st
+
+        _CACHED[key] = st.cache_data(show_spinner=False, ttl=ttl, max_entries=8)(_runs_for_explore_at)
+    return _CACHED[key](workspace)
+
+
+def _runs_for_explore_at(workspace: str | None) -> pd.DataFrame:
+    return runs_for_explore(cached_store(workspace))
+
+
+# -- live views: incremental reads, figures built once per data version --------------------------------
+@dataclass(frozen=True)
+class LiveSnapshot:
+    """A run's row and its scalar metrics (``RunStore.metrics``' long table) as a live view last read them.
+
+    Attributes:
+        run_id: the run.
+        info: its ``RunInfo``.
+        metrics: columns ``step, epoch, name, value``, sorted by step.
+        full_read: whether this snapshot read every row (False: only rows since the previous snapshot).
+    """
+
+    run_id: str
+    info: Any
+    metrics: pd.DataFrame
+    full_read: bool = True
+
+    @property
+    def life(self) -> tuple[Any, ...]:
+        """Identifies one life of the run: a resume (new pid, status change) may drop rows, so it starts over."""
+        return _life(self.info)
+
+    @property
+    def last_step(self) -> int:
+        return int(self.metrics["step"].iloc[-1]) if not self.metrics.empty else 0
+
+
+def live_metrics(store: Any, run_id: str, previous: LiveSnapshot | None = None) -> LiveSnapshot:
+    """The run's row and all its scalar metrics, reading only the rows at or after ``previous``'s last step.
+
+    Rows of the last step are read again (end-of-epoch metrics arrive at the step of the last training log). A
+    different run, an empty table or a new life of the run (status, pid or start time changed: a resumed run's
+    store drops the rows after its checkpoint) reads everything. The result equals ``store.metrics(run_id)``.
+    """
+    info = store.get_run(run_id)
+    if previous is None or previous.run_id != run_id or previous.life != _life(info) or previous.metrics.empty:
+        return LiveSnapshot(run_id, info, store.metrics(run_id), full_read=True)
+    since = previous.last_step
+    new = store.metrics(run_id, since_step=since)
+    old = previous.metrics[previous.metrics["step"] < since]
+    metrics = new if old.empty else pd.concat([old, new], ignore_index=True) if not new.empty else old
+    return LiveSnapshot(run_id, info, metrics.reset_index(drop=True), full_read=False)
+
+
+def _life(info: Any) -> tuple[Any, ...]:
+    return (info.status, info.pid, info.started)
+
+
+FIGURE_CACHE_SIZE = 256
+_FIGURES: OrderedDict[tuple, Any] = OrderedDict()
+_FIG_LOCK = threading.Lock()
+
+
+def cached_figure(key: tuple, build: Callable[[], Any]) -> Any:
+    """``build()`` once per ``key`` for the whole app process (LRU of :data:`FIGURE_CACHE_SIZE` entries).
+
+    Values are shared between sessions and must be treated as read-only (``st.plotly_chart`` only copies a
+    figure). A figure rebuilt from unchanged data also leaves the browser's chart alone: Streamlit sends the
+    same spec, so Chromium does not lay the chart out again on every refresh.
+    """
+    with _FIG_LOCK:
+        if key in _FIGURES:
+            _FIGURES.move_to_end(key)
+            return _FIGURES[key]
+    value = build()
+    with _FIG_LOCK:
+        _FIGURES[key] = value
+        while len(_FIGURES) > FIGURE_CACHE_SIZE:
+            _FIGURES.popitem(last=False)
+    return value
+
+
+def clear_figure_cache() -> None:
+    with _FIG_LOCK:
+        _FIGURES.clear()
+
+
+def frame_version(df: pd.DataFrame | None) -> tuple[int, int, float]:
+    """``(rows, last step, sum of values)``: changes whenever an append-only table of a run gains a row."""
+    if df is None or df.empty:
+        return (0, -1, 0.0)
+    values = pd.to_numeric(df["value"], errors="coerce") if "value" in df else pd.Series(dtype=float)
+    return (len(df), int(df["step"].max()), float(values.sum()))
+
+
+# Name prefixes each training chart reads; its figure and its one-line reading read nothing else, so a chart
+# is rebuilt only when one of its own series gained a row.
+TRAINING_VIEWS: dict[str, tuple[str, ...]] = {
+    "loss": ("loss",),
+    "acc": ("acc/", "miou/"),
+    "macs": ("macs_ratio/",),
+    "temp": ("temperature", "lr"),
+}
+
+
+def training_figures(
+    snap: LiveSnapshot, target: float | None = None, views: tuple[str, ...] = tuple(TRAINING_VIEWS)
+) -> dict[str, tuple[Any, str]]:
+    """``{view: (figure, reading)}`` of the training scalars (``viz.loss_figure`` + ``viz.explain_loss``, ...)."""
+    from prunekit import viz
+
+    builders = {
+        "loss": lambda m: (viz.loss_figure(m), viz.explain_loss(m)),
+        "acc": lambda m: (viz.accuracy_figure(m), viz.explain_accuracy(m)),
+        "macs": lambda m: (viz.macs_figure(m, target), viz.explain_macs(m, target)),
+        "temp": lambda m: (viz.temperature_figure(m), viz.explain_temperature(m)),
+    }
+    m = snap.metrics
+    names = m["name"].astype(str) if not m.empty else pd.Series(dtype=str)
+    out = {}
+    for view in views:
+        rows = m[names.str.startswith(TRAINING_VIEWS[view])] if not m.empty else m
+        key = ("training", view, snap.run_id, snap.life, target if view == "macs" else None, frame_version(rows))
+        out[view] = cached_figure(key, lambda b=builders[view]: b(m))
+    return out
+
+
+GATE_NAMES = ("gate_values", "gate_hist")
+TREND_NAMES = ("confidence", "diversity", "entropy", "flip_rate")
+
+
+def gate_figures(store: Any, snap: LiveSnapshot) -> dict[str, tuple[Any, str]]:
+    """``{"violin": ..., "heat": ...}`` (figure, reading) of the gates at the latest logged step."""
+    from prunekit import viz
+
+    last = store.layer_metrics(snap.run_id, names=list(GATE_NAMES), step="last")
+    key = ("gates", snap.run_id, snap.life, frame_version(last))
+    return cached_figure(key, lambda: {
+        "violin": (viz.gate_distribution_figure(last), viz.explain_gate_distribution(last)),
+        "heat": (viz.gate_heatmap_figure(last), viz.explain_gate_heatmap(last)),
+    })
+
+
+def trend_figures(store: Any, snap: LiveSnapshot) -> dict[str, tuple[Any, str]]:
+    """``{name: (figure, reading)}`` of each per-layer trend the method logs (confidence, diversity, ...).
+
+    The latest step's rows decide whether anything changed; the whole history is read only then.
+    """
+    from prunekit import viz
+
+    last = store.layer_metrics(snap.run_id, names=list(TREND_NAMES), step="last")
+
+    def build() -> dict[str, tuple[Any, str]]:
+        trends = store.layer_metrics(snap.run_id, names=list(TREND_NAMES)) if not last.empty else last
+        present = [n for n in TREND_NAMES if (trends["name"] == n).any()] if not trends.empty else []
+        return {n: (viz.layer_trend_figure(trends, n), viz.explain_layer_trend(trends, n)) for n in present}
+
+    return cached_figure(("trends", snap.run_id, snap.life, frame_version(last)), build)
+
+
+def tradeoff(
+    runs: pd.DataFrame, x: str, y: str, anchors: pd.DataFrame | None, x_label: str
+) -> tuple[Any, str]:
+    """(``viz.tradeoff_figure``, ``viz.explain_tradeoff``) cached on the content of the runs shown."""
+    from prunekit import viz
+
+    cols = [c for c in ("id", "name", "method", x, y) if c in runs]
+    digest = int(pd.util.hash_pandas_object(runs[cols].astype(str), index=False).sum()) if not runs.empty else 0
+    akey = None if anchors is None else int(pd.util.hash_pandas_object(anchors.astype(str), index=False).sum())
+    key = ("tradeoff", x, y, x_label, akey, len(runs), digest)
+    return cached_figure(key, lambda: (viz.tradeoff_figure(runs, x=x, y=y, anchors=anchors, x_label=x_label),
+                                       viz.explain_tradeoff(runs, x=x, y=y)))

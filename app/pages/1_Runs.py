@@ -8,6 +8,7 @@ from prunekit import app_support as sup
 
 st.set_page_config(page_title="prunekit · Runs", page_icon="🗂️", layout="wide")
 WS = os.environ.get("PRUNEKIT_HOME")
+sup.settle_process()  # after the imports: Streamlit's per-run full GC then skips them
 st.title("Runs")
 try:
     store = sup.cached_store(WS)
@@ -99,6 +100,8 @@ def runs_table() -> None:
     if runs.empty:
         st.info("No runs yet.")
         return
+    if any_active and not runs["status"].isin(sup.ACTIVE).any():
+        st.rerun()  # every run ended: redraw the buttons for the new statuses and stop refreshing
     st.dataframe(
         runs[["id", "name", "model", "dataset", "method", "status", "progress", "acc/test", "macs_ratio/hard", "error"]],
         hide_index=True, key="runs_table",
@@ -114,7 +117,7 @@ except Exception as e:
     st.error(f"Cannot read the run store: {sup.describe_error(e)}")
     st.stop()
 any_active = all_runs["status"].isin(sup.ACTIVE).any() if not all_runs.empty else False
-st.fragment(run_every=2.0 if any_active else None)(runs_table)()
+st.fragment(run_every=sup.LIVE_EVERY_S if any_active else None)(runs_table)()
 
 if not all_runs.empty:
     ids = list(all_runs["id"])

@@ -1,14 +1,19 @@
-"""Live: a run's training curves and gates, refreshed every 1.5 s while it trains (layout only; reads the store)."""
+"""Live: a run's training curves and gates, refreshed every 2 s while it trains (layout only; reads the store).
+
+Only the open tab refreshes (each tab is its own fragment; switching tabs reruns the page), each refresh
+reads only the rows logged since the previous one, and a chart whose data did not change is not rebuilt:
+the app must not slow down the run it shows.
+"""
 
 import os
 
 import streamlit as st
 
 from prunekit import app_support as sup
-from prunekit import viz
 
 st.set_page_config(page_title="prunekit · Live", page_icon="📈", layout="wide")
 WS = os.environ.get("PRUNEKIT_HOME")
+sup.settle_process()  # after the imports: Streamlit's per-run full GC then skips them
 st.title("Live")
 try:
     store = sup.cached_store(WS)
@@ -29,53 +34,86 @@ st.session_state.run_id = run_id
 st.caption("Gates **mask** channels: masked channels still exist and still cost compute. Only collapse "
            "(page 4) **removes** them.")
 active = runs.set_index("id").loc[run_id, "status"] in sup.ACTIVE
+every = sup.LIVE_EVERY_S if active else None
 
 
-def live() -> None:
+def snapshot() -> sup.LiveSnapshot:
+    """This session's view of the run, extended by the rows logged since the last refresh."""
+    snap = sup.live_metrics(store, run_id, st.session_state.get("live_snapshot"))
+    st.session_state.live_snapshot = snap
+    return snap
+
+
+def header() -> None:
     try:
-        info = store.get_run(run_id)
-        metrics = store.metrics(run_id)
-        last_layers = store.layer_metrics(run_id, names=["gate_values", "gate_hist"], step="last")
-        trends = store.layer_metrics(run_id, names=["confidence", "diversity", "entropy", "flip_rate"])
+        snap = snapshot()
     except Exception as e:
         st.error(f"Cannot read run {run_id}: {sup.describe_error(e)}")
         return
-    steps = int(metrics["step"].max()) if not metrics.empty else 0
-    st.progress(float(info.progress or 0.0), text=f"status: {info.status} · step {steps}")
+    info = snap.info
+    st.progress(float(info.progress or 0.0), text=f"status: {info.status} · step {snap.last_step}")
     if info.status == "failed":
         st.error(f"The run failed: {info.error}")
     elif info.status in ("stopped", "interrupted"):
         st.warning(f"The run is {info.status}; resume it on the Runs page.")
-    tf = sup.target_field(info.config.get("method", "dense")) if info.config.get("method") else None
-    target = (info.config.get("method_options") or {}).get(tf) if tf else None
-
-    tabs = st.tabs(["Training", "Gates", "Confidence & diversity"])
-    with tabs[0]:
-        a, b = st.columns(2)
-        with a:
-            st.plotly_chart(viz.loss_figure(metrics), key="live_loss")
-            st.caption(viz.explain_loss(metrics))
-            st.plotly_chart(viz.macs_figure(metrics, target), key="live_macs")
-            st.caption(viz.explain_macs(metrics, target))
-        with b:
-            st.plotly_chart(viz.accuracy_figure(metrics), key="live_acc")
-            st.caption(viz.explain_accuracy(metrics))
-            st.plotly_chart(viz.temperature_figure(metrics), key="live_temp")
-            st.caption(viz.explain_temperature(metrics))
-    with tabs[1]:
-        st.plotly_chart(viz.gate_distribution_figure(last_layers), key="live_violin")
-        st.caption(viz.explain_gate_distribution(last_layers))
-        st.plotly_chart(viz.gate_heatmap_figure(last_layers), key="live_heat")
-        st.caption(viz.explain_gate_heatmap(last_layers))
-    with tabs[2]:
-        names = [n for n in ("confidence", "diversity", "entropy", "flip_rate") if (trends["name"] == n).any()]
-        if not names:
-            st.info("This method logs no per-layer confidence, diversity or flip rate.")
-        a, b = st.columns(2)
-        for i, n in enumerate(names):
-            with (a if i % 2 == 0 else b):
-                st.plotly_chart(viz.layer_trend_figure(trends, n), key=f"live_{n}")
-                st.caption(viz.explain_layer_trend(trends, n))
+    if active and info.status not in sup.ACTIVE:
+        st.rerun()  # the run ended: draw the final state once and stop refreshing
 
 
-st.fragment(run_every=1.5 if active else None)(live)()
+st.fragment(run_every=every)(header)()
+try:
+    info = store.get_run(run_id)
+except Exception as e:
+    st.error(f"Cannot read run {run_id}: {sup.describe_error(e)}")
+    st.stop()
+tf = sup.target_field(info.config.get("method", "dense")) if info.config.get("method") else None
+target = (info.config.get("method_options") or {}).get(tf) if tf else None
+
+
+def training() -> None:
+    try:
+        figs = sup.training_figures(snapshot(), target)
+    except Exception as e:
+        st.error(f"Cannot read run {run_id}: {sup.describe_error(e)}")
+        return
+    a, b = st.columns(2)
+    for col, views in ((a, ("loss", "macs")), (b, ("acc", "temp"))):
+        with col:
+            for view in views:
+                fig, reading = figs[view]
+                st.plotly_chart(fig, key=f"live_{view}")
+                st.caption(reading)
+
+
+def gates() -> None:
+    try:
+        figs = sup.gate_figures(store, snapshot())
+    except Exception as e:
+        st.error(f"Cannot read run {run_id}: {sup.describe_error(e)}")
+        return
+    for view in ("violin", "heat"):
+        fig, reading = figs[view]
+        st.plotly_chart(fig, key=f"live_{view}")
+        st.caption(reading)
+
+
+def trends() -> None:
+    try:
+        figs = sup.trend_figures(store, snapshot())
+    except Exception as e:
+        st.error(f"Cannot read run {run_id}: {sup.describe_error(e)}")
+        return
+    if not figs:
+        st.info("This method logs no per-layer confidence, diversity or flip rate.")
+    a, b = st.columns(2)
+    for i, (name, (fig, reading)) in enumerate(figs.items()):
+        with (a if i % 2 == 0 else b):
+            st.plotly_chart(fig, key=f"live_{name}")
+            st.caption(reading)
+
+
+# Every tab is drawn on a page run; only the open one keeps refreshing (a tab switch reruns the page).
+tabs = st.tabs(["Training", "Gates", "Confidence & diversity"], key="live_tab", on_change="rerun")
+for tab, body in zip(tabs, (training, gates, trends)):
+    with tab:
+        st.fragment(run_every=every if tab.open is not False else None)(body)()

@@ -1,4 +1,8 @@
-"""Explore: accuracy vs MACs / latency across runs and sweeps, and a what-if threshold on a checkpoint (layout only)."""
+"""Explore: accuracy vs MACs / latency across runs and sweeps, and a what-if threshold on a checkpoint (layout only).
+
+The trade-off chart and the what-if section are separate fragments: a click in one reruns only that one
+(the what-if part may hold a model; the chart's filters must answer in well under half a second).
+"""
 
 import os
 
@@ -9,10 +13,11 @@ from prunekit import viz
 
 st.set_page_config(page_title="prunekit · Explore", page_icon="🧭", layout="wide")
 WS = os.environ.get("PRUNEKIT_HOME")
+sup.settle_process()  # after the imports: Streamlit's per-run full GC then skips them
 st.title("Explore")
 try:
     store = sup.cached_store(WS)
-    runs = sup.runs_for_explore(store)
+    runs = sup.cached_runs_for_explore(WS)
     sweeps = store.sweeps()
 except Exception as e:
     st.error(f"Cannot open the run store: {sup.describe_error(e)}")
@@ -23,64 +28,85 @@ if runs.empty:
     st.info("No runs yet: start a few at different targets on the Runs page, then compare them here.")
     st.stop()
 
+
 # -- trade-off across runs ----------------------------------------------------------------------
-c1, c2, c3, c4 = st.columns(4)
-sweep_names = {"": "all runs"} | ({r["id"]: r["name"] for _, r in sweeps.iterrows()} if not sweeps.empty else {})
-sweep = c1.selectbox("Sweep", list(sweep_names), format_func=sweep_names.get, key="ex_sweep")
-model = c2.selectbox("Model", ["all"] + sorted(runs["model"].dropna().unique()), key="ex_model")
-dataset = c3.selectbox("Dataset", ["all"] + sorted(runs["dataset"].dropna().unique()), key="ex_dataset")
-axis = c4.radio("Cost axis", ["MACs kept (hard mask)", "latency, batch 1 (after collapse)"], key="ex_axis")
-view = runs
-if sweep:
-    view = view[view["sweep_id"] == sweep]
-if model != "all":
-    view = view[view["model"] == model]
-if dataset != "all":
-    view = view[view["dataset"] == dataset]
-y = "acc/test" if view["acc/test"].notna().any() else "acc/val"
-if axis.startswith("MACs"):
-    x, xl = "macs_ratio/hard", "MACs kept (fraction of dense)"
-    anchors = viz.anchor_points(model if model != "all" else None, dataset if dataset != "all" else None)
-else:
-    x, xl, anchors = "latency_b1_ms", "latency at batch 1 (ms, this machine)", None
-st.plotly_chart(viz.tradeoff_figure(view, x=x, y=y, anchors=anchors, x_label=xl), key="ex_tradeoff")
-st.caption(viz.explain_tradeoff(view, x=x, y=y))
-if anchors is not None and anchors.empty:
-    st.caption("Published anchor points (METHODS.md) appear when you filter to ResNet-56 on CIFAR-10.")
-if x.startswith("latency") and view[x].isna().all():
-    st.info("Latency is measured when a run is collapsed: use the Collapse & compare page first.")
+@st.fragment
+def trade_off() -> None:
+    try:
+        runs = sup.cached_runs_for_explore(WS)  # a fragment rerun sees runs finished since the page was drawn
+    except Exception as e:
+        st.error(f"Cannot read the run store: {sup.describe_error(e)}")
+        return
+    c1, c2, c3, c4 = st.columns(4)
+    sweep_names = {"": "all runs"} | ({r["id"]: r["name"] for _, r in sweeps.iterrows()} if not sweeps.empty else {})
+    sweep = c1.selectbox("Sweep", list(sweep_names), format_func=sweep_names.get, key="ex_sweep")
+    model = c2.selectbox("Model", ["all"] + sorted(runs["model"].dropna().unique()), key="ex_model")
+    dataset = c3.selectbox("Dataset", ["all"] + sorted(runs["dataset"].dropna().unique()), key="ex_dataset")
+    axis = c4.radio("Cost axis", ["MACs kept (hard mask)", "latency, batch 1 (after collapse)"], key="ex_axis")
+    view = runs
+    if sweep:
+        view = view[view["sweep_id"] == sweep]
+    if model != "all":
+        view = view[view["model"] == model]
+    if dataset != "all":
+        view = view[view["dataset"] == dataset]
+    y = "acc/test" if view["acc/test"].notna().any() else "acc/val"
+    if axis.startswith("MACs"):
+        x, xl = "macs_ratio/hard", "MACs kept (fraction of dense)"
+        anchors = viz.anchor_points(model if model != "all" else None, dataset if dataset != "all" else None)
+    else:
+        x, xl, anchors = "latency_b1_ms", "latency at batch 1 (ms, this machine)", None
+    fig, reading = sup.tradeoff(view, x=x, y=y, anchors=anchors, x_label=xl)
+    st.plotly_chart(fig, key="ex_tradeoff")
+    st.caption(reading)
+    if anchors is not None and anchors.empty:
+        st.caption("Published anchor points (METHODS.md) appear when you filter to ResNet-56 on CIFAR-10.")
+    if x.startswith("latency") and view[x].isna().all():
+        st.info("Latency is measured when a run is collapsed: use the Collapse & compare page first.")
+
+
+trade_off()
+
 
 # -- what-if threshold --------------------------------------------------------------------------
-st.subheader("What if the threshold were different?")
-st.caption("Re-evaluates a checkpoint's hard mask (keep a channel iff its gate > threshold) on a validation "
-           "subset. Nothing is trained or saved; the gates themselves do not change.")
-ready = runs[runs["status"].isin(["done", "stopped", "interrupted", "running"])]
-if ready.empty:
-    st.info("No run has a checkpoint yet.")
-    st.stop()
-ids = list(ready["id"])
-labels = {r["id"]: sup.run_label(r) for _, r in ready.iterrows()}
-current = sup.pick_run(ready, st.session_state.run_id)
-rid = st.selectbox("Run", ids, index=ids.index(current), format_func=labels.get, key="ex_run")
-threshold = st.slider("Threshold", 0.0, 1.0, 0.5, 0.01, key="ex_threshold")
-try:
-    ckpt = store.latest_checkpoint(rid)
-    if ckpt is None:
-        st.info(f"Run {rid} has no checkpoint yet: one is written after every epoch.")
-        st.stop()
-    with st.spinner("Loading the checkpoint…"):
-        loaded = sup.cached_run(WS, rid, str(ckpt))
-    key = (rid, str(ckpt), round(threshold, 3))
-    if key not in st.session_state.what_if:
-        with st.spinner("Evaluating…"):
-            st.session_state.what_if[key] = sup.what_if(loaded, threshold)
-    res = st.session_state.what_if[key]
-except Exception as e:
-    st.warning(f"What-if is not available for this run: {sup.describe_error(e)}")
-    st.stop()
-c1, c2, c3, c4 = st.columns(4)
-c1.metric("accuracy (val subset)", f"{100 * res['acc']:.1f}%")
-c2.metric("MACs kept", "n/a" if res["macs_ratio"] is None else f"{res['macs_ratio']:.0%}")
-c3.metric("channels kept", f"{res['kept']} / {res['total']}")
-c4.metric("evaluated in", f"{res['seconds']:.2f} s", help=f"{res['samples']} validation samples")
-st.dataframe(res["per_group"], hide_index=True, key="ex_groups")
+@st.fragment
+def what_if() -> None:
+    st.subheader("What if the threshold were different?")
+    st.caption("Re-evaluates a checkpoint's hard mask (keep a channel iff its gate > threshold) on a validation "
+               "subset. Nothing is trained or saved; the gates themselves do not change.")
+    ready = runs[runs["status"].isin(["done", "stopped", "interrupted", "running"])]
+    if ready.empty:
+        st.info("No run has a checkpoint yet.")
+        return
+    ids = list(ready["id"])
+    labels = {r["id"]: sup.run_label(r) for _, r in ready.iterrows()}
+    current = sup.pick_run(ready, st.session_state.run_id)
+    rid = st.selectbox("Run", ids, index=ids.index(current), format_func=labels.get, key="ex_run")
+    threshold = st.slider("Threshold", 0.0, 1.0, 0.5, 0.01, key="ex_threshold")
+    try:
+        ckpt = store.latest_checkpoint(rid)
+        if ckpt is None:
+            st.info(f"Run {rid} has no checkpoint yet: one is written after every epoch.")
+            return
+        if not sup.checkpoint_has_gates(ckpt):  # no model to build for nothing (dense, Bridgeout, sDprun)
+            method = ready.set_index("id").loc[rid, "method"]
+            raise sup.ConfigError(f"method {method!r} has no gates, so there is no threshold to explore")
+        with st.spinner("Loading the checkpoint…"):
+            loaded = sup.cached_run(WS, rid, str(ckpt))
+        key = (rid, str(ckpt), sup.file_version(ckpt), round(threshold, 3))
+        if key not in st.session_state.what_if:
+            with st.spinner("Evaluating…"):
+                st.session_state.what_if[key] = sup.what_if(loaded, threshold)
+        res = st.session_state.what_if[key]
+    except Exception as e:
+        st.warning(f"What-if is not available for this run: {sup.describe_error(e)}")
+        return
+    c1, c2, c3, c4 = st.columns(4)
+    c1.metric("accuracy (val subset)", f"{100 * res['acc']:.1f}%")
+    c2.metric("MACs kept", "n/a" if res["macs_ratio"] is None else f"{res['macs_ratio']:.0%}")
+    c3.metric("channels kept", f"{res['kept']} / {res['total']}")
+    c4.metric("evaluated in", f"{res['seconds']:.2f} s", help=f"{res['samples']} validation samples")
+    st.dataframe(res["per_group"], hide_index=True, key="ex_groups")
+
+
+what_if()

@@ -10,6 +10,7 @@ from prunekit import viz
 
 st.set_page_config(page_title="prunekit · Collapse", page_icon="🗜️", layout="wide")
 WS = os.environ.get("PRUNEKIT_HOME")
+sup.settle_process()  # after the imports: Streamlit's per-run full GC then skips them
 st.title("Collapse & compare")
 st.markdown("Until now the pruned channels were only **masked** (multiplied by zero, still computed). "
             "**Collapse** removes them, and whole residual branches whose channels are all gone, giving a "
@@ -43,6 +44,9 @@ else:
     ckpt = st.selectbox("Checkpoint", paths, format_func=lambda p: f"step {steps[p]} · {Path(p).name}", key="co_ckpt")
     if st.button("Collapse", type="primary", key="co_collapse"):
         try:
+            if not sup.checkpoint_has_gates(ckpt):  # say so without rebuilding the model first
+                method = runs.set_index("id").loc[rid, "method"]
+                raise sup.ConfigError(f"method {method!r} leaves no gates in the model, so there is nothing to collapse")
             with st.spinner("Collapsing, measuring latency and accuracy…"):
                 loaded = sup.cached_run(WS, rid, ckpt)
                 out = store.run_dir(rid) / "collapse" / f"step{loaded.step}"

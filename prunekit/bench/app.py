@@ -3,9 +3,13 @@
 Three numbers, against the targets of issue 8:
   * first chart visible after page load (target ≤ 3 s): from ``page.goto`` to the first plotly SVG on Home;
   * widget re-render while a run trains (target ≤ 0.5 s median): click the Explore page's cost-axis radio and
-    wait for the chart's axis title to change;
-  * training throughput with the app open on the Live page (refreshing every 1.5 s) vs the same run headless
-    (target ≥ 0.8×), both read from the runs' own ``throughput`` result.
+    wait for the chart's axis title to change. Timed in the page, from the browser's click event to the DOM
+    change (``rerender_s``); the Playwright wall clock around ``click()`` + ``wait_for_selector`` is kept as
+    ``rerender_wall_s`` (it adds the driver's actionability checks and IPC, 50-300 ms on a loaded machine);
+  * training throughput with the app open on the Live page (refreshing every ``LIVE_EVERY_S``) vs the same run
+    headless (target ≥ 0.8×), both read from the runs' own ``throughput`` result.
+
+The machine's load average is recorded with the numbers: on a shared CPU they move with it.
 
 Also the server and browser helpers the browser tests use (:class:`AppServer`, :func:`launch_chromium`).
 """
@@ -127,6 +131,32 @@ def wait_app_idle(page: Any, timeout_ms: int = 30000) -> None:
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout_ms)
 
 
+# Arms an in-page probe before a click: the time from the browser's click event to the first DOM mutation
+# that shows the chart's new axis title (performance.now(), so neither Playwright's actionability checks
+# before the click nor its driver's latency after the change are counted).
+_ARM_PROBE = """title => {
+  const probe = window.__pkProbe = {click: null, done: null};
+  document.addEventListener('click', () => { if (probe.click === null) probe.click = performance.now(); },
+                            {capture: true, once: true});
+  const seen = () => [...document.querySelectorAll('.js-plotly-plot .xtitle')]
+    .some(e => e.textContent.includes(title));
+  const obs = new MutationObserver(() => {
+    if (probe.done === null && probe.click !== null && seen()) { probe.done = performance.now(); obs.disconnect(); }
+  });
+  obs.observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
+}"""
+_READ_PROBE = "() => window.__pkProbe && window.__pkProbe.done !== null ? " \
+    "(window.__pkProbe.done - window.__pkProbe.click) / 1000 : null"
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the OS has none): benchmarks here share the CPU."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def _bench_config(epochs: int, steps: int) -> Any:
     from prunekit import app_support as sup
 
@@ -156,7 +186,8 @@ def bench_app(
 
     Returns:
         ``{"first_chart_s": [..], "first_chart_median_s", "rerender_s": [..], "rerender_median_s",
-        "throughput_headless", "throughput_app_open", "throughput_ratio", "targets", "passed": {...}}``.
+        "rerender_wall_s": [..], "rerender_wall_median_s", "throughput_headless", "throughput_app_open",
+        "throughput_ratio", "load_average_before" / "_start" / "_end", "targets", "passed": {...}}``.
     """
     from playwright.sync_api import sync_playwright
 
@@ -164,7 +195,7 @@ def bench_app(
     out_dir.mkdir(parents=True, exist_ok=True)
     ws = out_dir / "workspace"
     cfg = _bench_config(epochs, steps)
-    res: dict[str, Any] = {"config": cfg.to_dict(), "cpu_count": os.cpu_count()}
+    res: dict[str, Any] = {"config": cfg.to_dict(), "cpu_count": os.cpu_count(), "load_average_before": load_average()}
     res["throughput_headless"] = _throughput(ws, cfg, 600)
 
     with AppServer(ws) as server, sync_playwright() as p:
@@ -187,17 +218,23 @@ def bench_app(
         page.goto(server.url + "/Explore")
         page.wait_for_selector(".js-plotly-plot .main-svg", timeout=30000)
         wait_app_idle(page)
-        rerenders = []
+        rerenders, walls, during = [], [], []
         labels = ["latency, batch 1 (after collapse)", "MACs kept (hard mask)"]
         titles = ["latency at batch 1", "MACs kept (fraction"]
+        res["load_average_start"] = load_average()
         for i in range(2 * repeats):
             if handle.status not in ("queued", "running") and i >= repeats:
                 break
+            during.append(handle.status)
+            page.evaluate(_ARM_PROBE, titles[i % 2])
             t0 = time.perf_counter()
             page.get_by_text(labels[i % 2], exact=True).click()
             page.wait_for_selector(f".js-plotly-plot .xtitle:has-text('{titles[i % 2]}')", timeout=30000)
-            rerenders.append(time.perf_counter() - t0)
+            walls.append(time.perf_counter() - t0)
+            in_page = page.evaluate(_READ_PROBE)
+            rerenders.append(float(in_page) if in_page is not None else walls[-1])
             wait_app_idle(page)
+        res["load_average_end"] = load_average()
         info = handle.wait(600)
         browser.close()
     if info.status != "done":
@@ -206,6 +243,8 @@ def bench_app(
     res["throughput_ratio"] = res["throughput_app_open"] / res["throughput_headless"]
     res["first_chart_s"], res["first_chart_median_s"] = firsts, statistics.median(firsts)
     res["rerender_s"], res["rerender_median_s"] = rerenders, statistics.median(rerenders)
+    res["rerender_wall_s"], res["rerender_wall_median_s"] = walls, statistics.median(walls)
+    res["run_status_during_rerenders"] = during
     res["targets"] = TARGETS
     res["passed"] = {
         "first_chart_s": res["first_chart_median_s"] <= TARGETS["first_chart_s"],
@@ -227,8 +266,8 @@ def markdown_table(res: dict[str, Any]) -> str:
             res["passed"]["first_chart_s"],
         ),
         (
-            "widget re-render while a run trains (median)",
-            f"{res['rerender_median_s']:.2f} s",
+            "widget re-render while a run trains (median, click event → DOM change)",
+            f"{res['rerender_median_s']:.2f} s (Playwright wall clock {res.get('rerender_wall_median_s', float('nan')):.2f} s)",
             "≤ 0.5 s",
             res["passed"]["rerender_median_s"],
         ),
@@ -241,4 +280,8 @@ def markdown_table(res: dict[str, Any]) -> str:
     ]
     lines = ["| measure | measured | target | met |", "| --- | --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {'yes' if d else 'no'} |" for a, b, c, d in rows]
-    return "\n".join(lines) + f"\n\n{res.get('cpu_count')} CPU cores; run config: dense ResNet-20 on shapes.\n"
+    load = res.get("load_average_start") or res.get("load_average_before")
+    load_text = f"; load average (1/5/15 min) at the re-render clicks: {load}" if load else ""
+    return "\n".join(lines) + (
+        f"\n\n{res.get('cpu_count')} CPU cores{load_text}; run config: dense ResNet-20 on shapes.\n"
+    )
