@@ -291,3 +291,175 @@ def test_collapse_and_compare_gives_the_page_what_it_shows(gated_run, tmp_path):
     widths = sup.widths_frame(result)
     assert not widths.empty and (widths["after"] <= widths["before"]).all()
     assert result["step"] == 7
+
+
+# -- performance plumbing (issue 8: re-render ≤ 0.5 s while a run trains, training ≥ 0.8× with the app open) -----
+def _log(store: RunStore, rid: str, step: int, values: dict[str, float]) -> None:
+    store.log_scalars(rid, step, 0, values)
+    store.flush()
+
+
+def test_live_metrics_reads_only_new_rows_and_equals_a_full_read(workspace):
+    store = RunStore(workspace)
+    rid = _fill_run(store)
+    first = sup.live_metrics(store, rid)
+    assert first.full_read and first.last_step == 30
+    _log(store, rid, 30, {"acc/val": 0.85})  # end-of-epoch metrics arrive at the last logged step
+    _log(store, rid, 40, {"loss": 1.0, "acc/train": 0.7})
+    second = sup.live_metrics(store, rid, first)
+    assert not second.full_read and second.last_step == 40
+    full = store.metrics(rid)
+    assert second.metrics.reset_index(drop=True).equals(full.reset_index(drop=True))
+    # Nothing new: same rows again, still incremental.
+    third = sup.live_metrics(store, rid, second)
+    assert not third.full_read and third.metrics.equals(second.metrics)
+    # Another run, or a new life of this one (status changed), reads everything.
+    other = _fill_run(store, acc=0.5)
+    assert sup.live_metrics(store, other, third).full_read
+    store.set_status(rid, "stopped")
+    assert sup.live_metrics(store, rid, third).full_read
+
+
+def test_cached_figure_builds_once_per_key_and_evicts_the_oldest(monkeypatch):
+    sup.clear_figure_cache()
+    monkeypatch.setattr(sup, "FIGURE_CACHE_SIZE", 2)
+    calls = []
+
+    def build(tag):
+        return lambda: calls.append(tag) or tag
+
+    assert sup.cached_figure(("a",), build("a")) == "a"
+    assert sup.cached_figure(("a",), build("a2")) == "a"  # cached: not rebuilt
+    sup.cached_figure(("b",), build("b"))
+    sup.cached_figure(("c",), build("c"))  # evicts ("a",)
+    assert sup.cached_figure(("a",), build("a3")) == "a3"
+    assert calls == ["a", "b", "c", "a3"]
+    sup.clear_figure_cache()
+
+
+def test_training_figures_rebuild_only_the_chart_whose_series_changed(workspace):
+    sup.clear_figure_cache()
+    store = RunStore(workspace)
+    rid = _fill_run(store)
+    snap = sup.live_metrics(store, rid)
+    before = sup.training_figures(snap, 0.5)
+    assert set(before) == {"loss", "acc", "macs", "temp"}
+    assert "The task loss fell" in before["loss"][1]
+    _log(store, rid, 40, {"loss": 1.0, "loss/task": 0.9})
+    after = sup.training_figures(sup.live_metrics(store, rid, snap), 0.5)
+    assert after["loss"][0] is not before["loss"][0]  # its series gained a row
+    for view in ("acc", "macs", "temp"):
+        assert after[view][0] is before[view][0]  # unchanged data: the same figure object, nothing rebuilt
+    from prunekit import viz
+
+    full = store.metrics(rid)
+    assert after["loss"][0].to_dict() == viz.loss_figure(full).to_dict()  # identical to building from scratch
+    assert after["macs"][0].to_dict() == viz.macs_figure(full, 0.5).to_dict()
+    sup.clear_figure_cache()
+
+
+def test_gate_and_trend_figures_follow_the_latest_layer_step(workspace):
+    sup.clear_figure_cache()
+    store = RunStore(workspace)
+    rid = _fill_run(store, method="crisp")
+    snap = sup.live_metrics(store, rid)
+    gates, trends = sup.gate_figures(store, snap), sup.trend_figures(store, snap)
+    assert set(gates) == {"violin", "heat"} and set(trends) == {"confidence", "flip_rate"}
+    assert sup.gate_figures(store, snap) is gates and sup.trend_figures(store, snap) is trends
+    store.log_layers(rid, 40, 0, [{"layer": "layer1.0", "name": "confidence", "value": 0.9}])
+    store.flush()
+    assert sup.trend_figures(store, snap) is not trends
+    assert sup.gate_figures(store, snap) is gates  # no new gate values
+    sup.clear_figure_cache()
+
+
+def test_checkpoint_has_gates_reads_the_state_dict_only(tmp_path):
+    import torch
+
+    gated, dense, broken = tmp_path / "g.pt", tmp_path / "d.pt", tmp_path / "x.pt"
+    torch.save({"model": {"model.conv1.weight": torch.zeros(2), "gates.0.keep": torch.ones(2, dtype=torch.bool)}},
+               gated)
+    torch.save({"model": {"conv1.weight": torch.zeros(2), "bn1.running_mean": torch.zeros(2)}}, dense)
+    broken.write_bytes(b"not a checkpoint")
+    assert sup.checkpoint_has_gates(gated) is True
+    assert sup.checkpoint_has_gates(dense) is False
+    assert sup.checkpoint_has_gates(broken) is True  # load_run reports the real error
+    v = sup.file_version(dense)
+    torch.save({"model": {"gates.3.keep": torch.ones(1, dtype=torch.bool)}}, dense)  # rewritten in place (last.pt)
+    import os
+
+    os.utime(dense, ns=(v[0] + 10**9, v[0] + 10**9))
+    assert sup.file_version(dense) != v and sup.checkpoint_has_gates(dense) is True
+    assert sup.file_version(tmp_path / "missing.pt") is None
+
+
+def test_app_threads_limits_torch_and_restores_after_the_last_user():
+    import torch
+
+    before = torch.get_num_threads()
+    with sup.app_threads(1):
+        assert torch.get_num_threads() == 1
+        with sup.app_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 1  # the outer user still holds it
+    assert torch.get_num_threads() == before
+
+
+def test_settle_process_freezes_once(monkeypatch):
+    import gc
+
+    frozen = []
+    monkeypatch.setattr(sup, "_SETTLED", False)
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(1))
+    monkeypatch.setattr(sup.atexit, "register", lambda fn: None)
+    assert sup.settle_process() is True
+    assert sup.settle_process() is False
+    assert frozen == [1]
+
+
+def test_explore_skips_loading_a_checkpoint_without_gates(workspace, monkeypatch):
+    import torch
+
+    store = RunStore(workspace)
+    rid = _fill_run(store)
+    ckpt = workspace / "last.pt"
+    torch.save({"model": {"conv1.weight": torch.zeros(2)}}, ckpt)
+    store.add_checkpoint(rid, 30, 1, ckpt)
+
+    def no_load(*a, **k):
+        raise AssertionError("a checkpoint without gates must not be loaded")
+
+    monkeypatch.setattr(sup, "cached_run", no_load)
+    at = _app("pages/3_Explore.py").run()
+    assert not at.exception, at.exception
+    assert any("has no gates" in w.value for w in at.warning)
+    at.radio(key="ex_axis").set_value("latency, batch 1 (after collapse)").run()  # the chart's fragment only
+    assert not at.exception
+    assert any("Collapse & compare page first" in i.value for i in at.info)
+
+
+def test_live_page_on_a_running_run_draws_every_tab(workspace):
+    import os
+
+    store = RunStore(workspace)
+    rid = _fill_run(store, method="crisp", status="running")
+    store.set_pid(rid, os.getpid())  # alive, so the store keeps it running
+    at = _app("pages/2_Live.py").run()
+    assert not at.exception, at.exception
+    assert store.get_run(rid).status == "running"
+    assert "status: running · step 30" in at.get("progress")[0].proto.text
+    assert len(at.get("plotly_chart")) == 8  # every tab drawn; only the open one keeps refreshing
+    at.run()  # a second run reuses the cached figures
+    assert not at.exception and len(at.get("plotly_chart")) == 8
+
+
+def test_bench_markdown_reports_load_and_both_rerender_clocks():
+    from prunekit.bench.app import markdown_table
+
+    res = {"first_chart_median_s": 1.2, "rerender_median_s": 0.21, "rerender_wall_median_s": 0.33,
+           "throughput_ratio": 0.9, "throughput_app_open": 90.0, "throughput_headless": 100.0, "cpu_count": 2,
+           "load_average_start": [3.1, 4.0, 5.2],
+           "passed": {"first_chart_s": True, "rerender_median_s": True, "throughput_ratio": True}}
+    md = markdown_table(res)
+    assert "0.21 s (Playwright wall clock 0.33 s)" in md
+    assert "[3.1, 4.0, 5.2]" in md and "0.90×" in md
