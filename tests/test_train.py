@@ -151,8 +151,9 @@ def test_callbacks_called_in_order_with_metric_names():
     Trainer(_model(), _loaders(), _cfg(epochs=2), SpyMethod(), callbacks=[rec]).fit()
     kinds = rec.kinds()
     assert kinds[0] == "train_start" and kinds[-1] == "train_end"
-    # 6 steps per epoch, log_every=2: three (step, layers) pairs before each epoch end
-    assert kinds[1:-1] == (["step", "layers"] * 3 + ["epoch"]) * 2
+    # 6 steps per epoch, log_every=2: three (step, layers) pairs before each epoch end; after finalize
+    # the last step is logged once more with the final masks
+    assert kinds[1:-1] == (["step", "layers"] * 3 + ["epoch"]) * 2 + ["step", "layers"]
     step_logs = rec.events[1][1]
     for key in ("loss", "loss/task", "loss/l2", "lr", "acc/train", "throughput", "temperature"):
         assert key in step_logs, key
@@ -200,9 +201,12 @@ def test_optimizers_build_and_train(optimizer):
     assert result["metrics"]["acc/val"] > 0.4
 
 
-def test_sdprun_optimizer_needs_its_method():
-    with pytest.raises(ConfigError, match="sdprun"):
-        Trainer(_model(), _loaders(), _cfg(optimizer="sdprun")).fit()
+def test_sdprun_optimizer_works_with_any_method():
+    from prunekit.methods.sdprun import SDPrun
+
+    trainer = Trainer(_model(), _loaders(), _cfg(optimizer="sdprun"))
+    assert trainer.fit()["status"] == "completed"
+    assert isinstance(trainer.optimizer, SDPrun)
 
 
 def test_should_stop_ends_gracefully_and_checkpoints(tmp_path: Path):

@@ -69,6 +69,8 @@ def register(subparsers: Any) -> None:
     o.add_argument("--milestones", type=int, nargs="*", default=list(_T.milestones),
                    help="epochs where the step schedule multiplies lr by --gamma")
     o.add_argument("--gamma", type=float, default=_T.gamma, help="lr factor at each milestone")
+    o.add_argument("--warmup-epochs", type=float, default=_T.warmup_epochs,
+                   help="linear lr warm-up over this many epochs (at most half the run)")
     o.add_argument("--seed", type=int, default=_T.seed, help="random seed (data order, init, noise)")
     o.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap on steps per epoch (quick runs)")
     o.add_argument("--log-every", type=int, default=_T.log_every, help="steps between logged metrics")
@@ -113,7 +115,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     train = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
-        milestones=tuple(args.milestones), gamma=args.gamma, device=args.device, amp=not args.no_amp,
+        milestones=tuple(args.milestones), gamma=args.gamma, warmup_epochs=args.warmup_epochs, device=args.device, amp=not args.no_amp,
         channels_last=args.channels_last, seed=args.seed, num_threads=args.threads, log_every=args.log_every,
         max_steps_per_epoch=args.max_steps_per_epoch, num_workers=args.workers,
     )

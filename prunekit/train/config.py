@@ -30,6 +30,9 @@ class TrainConfig:
     schedule: str = "cosine"
     milestones: tuple[int, ...] = ()  # epochs at which the step schedule multiplies lr by gamma
     gamma: float = 0.1
+    # linear lr warm-up over the first epochs (capped at half the run): from-scratch nets on data whose
+    # only cue is shape (``shapes``) stall at chance when they start at lr 0.1
+    warmup_epochs: float = 1.0
     device: str = "auto"
     amp: bool = True  # used on CUDA only
     channels_last: bool = False
@@ -52,6 +55,8 @@ class TrainConfig:
             raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.log_every < 1:
             raise ConfigError(f"log_every must be >= 1, got {self.log_every}")
         if self.num_threads is not None and self.num_threads < 1:

@@ -142,15 +142,29 @@ class Trainer:
         self.steps_per_epoch = min(batches, config.max_steps_per_epoch or batches)
         self.metrics: dict[str, float] = {}
 
+    def _warmup(self, opt: torch.optim.Optimizer) -> None:
+        """Scale the scheduler's lr linearly over the warm-up steps (a pure function of the step: resume-safe)."""
+        cfg = self.config
+        total = self.steps_per_epoch * min(cfg.warmup_epochs, cfg.epochs / 2)
+        if self.step > total or total < 1:
+            return
+        factor = min(1.0, (self.step + 1) / total)
+        for group, lr in zip(opt.param_groups, self.scheduler.get_last_lr()):
+            group["lr"] = lr * factor
+
     def _log_final(self, model: nn.Module) -> None:
-        """Re-log the last step after ``finalize``: the hard masks (and MACs) are the final ones only now."""
+        """Re-log the last step after ``finalize``: the hard masks (and MACs) are the final ones only now.
+
+        The last logged values are kept for what the finalized method no longer reports (e.g. DPP's
+        temperature once its masks are baked into the weights).
+        """
         try:
-            logs = {k: float(v) for k, v in self.method.step_metrics(model).items()}
+            final = {k: float(v) for k, v in self.method.step_metrics(model).items()}
             rows = self.method.layer_metrics(model)
         except Exception as e:  # noqa: BLE001 - reporting only: a method whose metrics need the pre-finalize model
             logger.warning("final metrics of method %s unavailable after finalize: %s", self.method.name, e)
             return
-        logs.update(self.metrics)
+        logs = {**getattr(self, "_last_logs", {}), **final, **self.metrics}
         self._emit("on_step_end", logs)
         if rows:
             self._emit("on_layer_metrics", rows)
@@ -285,6 +299,7 @@ class Trainer:
                     self._emit("on_train_end", {"status": "diverged", "error": str(err), "steps": self.step,
                                                 "epochs": epoch})
                     raise err
+                self._warmup(opt)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)
@@ -313,6 +328,7 @@ class Trainer:
                     logs["acc/train"] = correct / max(seen, 1)
                     logs["throughput"] = win_images / max(now - win_t, 1e-9)
                     logs.update(method.step_metrics(model))
+                    self._last_logs = logs
                     self._emit("on_step_end", logs)
                     rows = method.layer_metrics(model)
                     if rows:
