@@ -114,8 +114,8 @@ def generate_shapes(
     size: int = 32,
     segmentation: bool = False,
     max_shapes: int = 3,
-    clutter: int = 3,
-    noise: float = 0.08,
+    clutter: int = 1,
+    noise: float = 0.04,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Generate a batch of shape images.
 
@@ -148,7 +148,9 @@ def generate_shapes(
         img[i, y, x] = rng.uniform(0, 1, (n, 3)).astype(np.float32)[i]
         _paint(img, b_masks[j], b_cols[j])
 
-    r_range = (0.2 * size, 0.38 * size) if not segmentation else (0.14 * size, 0.28 * size)
+    # Large shapes: with radius 0.2–0.38·size a ResNet-20 stayed at chance for 2 epochs (12–18 %); with
+    # 0.3–0.45·size, one clutter stroke/blob and noise 0.04 it reaches ~43 % (measured, warm-up on).
+    r_range = (0.3 * size, 0.45 * size) if not segmentation else (0.14 * size, 0.28 * size)
     if not segmentation:
         labels = np.resize(np.arange(k), n)
         rng.shuffle(labels)
@@ -190,8 +192,8 @@ class _ShapesBase(DataSource):
         "num_samples": 8000,
         "num_test": 2000,
         "data_seed": 0,
-        "noise": 0.08,
-        "clutter": 3,
+        "noise": 0.04,
+        "clutter": 1,
         "image_size": 32,
     }
 
@@ -240,7 +242,7 @@ class _ShapesBase(DataSource):
 @register_dataset("shapes")
 class Shapes(_ShapesBase):
     """10 shape classes, one shape per image, 32×32 RGB. Options: ``num_samples`` (train, 8000),
-    ``num_test`` (2000), ``data_seed`` (0), ``noise`` (0.08), ``clutter`` (3), ``image_size`` (32)."""
+    ``num_test`` (2000), ``data_seed`` (0), ``noise`` (0.04), ``clutter`` (1), ``image_size`` (32)."""
 
     augment = "crop_flip"
 
