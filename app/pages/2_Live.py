@@ -1,4 +1,4 @@
-"""Live: a run's training curves and gates, refreshed every 2 s while it trains (layout only; reads the store).
+"""Live: a run's training curves and gates, refreshed every 1.5 s while it trains (layout only; reads the store).
 
 Only the open tab refreshes (each tab is its own fragment; switching tabs reruns the page), each refresh
 reads only the rows logged since the previous one, and a chart whose data did not change is not rebuilt:
