@@ -28,6 +28,7 @@ SUITES: dict[str, tuple[str, str, str]] = {
     "metrics": ("prunekit.bench.metrics", "bench_metrics", "cost of the mask confidence/diversity metrics on resnet50-sized masks"),
     "app": ("prunekit.bench.app", "bench_app", "app latency in a real browser and training throughput with the app open"),
     "pareto": ("prunekit.bench.pareto", "bench_pareto", "accuracy vs MACs vs latency of every method and Torch-Pruning at fixed budgets"),
+    "latency": ("prunekit.bench.pareto", "bench_latency", "CPU latency vs MACs of the pareto slim networks against Torch-Pruning's"),
 }
 
 
