@@ -115,15 +115,16 @@ def human(n: float) -> str:
 
 
 def model_macs(model: Any, example_input: Any) -> float | None:
-    """MACs of one sample through ``model`` via ``prunekit.cost.count_macs``; None when unavailable."""
+    """MACs of one sample: of the network collapse would give for a gated model (its hard masks), else of
+    ``model`` itself (``prunekit.cost``); None when they cannot be counted."""
+    from prunekit.augment import GatedModel
+    from prunekit.cost import count_macs, relaxed_macs
+
     try:
-        from prunekit.cost import count_macs
-    except ImportError:
-        return None
-    try:
-        macs = count_macs(model, example_input[:1])
-        return float(macs["macs"] if isinstance(macs, dict) else macs)
-    except Exception as e:  # a missing or changed cost API must not break the summary
+        if isinstance(model, GatedModel):
+            return float(relaxed_macs(model, "hard"))
+        return float(count_macs(model, example_input[:1]))
+    except Exception as e:  # noqa: BLE001 - the summary table must not fail on an exotic model
         logger.debug("MACs not counted: %s", e)
         return None
 
