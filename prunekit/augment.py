@@ -134,22 +134,54 @@ class GatedModel(nn.Module):
         for h in self.groups:
             for m in h.group.gate_points:
                 entries.setdefault(m.name, []).append((h.index, m))
+        # An affine BatchNorm's gate is folded into its scale and shift for each forward:
+        # g ⊙ (γ x̂ + β) = (gγ) x̂ + gβ costs two vector products instead of one more pass over the
+        # activations (forward and backward). Other gate points (convs, linears) use forward hooks.
+        self._bn_points: dict[str, tuple[_GateHook | None, int | None]] = {}
+        self._point_hooks: dict[str, _GateHook] = {}
         for name, ents in entries.items():
             module = names[name]
             width = ents[0][1].module.num_features if hasattr(module, "num_features") else _out_width(module)
-            self._hooks.append(module.register_forward_hook(_GateHook(self, ents, width)))
+            hook = self._point_hooks[name] = _GateHook(self, ents, width)
+            if _foldable(module):
+                self._bn_points[name] = (hook, None)
+            else:
+                self._hooks.append(module.register_forward_hook(hook))
         self.gate_points = {name: ents for name, ents in entries.items()}
         for bi, b in enumerate(self.branches):
-            self._hooks.append(names[b.end.name].register_forward_hook(_BlockHook(self, bi)))
+            if _foldable(names[b.end.name]):
+                hook = self._bn_points.get(b.end.name, (None, None))[0]
+                self._bn_points[b.end.name] = (hook, bi)
+            else:
+                self._hooks.append(names[b.end.name].register_forward_hook(_BlockHook(self, bi)))
+        self._bn_modules = {name: names[name] for name in self._bn_points}
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         self._values = [g() for g in self.gates]
         self._block_values = [g() for g in self.block_gates]
         try:
-            return self.model(*args, **kwargs)
+            overrides = self._folded_bn_parameters(self._values, self._block_values)
+            return torch.func.functional_call(self.model, overrides, args, kwargs)
         finally:
             self._values = None
             self._block_values = None
+
+    def point_mask(self, name: str, values: list[torch.Tensor]) -> torch.Tensor:
+        """The full-width channel multiplier of gate point ``name`` for per-group ``values``."""
+        return self._point_hooks[name].mask(values, values[0] if values else torch.ones(1))
+
+    def _folded_bn_parameters(self, values: list[torch.Tensor], block_values: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{"<bn>.weight": γ·g, "<bn>.bias": β·g}`` for every gated affine BatchNorm."""
+        out: dict[str, torch.Tensor] = {}
+        for name, (hook, bi) in self._bn_points.items():
+            bn = self._bn_modules[name]
+            v = hook.mask(values, bn.weight) if hook is not None else None
+            if bi is not None:
+                b = block_values[bi].to(bn.weight.dtype)
+                v = b.expand(bn.num_features) if v is None else v * b
+            out[f"{name}.weight"] = bn.weight * v
+            out[f"{name}.bias"] = bn.bias * v
+        return out
 
     def effective_values(self, values: list[torch.Tensor], block_values: list[torch.Tensor]) -> list[torch.Tensor]:
         """Group values with each branch's block gate applied to its inner groups.
@@ -189,6 +221,10 @@ class GatedModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"groups={len(self.groups)}, fixed={len(self.fixed_groups)}"
+
+
+def _foldable(module: nn.Module) -> bool:
+    return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine
 
 
 def _out_width(module: nn.Module) -> int:

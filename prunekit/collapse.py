@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from prunekit._slim_modules import ConstantMap, EmptyChannels, Removed, resize_module, set_submodule
-from prunekit.augment import GatedModel, _GateHook, is_gate_hook
+from prunekit.augment import GatedModel, is_gate_hook
 from prunekit.errors import CollapseError, ConfigError
 from prunekit.graph import _BN, _CONVT, is_depthwise
 
@@ -39,24 +39,32 @@ def _strip_gate_hooks(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def _scaled(p: nn.Parameter, v: torch.Tensor) -> nn.Parameter:
-    # out of place: the slim copy shares the gated model's tensors until it changes them
-    return nn.Parameter(p.detach() * v, requires_grad=p.requires_grad)
+def _scale(module: nn.Module, attr: str, v: torch.Tensor, inplace: bool) -> None:
+    p = getattr(module, attr)
+    if inplace:  # keeps the Parameter objects an optimizer holds
+        p.data.mul_(v)
+    else:  # the slim copy shares the gated model's tensors until it changes them
+        setattr(module, attr, nn.Parameter(p.detach() * v, requires_grad=p.requires_grad))
 
 
-def _fold(module: nn.Module, v: torch.Tensor, name: str) -> None:
+@torch.no_grad()
+def fold_into(module: nn.Module, v: torch.Tensor, name: str, *, inplace: bool = False) -> None:
+    """Multiply a gate point's output channels by ``v`` inside its parameters (BN γ/β, or weight/bias)."""
     if isinstance(module, _BN):
         if not module.affine:
             raise CollapseError(f"cannot fold a gate into non-affine BatchNorm {name!r}")
-        module.weight = _scaled(module.weight, v)
-        module.bias = _scaled(module.bias, v)
+        _scale(module, "weight", v, inplace)
+        _scale(module, "bias", v, inplace)
         return
     out_dim = 1 if isinstance(module, _CONVT) else 0
     shape = [1] * module.weight.dim()
     shape[out_dim] = -1
-    module.weight = _scaled(module.weight, v.view(shape))
+    _scale(module, "weight", v.view(shape), inplace)
     if module.bias is not None:
-        module.bias = _scaled(module.bias, v)
+        _scale(module, "bias", v, inplace)
+
+
+_fold = fold_into
 
 
 def _share_copy(model: nn.Module, owner: nn.Module) -> nn.Module:
@@ -246,10 +254,8 @@ def _build(
     slim = _share_copy(gated.model, gated)
     _strip_gate_hooks(slim)
     modules = dict(slim.named_modules())
-    for name, entries in gated.gate_points.items():
-        hook = _GateHook(gated, entries, _width(modules[name]))
-        v = hook.mask(values, values[entries[0][0]])
-        _fold(modules[name], v, name)
+    for name in gated.gate_points:
+        _fold(modules[name], gated.point_mask(name, values), name)
     for b, bv in zip(gated.branches, block_values):
         # the block gate scales the branch's last BN; 0 makes the branch add exactly nothing
         _fold(modules[b.end.name], bv.expand(_width(modules[b.end.name])), b.end.name)

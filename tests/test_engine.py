@@ -144,3 +144,36 @@ def test_public_api_names_resolve() -> None:
     assert missing == []
     assert {"augment", "collapse", "count_macs", "count_params", "save_slim", "load_slim"} <= set(pk.__all__)
     assert pk.widgets.RunDashboard is not None  # lazily imported optional extra
+
+
+def test_batchnorm_gates_are_folded_not_hooked() -> None:
+    """Gating a BN costs two vector products per forward (γ·g, β·g), not a pass over the activations;
+    the result equals multiplying BN's output by g, gradients included."""
+    model = pk.create_model("resnet20").train()
+    x = torch.randn(4, 3, 32, 32)
+    gated = pk.augment(model, x[:1])
+    bn_names = [n for n, m in gated.model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    hooked = [n for n, m in gated.model.named_modules() if m._forward_hooks]
+    assert not set(hooked) & set(bn_names)
+    with torch.no_grad():
+        for h in gated.groups:
+            h.gate.logit.uniform_(-1, 1)
+    y = gated(x)
+    y.sum().backward()
+    # reference: the same forward with explicit output multipliers on every gated BN
+    ref = pk.augment(model, x[:1])
+    ref.load_state_dict(gated.state_dict())
+    values = [g() for g in ref.gates]
+    handles = [
+        dict(ref.model.named_modules())[name].register_forward_hook(
+            lambda m, i, o, name=name: o * ref.point_mask(name, values).view(1, -1, 1, 1)
+        )
+        for name in ref._bn_points
+    ]
+    y_ref = ref.model(x)
+    y_ref.sum().backward()
+    for hd in handles:
+        hd.remove()
+    assert torch.allclose(y, y_ref, atol=1e-5)
+    for a, b in zip(gated.gate_parameters(), ref.gate_parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-4, rtol=1e-3)

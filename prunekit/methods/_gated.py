@@ -288,11 +288,8 @@ def fold_gate_values(gated: nn.Module, values: list[torch.Tensor]) -> None:
     After folding the current eval values and setting every gate to 1, the network computes the same
     function with plain 0/1 masks (used before the fixed-mask fine-tune of l0).
     """
-    from prunekit.augment import _GateHook
-    from prunekit.collapse import _fold
+    from prunekit.collapse import fold_into
 
     modules = dict(gated.model.named_modules())
     for name in gated.gate_points:
-        mod = modules[name]
-        hook = next(h for h in mod._forward_hooks.values() if isinstance(h, _GateHook))
-        _fold(mod, hook.mask(values, mod.weight.detach()), name)
+        fold_into(modules[name], gated.point_mask(name, values), name, inplace=True)
