@@ -185,3 +185,14 @@ def test_train_background_is_a_run_in_the_store(tmp_path: Path, capsys):
     info = get_handle(run_id, ws).wait(timeout=240)
     assert info.status == "done", info.error
     assert info.config["model"] == "resnet20" and info.result is not None
+
+
+def test_dpp_kernel_quant_reports_sparsity_and_size(capsys):
+    rc = main(["train", *TINY, "--method", "dpp", "--granularity", "kernel", "--quant-bits", "4", "--keep", "0.5"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    sparsity = next(line for line in text.splitlines() if line.startswith("sparsity"))
+    size = next(line for line in text.splitlines() if line.startswith("size"))
+    assert abs(float(sparsity.split()[1]) - 0.5) < 0.05
+    ratio = float(size.split("(")[1].split()[0])
+    assert 0 < ratio < 0.25  # half the kernels at 4 bits instead of 32: well under a quarter of the size

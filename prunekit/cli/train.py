@@ -137,6 +137,12 @@ def summary_rows(result: dict[str, Any], macs: float | None) -> list[tuple[str, 
     rows.append(("params", human(result["params"])))
     if macs is not None:
         rows.append(("MACs", human(macs)))
+    report = result.get("method_report") or {}
+    if "sparsity" in report:
+        rows.append(("sparsity", f"{report['sparsity']:.3f}"))
+    size = report.get("size")
+    if isinstance(size, dict) and "bits" in size:
+        rows.append(("size", f"{size['bits'] / 8e6:.3f} MB ({size.get('ratio', float('nan')):.3f} of dense fp32)"))
     rows.append(("train time", f"{result['train_time_s']:.1f} s"))
     rows.append(("throughput", f"{result['throughput']:.0f} img/s"))
     return rows

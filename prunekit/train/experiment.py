@@ -148,7 +148,8 @@ def run_experiment(
     test = evaluate(model, exp.loaders.test, exp.task, trainer.device, channels_last=cfg.train.channels_last)
     result["metrics"].update({f"{k}/test": v for k, v in test.items() if k != "samples"})
     result.update(config=cfg.to_dict(), params=count_params(model), task=exp.task,
-                  dataset=exp.info.to_dict(), model=model)
+                  dataset=exp.info.to_dict(), model=model,
+                  method_report=dict(getattr(exp.method, "report", None) or {}))
     logger.info("finished %s on %s: %s", cfg.model, cfg.dataset,
                 ", ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items()))
     return result
