@@ -277,6 +277,18 @@ class GateMethod(Method):
         return ratio
 
 
+def finetune_epochs(requested: int | None, num_epochs: int, phase: str) -> int:
+    """Epochs of fixed-mask fine-tuning at the end of a run (default 1 when the run has ≥ 3 epochs).
+
+    Raises:
+        ConfigError: the fine-tune would leave no ``phase`` epoch.
+    """
+    ft = requested if requested is not None else (1 if num_epochs >= 3 else 0)
+    if ft >= num_epochs:
+        raise ConfigError(f"finetune_epochs={ft} leaves no {phase} epoch in a run of epochs={num_epochs}")
+    return ft
+
+
 def replace_config(cfg: Any, **changes: Any) -> Any:
     return dataclasses.replace(cfg, **changes)
 

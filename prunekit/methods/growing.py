@@ -40,6 +40,7 @@ from prunekit.methods._gated import (
     GateMethod,
     check_positive,
     check_target,
+    finetune_epochs,
     freeze_gates,
     mask_ratio,
     require_gated,
@@ -181,11 +182,7 @@ class GrowingMethod(GateMethod):
         self._mean_beta = float(torch.cat([g.beta for g in units]).mean())
 
     def on_epoch_end(self, model: nn.Module, epoch: int, num_epochs: int) -> None:
-        ft = self.config.finetune_epochs
-        if ft is None:
-            ft = 1 if num_epochs >= 3 else 0
-        if ft >= num_epochs:
-            raise ConfigError(f"finetune_epochs={ft} leaves no growing epoch in a run of epochs={num_epochs}")
+        ft = finetune_epochs(self.config.finetune_epochs, num_epochs, "growing")
         if ft and epoch == num_epochs - ft - 1 and not self.frozen:
             self.fix_masks(require_gated(model, self.name))
 

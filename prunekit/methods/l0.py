@@ -30,6 +30,7 @@ from prunekit.methods._gated import (
     check_positive,
     check_target,
     cost_ratio,
+    finetune_epochs,
     fold_gate_values,
     freeze_gates,
     mask_ratio,
@@ -98,11 +99,7 @@ class L0Method(GateMethod):
         return {"l0": self.lam * (cost_ratio(model, "expected") - self.config.target_macs).abs()}
 
     def on_epoch_end(self, model: nn.Module, epoch: int, num_epochs: int) -> None:
-        ft = self.config.finetune_epochs
-        if ft is None:
-            ft = 1 if num_epochs >= 3 else 0
-        if ft >= num_epochs:
-            raise ConfigError(f"finetune_epochs={ft} leaves no L0 training epoch in a run of epochs={num_epochs}")
+        ft = finetune_epochs(self.config.finetune_epochs, num_epochs, "L0 training")
         if ft and epoch == num_epochs - ft - 1 and not self.frozen:
             self.fix_masks(require_gated(model, self.name))
 
