@@ -483,103 +483,32 @@ def collapse_and_compare(loaded: LoadedRun, out_dir: str | Path, *, max_batches:
     """
     import copy
 
-    import prunekit
     from prunekit.collapse import collapse
+    from prunekit.compare import compare
+    from prunekit.io import export_onnx, save_slim
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     x = loaded.experiment.example_input
     val = loaded.experiment.loaders.val
-    loader = _Limited(val if len(val.dataset) else loaded.experiment.loaders.test, max_batches)
+    loader = val if len(val.dataset) else loaded.experiment.loaders.test
     with loaded.lock:
         original = copy.deepcopy(loaded.model).eval()
     gated = find_gated(original)
     if gated is None:
         raise ConfigError(f"method {loaded.config.method!r} leaves no gates in the model, so there is nothing to collapse")
     slim = collapse(gated, x).eval()
-    compare = getattr(prunekit, "compare", None)
-    result = compare(original, slim, loader, x) if compare is not None else _basic_compare(original, slim, loader, x)
-    result = jsonable(result)
-    info = getattr(slim, "pk_collapse", {}) or {}
-    result.setdefault("removed_blocks", info.get("removed", []))
-    result.setdefault("max_abs_diff", info.get("max_diff"))
-    if "widths" not in result and "layer_widths" not in result:
-        result["widths"] = _widths_before_after(gated.model, info.get("layers", {}))
-    files: dict[str, str] = {}
-    save_slim = getattr(prunekit, "save_slim", None)
-    if save_slim is not None:
-        saved = save_slim(slim, out_dir / "slim")
-        files["slim"] = str(saved if saved is not None else out_dir / "slim")
-    else:
-        result["save_error"] = "prunekit.save_slim is not available in this version"
+    result = jsonable(compare(original, slim, loader, x, task=loaded.experiment.task, max_batches=max_batches))
+    files = {"slim": str(save_slim(slim, out_dir / "slim.pt"))}
     try:
-        export = getattr(prunekit, "export_onnx", None)
-        if export is None:
-            raise PrunekitError("prunekit.export_onnx is not available in this version")
-        export(slim, x[:1], out_dir / "slim.onnx")
+        export_onnx(slim, x[:1], out_dir / "slim.onnx")
         files["onnx"] = str(out_dir / "slim.onnx")
-    except Exception as e:  # ONNX export is optional (onnx not installed, unsupported op): report, keep going
+    except Exception as e:  # noqa: BLE001 - ONNX export is optional (onnx not installed, unsupported op): report it
         result["onnx_error"] = describe_error(e)
     result.update(files=files, checkpoint=str(loaded.checkpoint), step=loaded.step,
                   seconds=time.perf_counter() - t0, created=time.time())
     return result
-
-
-def _widths_before_after(model: nn.Module, layers: dict[str, dict[str, Any]]) -> dict[str, list[int]]:
-    """``{layer: [channels before, after]}`` for every layer collapse touched (removed layers: after = 0)."""
-    modules = dict(model.named_modules())
-    out = {}
-    for name, spec in layers.items():
-        mod = modules.get(name)
-        before = next((getattr(mod, a) for a in ("out_channels", "out_features", "num_features")
-                       if mod is not None and hasattr(mod, a)), None)
-        if before is None:
-            continue
-        out[name] = [int(before), int(spec.get("out", 0) if spec.get("type") == "resize" else 0)]
-    return out
-
-
-def _basic_compare(original: nn.Module, slim: nn.Module, loader: Any, x: torch.Tensor) -> dict[str, Any]:
-    """Params, MACs, batch-1/64 latency and accuracy of both networks (used when ``prunekit.compare`` is absent)."""
-    import statistics
-
-    from prunekit.cost import count_macs, count_params
-    from prunekit.train.evaluate import evaluate
-
-    def latency(m: nn.Module, bs: int) -> float:
-        xb = x[:1].expand(bs, *x.shape[1:]).contiguous()
-        with torch.inference_mode():
-            m(xb)
-            times = []
-            for _ in range(5 if bs == 1 else 2):
-                t = time.perf_counter()
-                m(xb)
-                times.append((time.perf_counter() - t) * 1e3)
-        return statistics.median(times)
-
-    side = {}
-    for key, m in (("original", original), ("slim", slim)):
-        side[key] = {"params": count_params(m), "macs": count_macs(m, x[:1]),
-                     "latency_ms": {1: latency(m, 1), 64: latency(m, 64)},
-                     "accuracy": evaluate(m, loader, "classification")["acc"]}
-    return side
-
-
-class _Limited:
-    """The first ``n`` batches of a loader (compare evaluates on a subset so the page answers in seconds)."""
-
-    def __init__(self, loader: Any, n: int) -> None:
-        self.loader, self.n = loader, n
-
-    def __iter__(self) -> Any:
-        for i, batch in enumerate(self.loader):
-            if i >= self.n:
-                break
-            yield batch
-
-    def __len__(self) -> int:
-        return min(len(self.loader), self.n)
 
 
 def jsonable(obj: Any) -> Any:
