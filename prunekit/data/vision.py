@@ -92,6 +92,23 @@ def _idx_file(folder: Path, stem: str) -> Path | None:
     return None
 
 
+
+def _find_or_download(source: Any, split: str, root: str | None, download: bool) -> tuple[Any, str]:
+    """Local files first; only if none and ``download``: torchvision's download, then look again.
+
+    Returns ``(found, note)``: ``found`` is the source's hit or the list of places looked, ``note`` what
+    the download attempt said (for the not-found message).
+    """
+    found = source._find(split, root)
+    note = "download disabled (download=False)"
+    if isinstance(found, list) and download:
+        import torchvision.datasets as tvd
+
+        cls = getattr(tvd, source.torchvision_class)
+        note = try_download(source.name, lambda d: cls(str(d), train=split == "train", download=True)) or note
+        found = source._find(split, root)
+    return found, note
+
 class _IdxSource(DataSource):
     """MNIST-like: 28×28 grey, 10 classes, train 60,000 / test 10,000; no augmentation."""
 
@@ -124,14 +141,7 @@ class _IdxSource(DataSource):
 
     def load(self, split: str, root: str | None, download: bool, **options: Any) -> tuple[torch.Tensor, torch.Tensor]:
         _no_options(self.name, options)
-        found = self._find(split, root)
-        note = "download disabled (download=False)"
-        if isinstance(found, list) and download:
-            import torchvision.datasets as tvd
-
-            cls = getattr(tvd, self.torchvision_class)
-            note = try_download(self.name, lambda d: cls(str(d), train=split == "train", download=True)) or note
-            found = self._find(split, root)
+        found, note = _find_or_download(self, split, root, download)
         if isinstance(found, list):
             raise not_found(self.name, found, note, self.how)
         img_path, lab_path = found
@@ -275,14 +285,7 @@ class _CifarSource(DataSource):
 
     def load(self, split: str, root: str | None, download: bool, **options: Any) -> tuple[torch.Tensor, torch.Tensor]:
         _no_options(self.name, options)
-        found = self._find(split, root)
-        note = "download disabled (download=False)"
-        if isinstance(found, list) and download:
-            import torchvision.datasets as tvd
-
-            cls = getattr(tvd, self.torchvision_class)
-            note = try_download(self.name, lambda d: cls(str(d), train=split == "train", download=True)) or note
-            found = self._find(split, root)
+        found, note = _find_or_download(self, split, root, download)
         if isinstance(found, list):
             how = "run once with network access (torchvision downloads it)"
             if self.jpg_names:
