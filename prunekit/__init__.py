@@ -26,7 +26,7 @@ from prunekit.errors import (
 )
 from prunekit.gates import create_gate, list_gates
 from prunekit.io import export_onnx, load_slim, save_slim
-from prunekit.latency import measure_latency
+from prunekit.latency import measure_latency, measure_latency_interleaved
 from prunekit.methods import create_method, list_methods, register_method
 from prunekit.metrics import confidence, diversity, gate_layer_rows
 from prunekit.models import create_model, list_models, model_task, register_model
@@ -97,6 +97,7 @@ __all__ = [
     "macs_ratio",
     "make_loaders",
     "measure_latency",
+    "measure_latency_interleaved",
     "methods",
     "params_ratio",
     "prune_curve",

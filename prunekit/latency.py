@@ -58,3 +58,72 @@ def measure_latency(
     finally:
         model.train(was)
     return out
+
+
+@torch.inference_mode()
+def measure_latency_interleaved(
+    models: dict[str, nn.Module],
+    example_input: torch.Tensor,
+    batch_sizes: tuple[int, ...] = (1, 64),
+    *,
+    device: str | torch.device | None = None,
+    warmup: int = 2,
+    rounds: int = 5,
+    repeats: int = 3,
+    threads: int | None = None,
+) -> dict[str, dict[int, float]]:
+    """Median latency of several networks, timed in turn so that a change of machine load hits them all alike.
+
+    Timing A completely and then B turns any drift of a shared CPU's load into a false A-vs-B difference;
+    here every round times each network (in a rotated order) ``repeats`` times per batch size, and the
+    median is taken over all rounds. Use it whenever two latencies are going to be divided.
+
+    Args:
+        models: name -> module (each evaluated in eval mode on ``device``; modes are restored).
+        example_input: one input, e.g. ``[1, 3, 32, 32]``; repeated to each batch size.
+        batch_sizes: batch sizes to time.
+        device: as in ``measure_latency``.
+        warmup: untimed runs per network and batch size before the first round.
+        rounds: passes over all networks; >= 1.
+        repeats: timed runs per network, batch size and round; >= 1.
+        threads: intra-op threads while timing (restored after); ``None`` keeps torch's setting.
+
+    Returns:
+        ``{name: {batch_size: median_ms}}``.
+    """
+    if rounds < 1 or repeats < 1:
+        raise ValueError(f"rounds and repeats must be >= 1, got rounds={rounds}, repeats={repeats}")
+    if not models:
+        return {}
+    first = next(iter(models.values()))
+    dev = resolve_device(device) if device is not None else next((p.device for p in first.parameters()), torch.device("cpu"))
+    modes = {k: m.training for k, m in models.items()}
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    names = list(models)
+    times: dict[str, dict[int, list[float]]] = {k: {bs: [] for bs in batch_sizes} for k in names}
+    try:
+        inputs = {bs: example_input[:1].to(dev).expand(bs, *example_input.shape[1:]).contiguous() for bs in batch_sizes}
+        for k in names:
+            models[k].eval().to(dev)
+            for bs in batch_sizes:
+                for _ in range(warmup):
+                    models[k](inputs[bs])
+        for r in range(rounds):
+            order = names[r % len(names):] + names[: r % len(names)]
+            for bs in batch_sizes:
+                for k in order:
+                    for _ in range(repeats):
+                        if dev.type == "cuda":
+                            torch.cuda.synchronize(dev)
+                        t0 = time.perf_counter()
+                        models[k](inputs[bs])
+                        if dev.type == "cuda":
+                            torch.cuda.synchronize(dev)
+                        times[k][bs].append((time.perf_counter() - t0) * 1e3)
+    finally:
+        torch.set_num_threads(old_threads)
+        for k, m in models.items():
+            m.train(modes[k])
+    return {k: {bs: statistics.median(v) for bs, v in per.items()} for k, per in times.items()}

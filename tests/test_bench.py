@@ -142,9 +142,48 @@ def test_pareto_refuses_bad_settings(tmp_path):
         fn(tmp_path, targets=(1.5,))
 
 
+def test_interleaved_latency_ranks_networks_and_restores_state():
+    class Slow(torch.nn.Module):  # same output, much more work
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 64, 3, padding=1)
+
+        def forward(self, x):
+            for _ in range(8):
+                y = self.conv(x)
+            return y.mean()
+
+    fast, slow = torch.nn.Conv2d(3, 4, 1).train(), Slow().train()
+    threads = torch.get_num_threads()
+    lat = pk.measure_latency_interleaved({"fast": fast, "slow": slow}, torch.randn(1, 3, 16, 16), (1, 4),
+                                         rounds=3, repeats=2, threads=1)
+    assert set(lat) == {"fast", "slow"} and set(lat["fast"]) == {1, 4}
+    assert lat["slow"][4] > 3 * lat["fast"][4] and lat["slow"][1] > lat["fast"][1] > 0
+    assert fast.training and slow.training and torch.get_num_threads() == threads
+    with pytest.raises(ValueError, match="rounds"):
+        pk.measure_latency_interleaved({"fast": fast}, torch.randn(1, 3, 4, 4), rounds=0)
+
+
+def test_pareto_journal_resumes_only_with_the_same_settings(tmp_path, monkeypatch):
+    from prunekit.bench import pareto
+
+    settings = {"epochs": 1}
+    assert pareto._open_journal(tmp_path, settings, resume=False) == ([], set())
+    ok = [{"dataset": "d", "method": "l1", "seed": 0, "target": 0.5, "acc_test": 0.5}]
+    failed = [{"dataset": "d", "method": "l0", "seed": 0, "target": 0.5, "error": "boom"}]
+    pareto._journal(tmp_path, "d", "l1", 0, ok)
+    pareto._journal(tmp_path, "d", "l0", 0, failed)
+    rows, done = pareto._open_journal(tmp_path, settings, resume=True)
+    assert rows == ok and done == {("d", "l1", 0)}  # the failed method is run again
+    with pytest.raises(ConfigError, match="other settings"):
+        pareto._open_journal(tmp_path, {"epochs": 2}, resume=True)
+    assert pareto._open_journal(tmp_path, settings, resume=False) == ([], set())  # a fresh start truncates
+    assert len((tmp_path / pareto.JOURNAL).read_text().splitlines()) == 1
+
+
 # -- the suites end to end, tiny ---------------------------------------------------------------------------
 @pytest.mark.slow
-def test_pareto_smoke_tiny_writes_rows_and_reports(tmp_path):
+def test_pareto_smoke_tiny_writes_rows_and_reports(tmp_path, monkeypatch):
     if not FASHION_DIR.is_dir():
         pytest.skip(f"Fashion-MNIST not installed at {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
     from prunekit.bench.pareto import bench_pareto
@@ -165,6 +204,14 @@ def test_pareto_smoke_tiny_writes_rows_and_reports(tmp_path):
     lat = json.loads((tmp_path / "latency.json").read_text())["rows"]
     assert lat[0]["method"] == "l1" and lat[0]["vs_tp-magnitude_b32"] > 0
     assert (tmp_path / "pareto_plots.html").is_file()
+    assert all(row["latency_source"] == "interleaved" for row in r["rows"])
+    assert {row["variant"] for row in r["rows"] if row["method"] == "tp-magnitude"} == {0, 1}  # local and global
+    # an interrupted run resumes from its journal: nothing is trained again
+    monkeypatch.setattr("prunekit.bench.pareto._rows_for", lambda *a, **k: pytest.fail("retrained on resume"))
+    again = bench_pareto(tmp_path, "smoke", methods=("l1", "tp-magnitude"), datasets=("fashion-mnist",), limit=64,
+                         max_steps_per_epoch=1, latency_repeats=1, latency_min_seconds=0.0, resume=True)
+    assert [x["acc_test"] for x in again["rows"]] == [x["acc_test"] for x in r["rows"]]
+    assert {x["latency_source"] for x in again["rows"]} == {"inline"}
 
 
 @pytest.mark.slow

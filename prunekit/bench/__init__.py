@@ -46,14 +46,19 @@ def get_suite(name: str) -> Callable[..., dict[str, Any]]:
         raise ConfigError(f"bench suite {name!r} is not available in this version ({e})") from None
 
 
-def run_suite(name: str, out_dir: str | Path, preset: str | None = None) -> dict[str, Any]:
-    """Run one suite into ``out_dir``; ``preset`` is passed where the suite has presets."""
+def run_suite(name: str, out_dir: str | Path, preset: str | None = None, *, resume: bool = False) -> dict[str, Any]:
+    """Run one suite into ``out_dir``; ``preset`` is passed where the suite has presets, ``resume`` where it resumes."""
     fn = get_suite(name)
+    params = inspect.signature(fn).parameters
     kwargs: dict[str, Any] = {}
     if preset is not None:
-        if "preset" not in inspect.signature(fn).parameters:
+        if "preset" not in params:
             raise ConfigError(f"bench suite {name!r} has no presets, got preset={preset!r}")
         kwargs["preset"] = preset
+    if resume:
+        if "resume" not in params:
+            raise ConfigError(f"bench suite {name!r} cannot resume, got resume=True")
+        kwargs["resume"] = True
     return fn(out_dir, **kwargs)
 
 

@@ -3,8 +3,10 @@
 For each model: 50% random channel masks on every prunable group → collapse → max |slim − gated|,
 collapse time, MACs and params before/after, CPU latency at batch 1 and 64 and the speedup ÷ MACs
 reduction. Side by side, Torch-Pruning (``MagnitudePruner``, same 50% ratio per group) on the same model:
-whether it handles it, its pruning time and speedup. A model that cannot be handled is reported with
-its reason (analysis time is bounded, no hangs).
+whether it handles it, its pruning time and speedup. The dense, prunekit-slim and Torch-Pruning networks
+of one model are timed interleaved (``prunekit.latency.measure_latency_interleaved``), so a change of
+machine load cannot pass for a difference between the tools. A model that cannot be handled is reported
+with its reason (analysis time is bounded, no hangs).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def _half_masks(gated, seed: int = 0) -> None:
         h.set_mask(keep)
 
 
-def _prunekit_row(name: str, x: torch.Tensor, repeats: int) -> dict[str, Any]:
+def _prunekit_row(name: str, x: torch.Tensor, nets: dict[str, torch.nn.Module]) -> dict[str, Any]:
     import prunekit as pk
 
     kwargs = {"aux_logits": False, "init_weights": False} if name in ("tv:googlenet", "tv:inception_v3") else {}
@@ -61,9 +63,7 @@ def _prunekit_row(name: str, x: torch.Tensor, repeats: int) -> dict[str, Any]:
     slim = pk.collapse(gated)
     t_col = time.perf_counter() - t0
     macs0, macs1 = pk.count_macs(model, x), pk.count_macs(slim, x)
-    lat0 = pk.measure_latency(model, x, (1, 64), warmup=2, repeats=repeats)
-    lat1 = pk.measure_latency(slim, x, (1, 64), warmup=2, repeats=repeats)
-    red = macs0 / max(macs1, 1)
+    nets.update(dense=model, prunekit=slim)
     return {
         "groups": len(gated.groups),
         "fixed_groups": len(gated.fixed_groups),
@@ -74,24 +74,18 @@ def _prunekit_row(name: str, x: torch.Tensor, repeats: int) -> dict[str, Any]:
         "max_diff": slim.pk_collapse["max_diff"],
         "augment_s": t_aug,
         "collapse_s": t_col,
-        "latency_ms": {"before": lat0, "after": lat1},
-        "speedup_b1": lat0[1] / lat1[1],
-        "speedup_b64": lat0[64] / lat1[64],
-        "macs_reduction": red,
-        "speedup_over_macs_b1": lat0[1] / lat1[1] / red,
-        "speedup_over_macs_b64": lat0[64] / lat1[64] / red,
+        "macs_reduction": macs0 / max(macs1, 1),
         "removed": len(slim.pk_collapse["removed"]),
     }
 
 
-def _torch_pruning_row(name: str, x: torch.Tensor, repeats: int) -> dict[str, Any]:
+def _torch_pruning_row(name: str, x: torch.Tensor, nets: dict[str, torch.nn.Module]) -> dict[str, Any]:
     import torch_pruning as tp
 
     import prunekit as pk
 
     kwargs = {"aux_logits": False, "init_weights": False} if name in ("tv:googlenet", "tv:inception_v3") else {}
     model = pk.create_model(name, num_classes=10, **kwargs).eval()
-    lat0 = pk.measure_latency(model, x, (1, 64), warmup=2, repeats=repeats)
     macs0 = pk.count_macs(model, x)
     classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:]
     if getattr(model, "pk_task", "classification") == "segmentation":
@@ -107,16 +101,30 @@ def _torch_pruning_row(name: str, x: torch.Tensor, repeats: int) -> dict[str, An
     with torch.no_grad():
         model(x)
     macs1 = pk.count_macs(model, x)
-    lat1 = pk.measure_latency(model, x, (1, 64), warmup=2, repeats=repeats)
-    red = macs0 / max(macs1, 1)
+    nets["torch_pruning"] = model
     return {
         "prune_s": t_prune,
         "macs_after": macs1,
         "params_after": pk.count_params(model),
-        "speedup_b1": lat0[1] / lat1[1],
-        "speedup_b64": lat0[64] / lat1[64],
-        "macs_reduction": red,
+        "macs_reduction": macs0 / max(macs1, 1),
     }
+
+
+def _add_latency(row: dict[str, Any], nets: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int) -> None:
+    """Time dense, prunekit-slim and Torch-Pruning networks of one model interleaved; speed-ups into the rows."""
+    from prunekit.latency import measure_latency_interleaved
+
+    if "dense" not in nets:
+        return
+    lat = measure_latency_interleaved(nets, x, (1, 64), rounds=repeats, repeats=2)
+    for key in ("prunekit", "torch_pruning"):
+        r = row.get(key)
+        if key not in lat or not r or not r.get("ok"):
+            continue
+        r["latency_ms"] = {"before": lat["dense"], "after": lat[key]}
+        for b in (1, 64):
+            r[f"speedup_b{b}"] = lat["dense"][b] / lat[key][b]
+            r[f"speedup_over_macs_b{b}"] = r[f"speedup_b{b}"] / r["macs_reduction"]
 
 
 def _guard(fn, *args) -> dict[str, Any]:
@@ -148,9 +156,14 @@ def bench_collapse(
         size = cfg["tv_size"] if name.startswith("tv:") else cfg["size"]
         x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
         log.info("bench collapse: %s", name)
-        row = {"input": list(x.shape), "prunekit": _guard(_prunekit_row, name, x, cfg["repeats"])}
+        nets: dict[str, torch.nn.Module] = {}
+        row = {"input": list(x.shape), "prunekit": _guard(_prunekit_row, name, x, nets)}
         if torch_pruning:
-            row["torch_pruning"] = _guard(_torch_pruning_row, name, x, cfg["repeats"])
+            row["torch_pruning"] = _guard(_torch_pruning_row, name, x, nets)
+        try:
+            _add_latency(row, nets, x, cfg["repeats"])
+        except Exception as e:  # noqa: BLE001 - a network that cannot be timed is reported, not fatal
+            row["latency_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         results[name] = row
     headers = [
         "model", "groups", "MACs before→after (M)", "params before→after (M)", "max diff", "collapse s",
@@ -165,14 +178,15 @@ def bench_collapse(
         rows.append([
             name, p["groups"], f"{p['macs_before'] / 1e6:.1f}→{p['macs_after'] / 1e6:.1f}",
             f"{p['params_before'] / 1e6:.2f}→{p['params_after'] / 1e6:.2f}", f"{p['max_diff']:.1e}", p["collapse_s"],
-            p["speedup_b1"], p["speedup_b64"], p["macs_reduction"], p["speedup_over_macs_b64"],
+            p.get("speedup_b1"), p.get("speedup_b64"), p["macs_reduction"], p.get("speedup_over_macs_b64"),
             "yes" if t.get("ok") else ("no: " + t["error"] if t else None), t.get("prune_s"), t.get("speedup_b64"),
         ])
     ok = sum(r["prunekit"]["ok"] for r in results.values())
     tp_ok = sum(r.get("torch_pruning", {}).get("ok", False) for r in results.values())
     md = (
         f"# collapse ({preset})\n\n50% random channel masks per prunable group; MACs per sample by torch.utils.flop_counter "
-        "(1 MAC = 1 multiply-add, conv/linear only); latency = median CPU ms; TP = Torch-Pruning MagnitudePruner at ratio 0.5.\n\n"
+        "(1 MAC = 1 multiply-add, conv/linear only); latency = median CPU ms, dense / prunekit / Torch-Pruning timed "
+        "interleaved; TP = Torch-Pruning MagnitudePruner at ratio 0.5.\n\n"
         + md_table(headers, rows)
         + f"\nprunekit handled {ok}/{len(results)} models, Torch-Pruning {tp_ok}/{len(results)}.\n"
     )

@@ -20,9 +20,18 @@ with the variant of best validation accuracy; test accuracy is reported, never u
 more than one seed, accuracies are mean ± std over seeds. Suite 4 (latency vs MACs of the slim networks
 against the Torch-Pruning networks at the same target) is written beside it as ``latency.json/.md``.
 
+Latency: every network of a dataset is kept until the end and then timed **interleaved**
+(``prunekit.latency.measure_latency_interleaved``: round after round over all of them), so that the
+load of a shared CPU drifting during an hour of training cannot pass for a difference between
+methods. Each row also carries the latency measured right after its training (``latency_inline_*``).
+
+Crash safety: every finished (dataset, method, seed) is appended to ``pareto.partial.jsonl`` in the
+output folder; ``resume=True`` (``prunekit bench pareto --resume``) reuses those rows when the settings
+are the same (rows from the earlier process keep their inline latency: ``latency_source``).
+
 Presets: ``smoke`` (minutes: 512-image subsets, 4 steps per epoch, one target: proves the plumbing,
-the accuracies mean nothing), ``hour`` (about an hour on 2 CPU cores: 2,000-image subsets, 4 epochs,
-targets 0.3/0.5/0.7) and ``paper`` (ResNet-56, full CIFAR-10, 200 epochs, 3 seeds: for a GPU).
+the accuracies mean nothing), ``hour`` (about an hour on 2 CPU cores: 4,000-image subsets, 6 epochs,
+targets 0.3/0.5/0.7; sized from a measured 50–55 s per Fashion-MNIST run) and ``paper`` (ResNet-56, full CIFAR-10, 200 epochs, 3 seeds: for a GPU).
 """
 
 from __future__ import annotations
@@ -57,31 +66,37 @@ class ParetoPreset:
     datasets: tuple[str, ...] = ("fashion-mnist", "cifar10")
     targets: tuple[float, ...] = (0.3, 0.5, 0.7)
     methods: tuple[str, ...] = METHODS
-    epochs: int = 4
+    epochs: int = 6
     batch_size: int = 128
     lr: float = 0.1
     max_steps_per_epoch: int | None = None
-    limit: int | None = 2000  # samples per split (seeded subset); None: everything
+    limit: int | None = 4000  # samples per split (seeded subset); None: everything
     seeds: tuple[int, ...] = (0,)
     sdprun_lr: float = 0.05  # the sDprun paper recommends <= 0.05
     grid: tuple[tuple[str, tuple[tuple[tuple[str, Any], ...], ...]], ...] = (
         ("sdprun", ((("c", 1e-3),),)),
+        # Torch-Pruning pruned per layer (its default) or globally ranked: the better on validation is reported
+        ("tp-groupnorm", ((), (("global_pruning", True),))),
+        ("tp-magnitude", ((), (("global_pruning", True),))),
     )  # method -> option variants, chosen on validation accuracy
     latency_batch_sizes: tuple[int, ...] = (1, 32)
     latency_repeats: int = 10
     latency_min_seconds: float = 0.5  # keep timing at least this long per batch size (a shared CPU is noisy)
     latency_threads: int = 1
+    latency_rounds: int = 7  # rounds of the final interleaved timing (each times every network once per batch)
     device: str = "cpu"
     num_threads: int | None = None  # training threads (None: torch's default)
 
 
 PRESETS: dict[str, ParetoPreset] = {
     "smoke": ParetoPreset(targets=(0.5,), epochs=2, batch_size=64, lr=0.05, max_steps_per_epoch=4, limit=512,
-                          latency_repeats=5),
+                          latency_repeats=5, latency_rounds=3),
     "hour": ParetoPreset(),
     "paper": ParetoPreset(model="resnet56", datasets=("cifar10",), epochs=200, batch_size=128, lr=0.1, limit=None,
                           seeds=(0, 1, 2), device="auto", latency_repeats=50,
-                          grid=(("sdprun", ((("c", 5e-4),), (("c", 1e-3),))),)),
+                          grid=(("sdprun", ((("c", 5e-4),), (("c", 1e-3),))),
+                                ("tp-groupnorm", ((), (("global_pruning", True),))),
+                                ("tp-magnitude", ((), (("global_pruning", True),))))),
 }
 
 
@@ -196,8 +211,32 @@ def _measure(slim: torch.nn.Module, x: torch.Tensor, p: ParetoPreset) -> dict[st
     finally:
         torch.set_num_threads(threads)
     slim.to(x.device)
-    return {"macs": count_macs(slim, x), "params": count_params(slim),
-            **{f"latency_ms_b{b}": v for b, v in lat.items()}}
+    return {"macs": count_macs(slim, x), "params": count_params(slim), "latency_source": "inline",
+            **{f"latency_ms_b{b}": v for b, v in lat.items()}, **{f"latency_inline_ms_b{b}": v for b, v in lat.items()}}
+
+
+def _row_id(dataset: str, method: str, seed: int, variant: int, target: float | None) -> str:
+    return f"{dataset}|{method}|{seed}|{variant}|{target}"
+
+
+def _interleaved_latency(rows: list[dict[str, Any]], nets: dict[str, torch.nn.Module], xs: dict[str, torch.Tensor],
+                         p: ParetoPreset) -> None:
+    """Re-time every kept network of a dataset interleaved; the rows' ``latency_ms_b*`` become those medians."""
+    from prunekit.latency import measure_latency_interleaved
+
+    for dataset, x in xs.items():
+        ids = [k for k in nets if k.split("|", 1)[0] == dataset]
+        if not ids:
+            continue
+        logger.info("bench pareto: timing %d %s networks interleaved", len(ids), dataset)
+        lat = measure_latency_interleaved({k: nets[k] for k in ids}, x.cpu(), p.latency_batch_sizes, device="cpu",
+                                          rounds=p.latency_rounds, repeats=1, threads=p.latency_threads)
+        for r in rows:
+            if "error" in r:
+                continue
+            key = _row_id(r["dataset"], r["method"], r["seed"], r.get("variant", 0), r["target"])
+            if key in lat:
+                r.update({f"latency_ms_b{b}": v for b, v in lat[key].items()}, latency_source="interleaved")
 
 
 def _slim(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.nn.Module, float | None]:
@@ -235,11 +274,11 @@ def _train(p: ParetoPreset, dataset: str, method: str, options: dict[str, Any], 
 
 
 def _rows_for(p: ParetoPreset, dataset: str, method: str, seed: int, dense_macs: int, x: torch.Tensor,
-              info: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every row (targets × option variants) of one method on one dataset and seed."""
+              info: dict[str, Any], nets: dict[str, torch.nn.Module]) -> list[dict[str, Any]]:
+    """Every row (targets × option variants) of one method on one dataset and seed; networks go into ``nets``."""
     rows = []
     targets: list[float | None] = [None] if method == "dense" else list(p.targets)
-    for options in _variants(p, method):
+    for variant, options in enumerate(_variants(p, method)):
         if method in POST_HOC:
             t0 = time.perf_counter()
             model, result, cfg = _train(p, dataset, method, options, seed, None)
@@ -250,7 +289,8 @@ def _rows_for(p: ParetoPreset, dataset: str, method: str, seed: int, dense_macs:
                 acc = _evaluate(slim, cfg)
                 rows.append({"options": options, "target": t, "acc_val": acc["acc/val"], "acc_test": acc["acc/test"],
                              "fraction_removed": frac, "train_s": train_s, "wall_s": train_s + time.perf_counter() - t1,
-                             **_measure(slim, x, p)})
+                             "variant": variant, **_measure(slim, x, p)})
+                nets[_row_id(dataset, method, seed, variant, t)] = slim
             continue
         for t in targets:
             t0 = time.perf_counter()
@@ -264,19 +304,20 @@ def _rows_for(p: ParetoPreset, dataset: str, method: str, seed: int, dense_macs:
             m = result["metrics"]
             row = {"options": opts, "target": t, "acc_val": m.get("acc/val"), "acc_test": m.get("acc/test"),
                    "collapse_max_diff": max_diff, "train_s": result.get("train_time_s"),
-                   "wall_s": time.perf_counter() - t0, **_measure(slim, x, p)}
+                   "wall_s": time.perf_counter() - t0, "variant": variant, **_measure(slim, x, p)}
             if "tp" in result:
                 row["tp_prune_steps"] = result["tp"].get("steps")
             rows.append(row)
+            nets[_row_id(dataset, method, seed, variant, t)] = slim
     for r in rows:
         r.update(dataset=dataset, method=method, seed=seed, macs_ratio=r["macs"] / dense_macs)
     return rows
 
 
 def _guarded_rows(p: ParetoPreset, dataset: str, method: str, seed: int, dense_macs: int, x: torch.Tensor,
-                  info: dict[str, Any]) -> list[dict[str, Any]]:
+                  info: dict[str, Any], nets: dict[str, torch.nn.Module]) -> list[dict[str, Any]]:
     try:
-        return _rows_for(p, dataset, method, seed, dense_macs, x, info)
+        return _rows_for(p, dataset, method, seed, dense_macs, x, info, nets)
     except Exception as e:  # noqa: BLE001 - a method that fails is a result, reported with its reason
         logger.exception("bench pareto: %s on %s failed", method, dataset)
         return [{"dataset": dataset, "method": method, "seed": seed, "target": t,
@@ -441,9 +482,39 @@ def _dataset_setup(p: ParetoPreset, dataset: str) -> tuple[torch.Tensor, dict[st
     return x, {"model": model, "num_classes": info.num_classes, "in_channels": info.in_channels}
 
 
+JOURNAL = "pareto.partial.jsonl"
+
+
+def _open_journal(out_dir: Path, settings: dict[str, Any], resume: bool) -> tuple[list[dict[str, Any]], set[tuple]]:
+    """Start (or, with ``resume``, reread) the journal of finished (dataset, method, seed) rows."""
+    import json
+
+    path = out_dir / JOURNAL
+    out_dir.mkdir(parents=True, exist_ok=True)
+    head = json.loads(json.dumps({"settings": settings}, default=str))
+    if resume and path.is_file():
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if not lines or lines[0] != head:
+            raise ConfigError(f"resume: {path} was written with other settings; rerun without resume to start over")
+        finished = [line for line in lines[1:] if not all("error" in r for r in line["rows"])]  # failures: retried
+        rows = [r for line in finished for r in line["rows"]]
+        done = {(line["dataset"], line["method"], line["seed"]) for line in finished}
+        logger.info("bench pareto: resuming with %d finished (dataset, method, seed) from %s", len(done), path)
+        return rows, done
+    path.write_text(json.dumps(head) + "\n")
+    return [], set()
+
+
+def _journal(out_dir: Path, dataset: str, method: str, seed: int, rows: list[dict[str, Any]]) -> None:
+    import json
+
+    with open(out_dir / JOURNAL, "a") as f:
+        f.write(json.dumps({"dataset": dataset, "method": method, "seed": seed, "rows": rows}, default=str) + "\n")
+
+
 def bench_pareto(out_dir: str | Path, preset: str = "smoke", *, methods: tuple[str, ...] | None = None,
                  datasets: tuple[str, ...] | None = None, seeds: tuple[int, ...] | None = None,
-                 plots: bool = True, **overrides: Any) -> dict[str, Any]:
+                 plots: bool = True, resume: bool = False, **overrides: Any) -> dict[str, Any]:
     """Train, collapse and measure every method at every target; write pareto and latency reports.
 
     Args:
@@ -453,6 +524,7 @@ def bench_pareto(out_dir: str | Path, preset: str = "smoke", *, methods: tuple[s
         datasets: override the preset's datasets.
         seeds: override the preset's seeds (mean ± std over them when more than one).
         plots: write the figures (``prunekit.bench.plot``).
+        resume: reuse the finished runs journalled in ``out_dir`` by an interrupted call with the same settings.
         **overrides: further ``ParetoPreset`` fields (e.g. ``targets=(0.5,)``, ``limit=256``).
 
     Returns:
@@ -478,8 +550,12 @@ def bench_pareto(out_dir: str | Path, preset: str = "smoke", *, methods: tuple[s
         if not 0 < t < 1:
             raise ConfigError(f"targets must be in (0, 1), got {t}")
     method_list = ("dense", *[m for m in p.methods if m != "dense"])
-    rows: list[dict[str, Any]] = []
+    settings = dataclasses.asdict(p)
+    out_path = Path(out_dir)
+    rows, done = _open_journal(out_path, settings, resume)
     skipped: dict[str, str] = {}
+    nets: dict[str, torch.nn.Module] = {}
+    xs: dict[str, torch.Tensor] = {}
     for dataset in p.datasets:
         try:
             x, info = _dataset_setup(p, dataset)
@@ -487,18 +563,23 @@ def bench_pareto(out_dir: str | Path, preset: str = "smoke", *, methods: tuple[s
             skipped[dataset] = str(e).splitlines()[0]
             logger.warning("bench pareto: skipping %s: %s", dataset, skipped[dataset])
             continue
+        xs[dataset] = x
         dense_macs = count_macs(info["model"], x)
         for seed in p.seeds:
             for method in method_list:
+                if (dataset, method, seed) in done:
+                    continue
                 logger.info("bench pareto: %s on %s, seed %d", method, dataset, seed)
-                rows += _guarded_rows(p, dataset, method, seed, dense_macs, x, info)
+                new = _guarded_rows(p, dataset, method, seed, dense_macs, x, info, nets)
+                _journal(out_path, dataset, method, seed, new)
+                rows += new
+    _interleaved_latency(rows, nets, xs, p)
     summary = summarize(rows)
     lat = latency_rows(summary)
     md = pareto_markdown(summary, p, preset)
     if skipped:
         md += "\nSkipped datasets: " + "; ".join(f"{k} ({v})" for k, v in skipped.items()) + "\n"
     lat_md = latency_markdown(lat, summary, p, preset)
-    settings = dataclasses.asdict(p)
     counter = "torch.utils.flop_counter FLOPs / 2 per sample (conv/linear multiply-adds)"
     result = {"preset": preset, "settings": settings, "counter": counter, "rows": rows, "summary": summary,
               "latency": lat, "skipped": skipped}

@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("suite", choices=list(SUITES), help="which suite to run")
     p.add_argument("--out", default="bench-results", help="folder for <suite>.json and <suite>.md")
     p.add_argument("--preset", default=None, help="suite preset (e.g. quick, full, paper); default: the suite's own")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the finished runs an interrupted call left in --out (suites that journal: pareto)")
     p.set_defaults(func=run)
 
 
@@ -27,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from prunekit.bench import run_suite
 
     folder = Path(args.out)
-    result = run_suite(args.suite, folder, args.preset)
+    result = run_suite(args.suite, folder, args.preset, resume=args.resume)
     md = folder / f"{args.suite}.md"
     text = result.get("markdown") if isinstance(result, dict) else None
     out(text or (md.read_text() if md.exists() else ""))
