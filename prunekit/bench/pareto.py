@@ -36,17 +36,23 @@ targets 0.3/0.5/0.7; sized from a measured 50–55 s per Fashion-MNIST run) and 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from prunekit.bench import md_table, write_report
+from prunekit.bench import write_report
+from prunekit.bench._pareto_report import (
+    TP_PRUNERS,
+    latency_markdown,
+    latency_rows,
+    pareto_markdown,
+    summarize,
+)
+from prunekit.bench._pareto_targets import dpp_keep_for_target, l2_prune_to_macs
 from prunekit.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -55,7 +61,6 @@ METHODS = ("dense", "crisp", "growing", "dpp", "l0", "l1", "slimming", "bridgeou
            "tp-groupnorm", "tp-magnitude")
 TARGETED = ("crisp", "growing", "l0", "l1", "slimming")  # take target_macs in their Config
 POST_HOC = ("bridgeout", "sdprun")  # trained once, L2-pruned to every target with no fine-tuning
-TP_PRUNERS = {"tp-groupnorm": "groupnorm", "tp-magnitude": "magnitude"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,77 +130,6 @@ def _run_config(p: ParetoPreset, dataset: str, method: str, options: dict[str, A
     data_options = {"limit": p.limit} if p.limit is not None else {}
     return RunConfig(model=p.model, dataset=dataset, method="dense" if method in TP_PRUNERS else method,
                      method_options=options, train=train, data_root=_data_root(), data_options=data_options)
-
-
-# -- meeting a MACs target ---------------------------------------------------------------------------------
-def dpp_keep_for_target(model: torch.nn.Module, x: torch.Tensor, target: float) -> tuple[float, float]:
-    """The DPP ``keep`` fraction whose exactly-k masks (k = keep_count(keep, N) per group) give ``target`` MACs.
-
-    Returns:
-        (keep, the MACs ratio those masks give), nearest to ``target`` over a bisection of ``keep``.
-    """
-    from prunekit.augment import augment
-    from prunekit.gates.dpp import keep_count
-    from prunekit.methods._gated import mask_ratio
-
-    gated = augment(copy.deepcopy(model), x, gate="mask")
-
-    def ratio(keep: float) -> float:
-        masks = [torch.arange(h.size) < keep_count(keep, h.size) for h in gated.groups]
-        return mask_ratio(gated, masks)
-
-    lo, hi = 1e-3, 1.0
-    for _ in range(20):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if ratio(mid) < target else (lo, mid)
-    best = min((lo, hi), key=lambda k: abs(ratio(k) - target))
-    return best, ratio(best)
-
-
-def l2_prune_to_macs(model: torch.nn.Module, x: torch.Tensor, target_macs: int) -> tuple[torch.nn.Module, float]:
-    """Remove the same fraction of lowest-L2 filters from every group until MACs ≤ ``target_macs``; no fine-tuning.
-
-    Args:
-        model: trained network (Bridgeout noise still installed, or sDprun's finalized gated model); not modified.
-        x: example input ``[1, C, H, W]``.
-        target_macs: MACs per sample to meet (absolute, so the reference is the caller's dense network).
-
-    Returns:
-        (the collapsed slim network, the fraction removed per group).
-    """
-    from prunekit.augment import GatedModel, augment
-    from prunekit.collapse import collapse
-    from prunekit.cost import count_macs
-    from prunekit.curve import group_filter_scores, keep_mask_for_fraction
-    from prunekit.methods._gated import apply_masks, mask_ratio
-    from prunekit.methods.bridgeout import remove_bridgeout_
-
-    if isinstance(model, GatedModel):
-        base = collapse(model, x)
-    else:
-        base = copy.deepcopy(model)
-        remove_bridgeout_(base)
-    base.eval()
-    base_macs = count_macs(base, x)
-    gated = augment(base, x, gate="mask", inplace=True).eval()
-    scores = [group_filter_scores(g, "l2") for g in gated.groups]
-
-    def masks(f: float) -> list[torch.Tensor]:
-        return [keep_mask_for_fraction(s, f) for s in scores]
-
-    def macs(f: float) -> float:
-        return mask_ratio(gated, masks(f)) * base_macs
-
-    if macs(0.0) <= target_macs:
-        f = 0.0
-    else:
-        lo, hi = 0.0, 0.99  # macs(lo) > target >= macs(hi) (or hi is as far as it goes)
-        for _ in range(14):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if macs(mid) > target_macs else (lo, mid)
-        f = hi
-    apply_masks(gated, masks(f))
-    return collapse(gated, x).eval(), f
 
 
 # -- one run -------------------------------------------------------------------------------------------------
@@ -323,150 +257,6 @@ def _guarded_rows(p: ParetoPreset, dataset: str, method: str, seed: int, dense_m
         return [{"dataset": dataset, "method": method, "seed": seed, "target": t,
                  "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
                 for t in ([None] if method == "dense" else p.targets)]
-
-
-# -- aggregation and tables ----------------------------------------------------------------------------------
-def _select(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (dataset, method, target, seed) keep the option variant of best validation accuracy."""
-    best: dict[tuple, dict[str, Any]] = {}
-    for r in rows:
-        key = (r["dataset"], r["method"], r["target"], r["seed"])
-        r["selected"] = False
-        if "error" in r:
-            best.setdefault(key, r)
-            continue
-        cur = best.get(key)
-        if cur is None or "error" in cur or (r["acc_val"] or 0) > (cur["acc_val"] or 0):
-            best[key] = r
-    for r in best.values():
-        r["selected"] = True
-    return list(best.values())
-
-
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
-    if len(values) == 1:
-        return values[0], None
-    return statistics.fmean(values), statistics.stdev(values)
-
-
-def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Selected rows grouped over seeds: mean (and std with >1 seed) of accuracy, MACs ratio and latency."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in _select(rows):
-        groups.setdefault((r["dataset"], r["method"], r["target"]), []).append(r)
-    out = []
-    for (dataset, method, target), rs in groups.items():
-        ok = [r for r in rs if "error" not in r]
-        s: dict[str, Any] = {"dataset": dataset, "method": method, "target": target, "seeds": len(ok)}
-        if not ok:
-            s["error"] = rs[0]["error"]
-            out.append(s)
-            continue
-        for k in ("acc_val", "acc_test", "macs_ratio", "macs", "params", "latency_ms_b1", "latency_ms_b32"):
-            vals = [float(r[k]) for r in ok if r.get(k) is not None]
-            if vals:
-                s[k], s[k + "_std"] = _mean_std(vals)
-        s["options"] = ok[0].get("options", {})
-        out.append(s)
-    return out
-
-
-def _pct(v: float | None, std: float | None = None) -> str:
-    if v is None:
-        return "-"
-    return f"{100 * v:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
-
-
-def _target_key(t: float | None) -> float:
-    return 1.0 if t is None else float(t)
-
-
-def pareto_markdown(summary: list[dict[str, Any]], p: ParetoPreset, preset: str) -> str:
-    """One table per dataset plus a plain statement of where prunekit loses to Torch-Pruning."""
-    lines = [f"# pareto ({preset}): accuracy vs MACs on one budget, {p.model}\n",
-             f"Budget per run: {p.epochs} epochs, batch {p.batch_size}, SGD lr {p.lr} cosine (sDprun: its own optimizer, "
-             f"lr {p.sdprun_lr}), {'all images' if p.limit is None else f'{p.limit} images per split'}"
-             f"{'' if p.max_steps_per_epoch is None else f', at most {p.max_steps_per_epoch} steps per epoch'}; "
-             f"seeds {list(p.seeds)}. MACs per sample by torch.utils.flop_counter (conv/linear multiply-adds); "
-             f"latency = median CPU ms with {p.latency_threads} thread. Accuracy in %, test split, variant chosen on val.\n"]
-    for dataset in dict.fromkeys(s["dataset"] for s in summary):
-        rows_d = [s for s in summary if s["dataset"] == dataset]
-        dense = next((s for s in rows_d if s["method"] == "dense" and "error" not in s), None)
-        table = []
-        for s in sorted(rows_d, key=lambda s: (-_target_key(s["target"]), s["method"])):
-            if "error" in s:
-                table.append([s["method"], s["target"], "fails: " + s["error"]] + [None] * 6)
-                continue
-            speed = (dense["latency_ms_b32"] / s["latency_ms_b32"]) if dense and s.get("latency_ms_b32") else None
-            delta = (100 * (s["acc_test"] - dense["acc_test"])) if dense else None
-            table.append([s["method"], s["target"], f"{s['macs_ratio']:.3f}", f"{s['params'] / 1e3:.1f}k",
-                          _pct(s.get("acc_val"), s.get("acc_val_std")), _pct(s["acc_test"], s.get("acc_test_std")),
-                          None if delta is None else f"{delta:+.2f}", s.get("latency_ms_b1"),
-                          None if speed is None else f"{speed:.2f}x"])
-        lines.append(f"## {dataset}\n")
-        lines.append(md_table(["method", "target", "MACs ratio", "params", "acc val", "acc test", "Δ vs dense",
-                               "latency b1 (ms)", "speed-up b32"], table))
-        lines += _verdicts(rows_d)
-    return "\n".join(lines)
-
-
-def _verdicts(rows_d: list[dict[str, Any]]) -> list[str]:
-    """Per target: the best prunekit method vs the best Torch-Pruning pruner, in words."""
-    out = []
-    for t in sorted({s["target"] for s in rows_d if s["target"] is not None}):
-        ok = [s for s in rows_d if s["target"] == t and "error" not in s]
-        pk = [s for s in ok if s["method"] not in TP_PRUNERS]
-        tp = [s for s in ok if s["method"] in TP_PRUNERS]
-        if not pk or not tp:
-            continue
-        a, b = max(pk, key=lambda s: s["acc_test"]), max(tp, key=lambda s: s["acc_test"])
-        d = 100 * (a["acc_test"] - b["acc_test"])
-        word = "beats" if d > 0 else ("ties" if d == 0 else "**loses to**")
-        losers = [s["method"] for s in pk if s["acc_test"] < b["acc_test"]]
-        out.append(f"- target {t}: best prunekit ({a['method']}, {_pct(a['acc_test'])}%) {word} best Torch-Pruning "
-                   f"({b['method']}, {_pct(b['acc_test'])}%) by {d:+.2f} points; below {b['method']}: "
-                   f"{', '.join(losers) or 'none'}.")
-    return out + ([""] if out else [])
-
-
-def latency_rows(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Suite 4: every slim network's latency beside Torch-Pruning's at the same target (ratios > 1: slower)."""
-    out = []
-    for s in summary:
-        if "error" in s or s["method"] in TP_PRUNERS or s["target"] is None:
-            continue
-        peers = {m: x for x in summary if x["dataset"] == s["dataset"] and x["target"] == s["target"]
-                 and "error" not in x for m in [x["method"]] if m in TP_PRUNERS}
-        row = {k: s.get(k) for k in ("dataset", "method", "target", "macs_ratio", "latency_ms_b1", "latency_ms_b32")}
-        for m, x in peers.items():
-            row[f"{m}_macs_ratio"] = x["macs_ratio"]
-            for b in (1, 32):
-                k = f"latency_ms_b{b}"
-                if s.get(k) and x.get(k):
-                    row[f"vs_{m}_b{b}"] = s[k] / x[k]
-        out.append(row)
-    return out
-
-
-def latency_markdown(rows: list[dict[str, Any]], summary: list[dict[str, Any]], p: ParetoPreset, preset: str) -> str:
-    lines = [f"# latency ({preset}): slim networks vs Torch-Pruning at the same MACs target, {p.model}\n",
-             f"Median CPU ms, {p.latency_threads} thread, batch 1 and 32. 'vs TP' = this network's latency ÷ the "
-             "Torch-Pruning network's at the same target (< 1: prunekit's slim network is faster).\n"]
-    for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        dense = next((s for s in summary if s["dataset"] == dataset and s["method"] == "dense" and "error" not in s), None)
-        tps = [s for s in summary if s["dataset"] == dataset and s["method"] in TP_PRUNERS and "error" not in s]
-        table = [[s["method"], s["target"], f"{s['macs_ratio']:.3f}", s.get("latency_ms_b1"), s.get("latency_ms_b32"),
-                  None, None] for s in ([dense] if dense else []) + tps]
-        for r in rows:
-            if r["dataset"] != dataset:
-                continue
-            table.append([r["method"], r["target"], f"{r['macs_ratio']:.3f}", r["latency_ms_b1"], r["latency_ms_b32"],
-                          r.get("vs_tp-groupnorm_b32"), r.get("vs_tp-magnitude_b32")])
-        table.sort(key=lambda row: (-_target_key(row[1]), row[0]))
-        lines.append(f"## {dataset}\n")
-        lines.append(md_table(["method", "target", "MACs ratio", "b1 (ms)", "b32 (ms)", "b32 vs TP-groupnorm",
-                               "b32 vs TP-magnitude"], table))
-    return "\n".join(lines)
 
 
 # -- the suite ------------------------------------------------------------------------------------------------
