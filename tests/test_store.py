@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from prunekit.errors import CheckpointError, ConfigError
+from prunekit.train import _store_schema as schema_mod
 from prunekit.train import store as store_mod
 from prunekit.train.store import MIGRATIONS, RunStore, StoreCallback
 
@@ -123,13 +124,13 @@ def test_schema_version_and_migration(tmp_path, monkeypatch):
     assert s1.get_run("r1").status == "done" and s1.get_run("r1").runner is None
     s1.close()
     # a future migration step is applied on open, once
-    monkeypatch.setattr(store_mod, "MIGRATIONS", [*MIGRATIONS, ["CREATE TABLE extra (x INTEGER)"]])
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", [*MIGRATIONS, ["CREATE TABLE extra (x INTEGER)"]])
     s2 = RunStore(db.parent)
     assert s2.schema_version == len(MIGRATIONS) + 1
     assert s2._conn.execute("SELECT COUNT(*) FROM extra").fetchone() == (0,)
     s2.close()
     # ... and an older prunekit refuses the newer file instead of misreading it
-    monkeypatch.setattr(store_mod, "MIGRATIONS", MIGRATIONS)
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", MIGRATIONS)
     with pytest.raises(CheckpointError, match="newer"):
         RunStore(db.parent)
 

@@ -4,161 +4,53 @@ One file ``<workspace>/runs.sqlite`` (WAL journal, so readers such as the app an
 training process that writes) plus one folder per run ``<workspace>/runs/<run_id>/`` for checkpoints and logs.
 Metric writes are buffered and flushed in one transaction per batch; every metric row is keyed by
 ``(run, name[, layer], step)`` and written with ``INSERT OR REPLACE``, so a resumed run that repeats a step
-overwrites instead of duplicating.
+overwrites instead of duplicating (:mod:`prunekit.train._store_metrics`).
 
 The schema is versioned: ``meta.schema_version`` counts the entries of :data:`MIGRATIONS` already applied and
 opening a store applies the missing ones in order. A file that is not SQLite, or SQLite written by another
-application, or by a newer prunekit, is refused with :class:`~prunekit.errors.CheckpointError` and left untouched.
+application, or by a newer prunekit, is refused with :class:`~prunekit.errors.CheckpointError` and left untouched
+(:mod:`prunekit.train._store_schema`). Rows and their JSON encoding live in :mod:`prunekit.train._store_records`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
-import socket
 import sqlite3
 import threading
 import time
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from prunekit.errors import CheckpointError, ConfigError
+from prunekit.errors import ConfigError
+from prunekit.train._store_metrics import MetricLog
+from prunekit.train._store_records import (
+    STATUSES,
+    TERMINAL,
+    RunInfo,
+    decode_run,
+    default_workspace,
+    host_id,
+    jsonable,
+    new_id,
+    pid_alive,
+)
+from prunekit.train._store_schema import (  # APPLICATION_ID: re-exported, importable from here as before
+    APPLICATION_ID,  # noqa: F401
+    DB_NAME,
+    MIGRATIONS,
+    open_database,
+    read_version,
+)
 
 logger = logging.getLogger(__name__)
 
-STATUSES = ("queued", "running", "done", "failed", "stopped", "interrupted")
-TERMINAL = ("done", "failed", "stopped", "interrupted")
-APPLICATION_ID = 0x50524B54  # "PRKT" in the SQLite header: tells our file from any other SQLite database
-DB_NAME = "runs.sqlite"
 
-# Each entry brings the schema from version i to i + 1; never edit an entry that has shipped, append one.
-MIGRATIONS: list[list[str]] = [
-    [
-        """CREATE TABLE runs (
-            id TEXT PRIMARY KEY, name TEXT, config TEXT NOT NULL, status TEXT NOT NULL, error TEXT,
-            created REAL NOT NULL, started REAL, finished REAL, updated REAL NOT NULL, heartbeat REAL,
-            pid INTEGER, host TEXT, sweep_id TEXT, progress REAL NOT NULL DEFAULT 0, result TEXT,
-            stop_requested INTEGER NOT NULL DEFAULT 0)""",
-        "CREATE INDEX runs_sweep ON runs(sweep_id)",
-        """CREATE TABLE scalars (
-            run_id TEXT NOT NULL, step INTEGER NOT NULL, epoch INTEGER NOT NULL, name TEXT NOT NULL, value REAL,
-            PRIMARY KEY (run_id, name, step)) WITHOUT ROWID""",
-        "CREATE INDEX scalars_step ON scalars(run_id, step)",
-        """CREATE TABLE layers (
-            run_id TEXT NOT NULL, step INTEGER NOT NULL, epoch INTEGER NOT NULL, layer TEXT NOT NULL,
-            name TEXT NOT NULL, value REAL, data TEXT,
-            PRIMARY KEY (run_id, name, layer, step)) WITHOUT ROWID""",
-        "CREATE INDEX layers_step ON layers(run_id, step)",
-        """CREATE TABLE checkpoints (
-            run_id TEXT NOT NULL, step INTEGER NOT NULL, epoch INTEGER NOT NULL, path TEXT NOT NULL,
-            created REAL NOT NULL, PRIMARY KEY (run_id, step))""",
-        """CREATE TABLE collapses (
-            id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, created REAL NOT NULL, result TEXT NOT NULL)""",
-        "CREATE INDEX collapses_run ON collapses(run_id)",
-        "CREATE TABLE sweeps (id TEXT PRIMARY KEY, name TEXT, config TEXT NOT NULL, created REAL NOT NULL)",
-    ],
-    # 2: how the background runner launched the run (experiment callable, threads), so resume can repeat it.
-    ["ALTER TABLE runs ADD COLUMN runner TEXT"],
-]
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """One row of the runs table, decoded."""
-
-    id: str
-    config: dict[str, Any]
-    status: str
-    error: str | None
-    created: float
-    started: float | None
-    finished: float | None
-    heartbeat: float | None
-    pid: int | None
-    sweep_id: str | None
-    progress: float
-    result: dict[str, Any] | None
-    name: str | None = None
-    updated: float | None = None
-    host: str | None = None
-    stop_requested: bool = False
-    runner: dict[str, Any] | None = None
-
-
-def default_workspace() -> Path:
-    """``$PRUNEKIT_HOME`` or ``./prunekit-runs``."""
-    return Path(os.environ.get("PRUNEKIT_HOME") or "prunekit-runs")
-
-
-def host_id() -> str:
-    """``hostname/boot-id``: a pid is only meaningful on the same machine since the same boot."""
-    boot = ""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
-    except OSError:
-        pass
-    return f"{socket.gethostname()}/{boot}"
-
-
-def pid_alive(pid: int | None) -> bool:
-    """True if ``pid`` is a live process on this machine (a zombie counts as dead)."""
-    if not pid or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child that its parent has not reaped yet still answers kill(0)
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def new_id(prefix: str = "r") -> str:
-    """Short, sortable id: ``r20261121-104512-3f9a``."""
-    return f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-
-
-def _jsonable(obj: Any) -> Any:
-    """Best-effort conversion to JSON types (tensors, numpy scalars, paths, non-finite floats -> None)."""
-    if obj is None or isinstance(obj, (bool, int, str)):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "tolist"):  # torch tensors, numpy arrays and scalars
-        return _jsonable(obj.tolist())
-    if hasattr(obj, "item"):
-        return _jsonable(obj.item())
-    if hasattr(obj, "to_dict"):
-        return _jsonable(obj.to_dict())
-    return str(obj)
-
-
-def _float(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f  # SQLite keeps +-inf; Python's sqlite3 stores NaN as NULL, which reads back as NaN
-
-
-class RunStore:
+class RunStore(MetricLog):
     """Handle on one workspace's run database. Thread-safe; open one per process.
 
     Args:
@@ -183,21 +75,10 @@ class RunStore:
         self.flush_rows = flush_rows
         self.flush_interval = flush_interval
         self._lock = threading.RLock()  # the connection
-        self._buf_lock = threading.Lock()  # the metric buffers: appending never waits for the database
-        self._scalar_buf: list[tuple] = []
-        self._layer_buf: list[tuple] = []
-        self._last_flush = time.monotonic()
+        self._init_buffers()
         self._host = host_id()
         self._prepare_workspace()
-        self._check_file()
-        try:
-            self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            self._conn.execute("PRAGMA busy_timeout = 30000")
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._migrate()
-        except sqlite3.DatabaseError as e:
-            raise CheckpointError(f"run store {self.path} cannot be opened: {e}") from None
+        self._conn = open_database(self.path)
 
     # -- opening -----------------------------------------------------------------------------
     def _prepare_workspace(self) -> None:
@@ -213,64 +94,9 @@ class RunStore:
                 "(pass workspace=... / --workspace or set PRUNEKIT_HOME)"
             )
 
-    def _check_file(self) -> None:
-        """Refuse anything that is not an empty file or one of our databases, before SQLite writes to it."""
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return
-        # Never open() the file directly: closing any descriptor of it drops every POSIX lock this process
-        # holds on it, including those of live SQLite connections, which corrupts the database.
-        # the header's application_id may be stale in WAL mode (page 1 can live in the -wal file): ask SQLite.
-        # A plain connection writes nothing until told to, so a foreign file stays as it was.
-        try:
-            probe = sqlite3.connect(self.path, timeout=30.0)
-            try:
-                app_id = probe.execute("PRAGMA application_id").fetchone()[0]
-                tables = [r[0] for r in probe.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-            finally:
-                probe.close()
-        except sqlite3.DatabaseError as e:
-            raise CheckpointError(
-                f"{self.path} is not a usable SQLite database (corrupt or foreign file: {e}); left untouched"
-            ) from None
-        if app_id == APPLICATION_ID or not tables:
-            return
-        raise CheckpointError(
-            f"{self.path} is a SQLite database of another application "
-            f"(application_id {app_id}, tables: {', '.join(tables[:5])}); left untouched"
-        )
-
-    def _migrate(self) -> None:
-        c = self._conn
-        has_meta = c.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
-        if has_meta and self._read_version() == len(MIGRATIONS):
-            return  # the common case: opening costs no write lock
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            version = self._read_version()
-            if version > len(MIGRATIONS):
-                raise CheckpointError(
-                    f"{self.path} has schema version {version}, newer than this prunekit "
-                    f"(knows up to {len(MIGRATIONS)}); upgrade prunekit to read it"
-                )
-            for i in range(version, len(MIGRATIONS)):
-                for sql in MIGRATIONS[i]:
-                    c.execute(sql)
-                logger.info("run store %s migrated to schema version %d", self.path, i + 1)
-            c.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(len(MIGRATIONS)),))
-            c.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-
-    def _read_version(self) -> int:
-        row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        return int(row[0]) if row else 0
-
     @property
     def schema_version(self) -> int:
-        return self._read_version()
+        return read_version(self._conn)
 
     def close(self) -> None:
         with self._lock:
@@ -301,7 +127,7 @@ class RunStore:
         now = time.time()
         self._write(
             "INSERT INTO runs (id, name, config, status, created, updated, sweep_id) VALUES (?,?,?,?,?,?,?)",
-            (run_id, config.get("name"), json.dumps(_jsonable(config)), status, now, now, sweep_id),
+            (run_id, config.get("name"), json.dumps(jsonable(config)), status, now, now, sweep_id),
         )
         self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
         return run_id
@@ -312,16 +138,6 @@ class RunStore:
         if row is None:
             raise ConfigError(f"unknown run id {run_id!r} in {self.path}")
         return dict(zip([d[0] for d in cur.description], row))
-
-    def _decode(self, r: dict[str, Any]) -> RunInfo:
-        return RunInfo(
-            id=r["id"], config=json.loads(r["config"]), status=r["status"], error=r["error"], created=r["created"],
-            started=r["started"], finished=r["finished"], heartbeat=r["heartbeat"], pid=r["pid"],
-            sweep_id=r["sweep_id"], progress=r["progress"] or 0.0,
-            result=json.loads(r["result"]) if r["result"] else None, name=r["name"], updated=r["updated"],
-            host=r["host"], stop_requested=bool(r["stop_requested"]),
-            runner=json.loads(r["runner"]) if r.get("runner") else None,
-        )
 
     def _check_alive(self, r: dict[str, Any]) -> dict[str, Any]:
         """Mark a ``running`` row whose process is gone as ``interrupted`` (in the db and in ``r``)."""
@@ -368,7 +184,7 @@ class RunStore:
 
     def get_run(self, run_id: str) -> RunInfo:
         """The run's row; unknown id raises ConfigError."""
-        return self._decode(self._check_alive(self._row(run_id)))
+        return decode_run(self._check_alive(self._row(run_id)))
 
     def list_runs(self, *, status: str | None = None, sweep_id: str | None = None) -> pd.DataFrame:
         """One row per run, newest first, with the final ``acc/test`` and ``macs_ratio/hard`` when known."""
@@ -403,20 +219,6 @@ class RunStore:
                     "sweep_id", "acc/test", "macs_ratio/hard", "acc/val", "pid"]
         return pd.DataFrame(out, columns=cols_out)
 
-    def _final_scalars(self, run_ids: list[str], names: tuple[str, ...]) -> dict[str, dict[str, float]]:
-        if not run_ids:
-            return {}
-        self.flush()
-        out: dict[str, dict[str, float]] = {}
-        # one primary-key probe per (run, name): cheap however long the histories are
-        q = "SELECT value FROM scalars WHERE run_id=? AND name=? ORDER BY step DESC LIMIT 1"
-        for rid in run_ids:
-            for name in names:
-                row = self._conn.execute(q, (rid, name)).fetchone()
-                if row is not None:
-                    out.setdefault(rid, {})[name] = row[0]
-        return out
-
     def set_status(
         self, run_id: str, status: str, *, error: str | None = None, result: dict | None = None, pid: int | None = None
     ) -> None:
@@ -442,7 +244,7 @@ class RunStore:
             params.append(pid)
         if result is not None:
             sets.append("result=?")
-            params.append(json.dumps(_jsonable(result)))
+            params.append(json.dumps(jsonable(result)))
         self._write(f"UPDATE runs SET {', '.join(sets)} WHERE id=?", [*params, run_id])
 
     def heartbeat(self, run_id: str, progress: float | None = None) -> None:
@@ -466,9 +268,7 @@ class RunStore:
         """Remove the run's rows and its folder (checkpoints, logs)."""
         self._row(run_id)
         with self._lock:
-            with self._buf_lock:
-                self._scalar_buf = [r for r in self._scalar_buf if r[0] != run_id]
-                self._layer_buf = [r for r in self._layer_buf if r[0] != run_id]
+            self._drop_buffered(run_id)
             c = self._conn
             c.execute("BEGIN IMMEDIATE")
             try:
@@ -480,104 +280,6 @@ class RunStore:
                 c.execute("ROLLBACK")
                 raise
         shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
-
-    def truncate_after(self, run_id: str, step: int) -> None:
-        """Delete metric rows with ``step > step`` (before resuming from a checkpoint at ``step``)."""
-        self.flush()
-        with self._lock:
-            for table in ("scalars", "layers"):
-                self._conn.execute(f"DELETE FROM {table} WHERE run_id=? AND step>?", (run_id, step))
-            self._conn.execute("DELETE FROM checkpoints WHERE run_id=? AND step>?", (run_id, step))
-
-    # -- metrics -------------------------------------------------------------------------------
-    def log_scalars(self, run_id: str, step: int, epoch: int, values: dict[str, float]) -> None:
-        """Buffer scalar metrics of one step (flushed in batches; see :meth:`flush`)."""
-        rows = [(run_id, int(step), int(epoch), str(k), _float(v)) for k, v in values.items()]
-        with self._buf_lock:
-            self._scalar_buf.extend(rows)
-        self._maybe_flush()
-
-    def log_layers(self, run_id: str, step: int, epoch: int, rows: list[dict[str, Any]]) -> None:
-        """Buffer per-layer rows (keys ``layer``, ``name``, ``value`` and optional JSON-able ``data``)."""
-        buf = []
-        for r in rows:
-            data = r.get("data")
-            buf.append((
-                run_id, int(step), int(epoch), str(r["layer"]), str(r["name"]), _float(r.get("value")),
-                None if data is None else json.dumps(_jsonable(data)),
-            ))
-        with self._buf_lock:
-            self._layer_buf.extend(buf)
-        self._maybe_flush()
-
-    def _maybe_flush(self) -> None:
-        if (len(self._scalar_buf) + len(self._layer_buf) >= self.flush_rows
-                or time.monotonic() - self._last_flush >= self.flush_interval):
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the buffered metric rows in one transaction (safe to call from another thread)."""
-        with self._lock:
-            with self._buf_lock:
-                self._last_flush = time.monotonic()
-                scalars, layers = self._scalar_buf, self._layer_buf
-                self._scalar_buf, self._layer_buf = [], []
-            if not scalars and not layers:
-                return
-            c = self._conn
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                if scalars:
-                    c.executemany("INSERT OR REPLACE INTO scalars VALUES (?,?,?,?,?)", scalars)
-                if layers:
-                    c.executemany("INSERT OR REPLACE INTO layers VALUES (?,?,?,?,?,?,?)", layers)
-                c.execute("COMMIT")
-            except BaseException:
-                c.execute("ROLLBACK")
-                with self._buf_lock:
-                    self._scalar_buf, self._layer_buf = scalars + self._scalar_buf, layers + self._layer_buf
-                raise
-
-    def metrics(self, run_id: str, names: list[str] | None = None, since_step: int | None = None) -> pd.DataFrame:
-        """Scalar metrics as a long DataFrame ``[step, epoch, name, value]`` sorted by step."""
-        self.flush()
-        q, params = "SELECT step, epoch, name, value FROM scalars WHERE run_id=?", [run_id]
-        if names is not None:
-            q += f" AND name IN ({','.join('?' * len(names))})"
-            params += list(names)
-        if since_step is not None:
-            q += " AND step>=?"
-            params.append(int(since_step))
-        rows = self._conn.execute(q + " ORDER BY step, name", params).fetchall()
-        df = pd.DataFrame(rows, columns=["step", "epoch", "name", "value"])
-        df["value"] = df["value"].astype(float)
-        return df
-
-    def layer_metrics(
-        self, run_id: str, names: list[str] | None = None, step: int | str | None = None
-    ) -> pd.DataFrame:
-        """Per-layer rows ``[step, epoch, layer, name, value, data]``; ``step="last"`` keeps the latest step."""
-        self.flush()
-        q, params = "SELECT step, epoch, layer, name, value, data FROM layers WHERE run_id=?", [run_id]
-        if names is not None:
-            q += f" AND name IN ({','.join('?' * len(names))})"
-            params += list(names)
-        if step == "last":
-            sub = "SELECT MAX(step) FROM layers WHERE run_id=?"
-            subp: list[Any] = [run_id]
-            if names is not None:
-                sub += f" AND name IN ({','.join('?' * len(names))})"
-                subp += list(names)
-            q += f" AND step=({sub})"
-            params += subp
-        elif step is not None:
-            q += " AND step=?"
-            params.append(int(step))
-        rows = self._conn.execute(q + " ORDER BY step, name, layer", params).fetchall()
-        df = pd.DataFrame([r[:5] for r in rows], columns=["step", "epoch", "layer", "name", "value"])
-        df["value"] = df["value"].astype(float)
-        df["data"] = pd.Series([json.loads(r[5]) if r[5] is not None else None for r in rows], dtype=object)
-        return df
 
     # -- checkpoints and collapse results ----------------------------------------------------
     def add_checkpoint(self, run_id: str, step: int, epoch: int, path: str | Path) -> None:
@@ -616,7 +318,7 @@ class RunStore:
         self._row(run_id)
         cur = self._write(
             "INSERT INTO collapses (run_id, created, result) VALUES (?,?,?)",
-            (run_id, time.time(), json.dumps(_jsonable(result))),
+            (run_id, time.time(), json.dumps(jsonable(result))),
         )
         return int(cur.lastrowid)
 
@@ -630,7 +332,7 @@ class RunStore:
     def create_sweep(self, name: str, config: dict[str, Any]) -> str:
         sweep_id = new_id("s")
         self._write(
-            "INSERT INTO sweeps VALUES (?,?,?,?)", (sweep_id, name, json.dumps(_jsonable(config)), time.time())
+            "INSERT INTO sweeps VALUES (?,?,?,?)", (sweep_id, name, json.dumps(jsonable(config)), time.time())
         )
         return sweep_id
 
