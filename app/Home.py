@@ -16,14 +16,7 @@ st.markdown(
     "the network learns. **Masked** channels still exist and cost compute; only **collapse** removes them and "
     "gives a smaller dense network with the same outputs. Start a run, watch the gates decide, then collapse."
 )
-try:
-    store = sup.cached_store(WS)
-    runs = store.list_runs()
-except Exception as e:
-    st.error(f"Cannot open the run store: {sup.describe_error(e)}")
-    st.stop()
-
-st.session_state.setdefault("run_id", None)
+store, runs = sup.open_store_or_stop(WS)
 default_id = sup.find_default_run(runs)
 with st.container(border=True):
     st.subheader("Default experiment: ResNet-20 on `shapes`, CRISP at 50% MACs")

@@ -321,8 +321,10 @@ def test_live_metrics_reads_only_new_rows_and_equals_a_full_read(workspace):
 
 
 def test_cached_figure_builds_once_per_key_and_evicts_the_oldest(monkeypatch):
+    from prunekit.app_support import _process
+
     sup.clear_figure_cache()
-    monkeypatch.setattr(sup, "FIGURE_CACHE_SIZE", 2)
+    monkeypatch.setattr(_process, "FIGURE_CACHE_SIZE", 2)  # the module that holds the cache reads it
     calls = []
 
     def build(tag):
@@ -409,9 +411,11 @@ def test_settle_process_freezes_once(monkeypatch):
     import gc
 
     frozen = []
-    monkeypatch.setattr(sup, "_SETTLED", False)
+    from prunekit.app_support import _process
+
+    monkeypatch.setattr(_process, "_SETTLED", False)
     monkeypatch.setattr(gc, "freeze", lambda: frozen.append(1))
-    monkeypatch.setattr(sup.atexit, "register", lambda fn: None)
+    monkeypatch.setattr(_process.atexit, "register", lambda fn: None)
     assert sup.settle_process() is True
     assert sup.settle_process() is False
     assert frozen == [1]

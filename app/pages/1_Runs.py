@@ -120,11 +120,7 @@ any_active = all_runs["status"].isin(sup.ACTIVE).any() if not all_runs.empty els
 st.fragment(run_every=sup.LIVE_EVERY_S if any_active else None)(runs_table)()
 
 if not all_runs.empty:
-    ids = list(all_runs["id"])
-    current = sup.pick_run(all_runs, st.session_state.run_id)
-    labels = {r["id"]: sup.run_label(r) for _, r in all_runs.iterrows()}
-    sel = st.selectbox("Run", ids, index=ids.index(current), format_func=labels.get, key="runs_select")
-    st.session_state.run_id = sel
+    sel = sup.select_run(all_runs, key="runs_select")
     status = all_runs.set_index("id").loc[sel, "status"]
     c1, c2, c3, c4 = st.columns([1, 1, 1, 2])
     try:

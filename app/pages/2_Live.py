@@ -15,22 +15,7 @@ st.set_page_config(page_title="prunekit · Live", page_icon="📈", layout="wide
 WS = os.environ.get("PRUNEKIT_HOME")
 sup.settle_process()  # after the imports: Streamlit's per-run full GC then skips them
 st.title("Live")
-try:
-    store = sup.cached_store(WS)
-    runs = store.list_runs()
-except Exception as e:
-    st.error(f"Cannot open the run store: {sup.describe_error(e)}")
-    st.stop()
-st.session_state.setdefault("run_id", None)
-if runs.empty:
-    st.info("No runs yet: start one on the Runs page.")
-    st.stop()
-
-ids = list(runs["id"])
-labels = {r["id"]: sup.run_label(r) for _, r in runs.iterrows()}
-current = sup.pick_run(runs, st.session_state.run_id)
-run_id = st.selectbox("Run", ids, index=ids.index(current), format_func=labels.get, key="live_run")
-st.session_state.run_id = run_id
+store, runs, run_id = sup.page_run_picker(WS, key="live_run")
 st.caption("Gates **mask** channels: masked channels still exist and still cost compute. Only collapse "
            "(page 4) **removes** them.")
 active = runs.set_index("id").loc[run_id, "status"] in sup.ACTIVE

@@ -15,14 +15,7 @@ st.set_page_config(page_title="prunekit · Explore", page_icon="🧭", layout="w
 WS = os.environ.get("PRUNEKIT_HOME")
 sup.settle_process()  # after the imports: Streamlit's per-run full GC then skips them
 st.title("Explore")
-try:
-    store = sup.cached_store(WS)
-    runs = sup.cached_runs_for_explore(WS)
-    sweeps = store.sweeps()
-except Exception as e:
-    st.error(f"Cannot open the run store: {sup.describe_error(e)}")
-    st.stop()
-st.session_state.setdefault("run_id", None)
+store, (runs, sweeps) = sup.open_store_or_stop(WS, read=lambda s: (sup.cached_runs_for_explore(WS), s.sweeps()))
 st.session_state.setdefault("what_if", {})
 if runs.empty:
     st.info("No runs yet: start a few at different targets on the Runs page, then compare them here.")
@@ -78,10 +71,7 @@ def what_if() -> None:
     if ready.empty:
         st.info("No run has a checkpoint yet.")
         return
-    ids = list(ready["id"])
-    labels = {r["id"]: sup.run_label(r) for _, r in ready.iterrows()}
-    current = sup.pick_run(ready, st.session_state.run_id)
-    rid = st.selectbox("Run", ids, index=ids.index(current), format_func=labels.get, key="ex_run")
+    rid = sup.select_run(ready, key="ex_run", remember=False)  # what-if looks around; the page's run stays
     threshold = st.slider("Threshold", 0.0, 1.0, 0.5, 0.01, key="ex_threshold")
     try:
         ckpt = store.latest_checkpoint(rid)

@@ -15,22 +15,7 @@ st.title("Collapse & compare")
 st.markdown("Until now the pruned channels were only **masked** (multiplied by zero, still computed). "
             "**Collapse** removes them, and whole residual branches whose channels are all gone, giving a "
             "smaller dense network whose outputs match the masked one.")
-try:
-    store = sup.cached_store(WS)
-    runs = store.list_runs()
-except Exception as e:
-    st.error(f"Cannot open the run store: {sup.describe_error(e)}")
-    st.stop()
-st.session_state.setdefault("run_id", None)
-if runs.empty:
-    st.info("No runs yet: start one on the Runs page.")
-    st.stop()
-
-ids = list(runs["id"])
-labels = {r["id"]: sup.run_label(r) for _, r in runs.iterrows()}
-current = sup.pick_run(runs, st.session_state.run_id)
-rid = st.selectbox("Run", ids, index=ids.index(current), format_func=labels.get, key="co_run")
-st.session_state.run_id = rid
+store, runs, rid = sup.page_run_picker(WS, key="co_run")
 try:
     ckpts = store.checkpoints(rid)
 except Exception as e:

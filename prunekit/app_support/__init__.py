@@ -1,0 +1,119 @@
+"""What the Streamlit pages need beyond layout: the store, run forms, cached models, what-if, collapse, live views.
+
+The pages under ``app/`` only lay out widgets; every decision and computation lives here so it can be
+tested without a browser. Streamlit is imported only inside the functions that need it (the ``cached_*``
+wrappers and the page preamble), so ``prunekit bench app`` and tests import this package cheaply.
+
+Which module holds what:
+
+- ``_runs``: run store actions: :func:`open_store`, :func:`cached_store`, :func:`start`, :func:`stop`,
+  :func:`resume`, :func:`pick_run`, :func:`find_default_run`, :func:`run_label`, :func:`describe_error`
+  (an exception as one line for the user) and :data:`ACTIVE`.
+- ``_page``: the preamble the pages share: :func:`open_store_or_stop` (the store, or an error and
+  ``st.stop()``), :func:`select_run` (the run select box, remembered in ``st.session_state.run_id``) and
+  :func:`page_run_picker` (both, with a message when there are no runs).
+- ``_form``: the run-config form: :class:`FieldSpec`, :func:`method_fields`, :func:`target_field`,
+  :func:`parse_option`, :func:`option_text`, :func:`build_run_config`, :func:`default_config` and the
+  default experiment (``DEFAULT_MODEL``, ``DEFAULT_DATASET``, ``DEFAULT_METHOD``, ``DEFAULT_TARGET``).
+- ``_loaded``: a run rebuilt from a checkpoint and what the pages do with it: :class:`LoadedRun`,
+  :func:`load_run`, :func:`cached_run`, :func:`find_gated`, :func:`what_if`, :func:`collapse_and_compare`,
+  :func:`widths_frame`, :func:`zip_files`, :func:`jsonable`.
+- ``_live``: live views: :class:`LiveSnapshot`, :func:`live_metrics`, :func:`frame_version`,
+  :func:`training_figures`, :func:`gate_figures`, :func:`trend_figures`, :func:`tradeoff`,
+  :func:`runs_for_explore`, :func:`cached_runs_for_explore` and :data:`LIVE_EVERY_S`.
+- ``_process``: the app process and all module-level state shared by sessions: :func:`settle_process`,
+  :func:`app_threads`, :func:`cached_figure` (LRU of :data:`FIGURE_CACHE_SIZE`), :func:`clear_figure_cache`,
+  :func:`file_version`, :func:`checkpoint_has_gates` and the Streamlit cache wrappers. Patch state there
+  (``prunekit.app_support._process.FIGURE_CACHE_SIZE``), not on this package.
+
+Performance (issue 8: re-render ≤ 0.5 s while a run trains, training ≥ 0.8× as fast with the app open) is
+explained in ``_process``: the app shares the CPU with the runs it shows.
+"""
+
+from prunekit.app_support._form import (
+    DEFAULT_DATASET,
+    DEFAULT_METHOD,
+    DEFAULT_MODEL,
+    DEFAULT_TARGET,
+    FieldSpec,
+    build_run_config,
+    default_config,
+    method_fields,
+    option_text,
+    parse_option,
+    target_field,
+)
+from prunekit.app_support._live import (
+    GATE_NAMES,
+    LIVE_EVERY_S,
+    TRAINING_VIEWS,
+    TREND_NAMES,
+    LiveSnapshot,
+    cached_runs_for_explore,
+    frame_version,
+    gate_figures,
+    live_metrics,
+    runs_for_explore,
+    tradeoff,
+    training_figures,
+    trend_figures,
+)
+from prunekit.app_support._loaded import (
+    LoadedRun,
+    cached_run,
+    collapse_and_compare,
+    find_gated,
+    jsonable,
+    load_run,
+    what_if,
+    widths_frame,
+    zip_files,
+)
+from prunekit.app_support._page import NO_RUNS, RUN_KEY, open_store_or_stop, page_run_picker, select_run
+from prunekit.app_support._process import (
+    APP_THREADS,
+    FIGURE_CACHE_SIZE,
+    app_threads,
+    cached_figure,
+    checkpoint_has_gates,
+    clear_figure_cache,
+    file_version,
+    settle_process,
+)
+from prunekit.app_support._runs import (
+    ACTIVE,
+    cached_store,
+    describe_error,
+    find_default_run,
+    open_store,
+    pick_run,
+    resume,
+    run_label,
+    start,
+    stop,
+)
+from prunekit.errors import ConfigError, PrunekitError
+from prunekit.train.config import RunConfig, TrainConfig
+
+__all__ = [
+    # _runs
+    "ACTIVE", "cached_store", "describe_error", "find_default_run", "open_store", "pick_run", "resume",
+    "run_label", "start", "stop",
+    # _page
+    "NO_RUNS", "RUN_KEY", "open_store_or_stop", "page_run_picker", "select_run",
+    # _form
+    "DEFAULT_DATASET", "DEFAULT_METHOD", "DEFAULT_MODEL", "DEFAULT_TARGET", "FieldSpec", "build_run_config",
+    "default_config", "method_fields", "option_text", "parse_option", "target_field",
+    # _loaded
+    "LoadedRun", "cached_run", "collapse_and_compare", "find_gated", "jsonable", "load_run", "what_if",
+    "widths_frame", "zip_files",
+    # _live
+    "GATE_NAMES", "LIVE_EVERY_S", "TRAINING_VIEWS", "TREND_NAMES", "LiveSnapshot", "cached_runs_for_explore",
+    "frame_version", "gate_figures", "live_metrics", "runs_for_explore", "tradeoff", "training_figures",
+    "trend_figures",
+    # _process
+    "APP_THREADS", "FIGURE_CACHE_SIZE", "app_threads", "cached_figure", "checkpoint_has_gates",
+    "clear_figure_cache", "file_version", "settle_process",
+    # re-exported: the pages raise and catch errors through this package (``sup.ConfigError``)
+    "ConfigError", "PrunekitError", "RunConfig", "TrainConfig",
+]

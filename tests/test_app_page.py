@@ -1,0 +1,97 @@
+"""The pages' shared preamble (``app_support._page``) under AppTest on a real SQLite run store in tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from prunekit import app_support as sup  # noqa: E402
+from prunekit.train.config import RunConfig, TrainConfig  # noqa: E402
+from prunekit.train.store import RunStore  # noqa: E402
+
+
+def _picker_page(workspace: str) -> None:
+    import streamlit as st
+
+    from prunekit import app_support as sup
+
+    store, runs, run_id = sup.page_run_picker(workspace, key="test_run")
+    st.markdown(f"picked {run_id} of {len(runs)} from {type(store).__name__}")
+
+
+def _reader_page(workspace: str, remember: bool) -> None:
+    import streamlit as st
+
+    from prunekit import app_support as sup
+    from prunekit.errors import ConfigError
+
+    def read(store):
+        if not remember:
+            raise ConfigError("sweeps table is locked")
+        return store.list_runs()
+
+    store, runs = sup.open_store_or_stop(workspace, read=read)
+    st.markdown(f"opened {len(runs)}")
+    sup.select_run(runs, key="look", remember=False)
+
+
+def _run(page, workspace: Path, *args, wanted: str | None = None) -> AppTest:
+    at = AppTest.from_function(page, args=(str(workspace), *args), default_timeout=30)
+    if wanted is not None:
+        at.session_state[sup.RUN_KEY] = wanted
+    return at.run()
+
+
+def _runs(workspace: Path, statuses: list[str]) -> list[str]:
+    """Runs created oldest first with these statuses; ``list_runs`` shows them newest first."""
+    store = RunStore(workspace)
+    ids = []
+    for i, status in enumerate(statuses):
+        cfg = RunConfig(model="resnet20", dataset="shapes", method="dense", train=TrainConfig(epochs=1), name=f"n{i}")
+        ids.append(store.create_run(cfg.to_dict(), status=status))
+    store.close()
+    return ids
+
+
+def test_no_runs_shows_the_message_and_stops(tmp_path):
+    at = _run(_picker_page, tmp_path)
+    assert not at.exception, at.exception
+    assert [i.value for i in at.info] == [sup.NO_RUNS]
+    assert not at.selectbox and not at.markdown  # the page stopped before its own content
+    assert at.session_state[sup.RUN_KEY] is None
+
+
+def test_picks_the_sessions_run_and_remembers_the_choice(tmp_path):
+    old, new = _runs(tmp_path, ["done", "done"])
+    at = _run(_picker_page, tmp_path, wanted=old)
+    assert not at.exception, at.exception
+    box = at.selectbox(key="test_run")
+    assert box.value == old and box.options[0].startswith(new)  # newest first, the wanted one selected
+    assert f"picked {old} of 2 from RunStore" in at.markdown[0].value
+    box.set_value(new).run()
+    assert at.session_state[sup.RUN_KEY] == new  # the next page opens on it
+    assert f"picked {new} of 2" in at.markdown[0].value
+
+
+def test_an_unknown_run_falls_back_to_the_newest_active_run(tmp_path):
+    active, _done = _runs(tmp_path, ["queued", "done"])
+    at = _run(_picker_page, tmp_path, wanted="r-deleted")
+    assert not at.exception, at.exception
+    assert at.selectbox(key="test_run").value == active
+    assert at.session_state[sup.RUN_KEY] == active
+
+
+def test_open_store_or_stop_reports_a_read_error_and_select_run_can_leave_the_session_alone(tmp_path):
+    old, new = _runs(tmp_path, ["done", "done"])
+    failed = _run(_reader_page, tmp_path, False)
+    assert not failed.exception, failed.exception
+    assert [e.value for e in failed.error] == ["Cannot open the run store: sweeps table is locked"]
+    assert not failed.markdown
+    at = _run(_reader_page, tmp_path, True, wanted=old)
+    assert "opened 2" in at.markdown[0].value
+    at.selectbox(key="look").set_value(new).run()
+    assert at.session_state[sup.RUN_KEY] == old  # remember=False: other pages keep the session's run
