@@ -14,7 +14,7 @@ from prunekit.augment import GatedModel, GroupHandle, augment
 from prunekit.collapse import collapse
 from prunekit.compare import compare, layer_widths
 from prunekit.cost import count_macs, count_params, macs_ratio, params_ratio, relaxed_macs, relaxed_params
-from prunekit.curve import prune_curve
+from prunekit.curve import prune_curve, recalibrate_bn
 from prunekit.data import DataInfo, Loaders, create_dataset, dataset_info, list_datasets, make_loaders, register_dataset
 from prunekit.errors import (
     CheckpointError,
@@ -101,6 +101,7 @@ __all__ = [
     "methods",
     "params_ratio",
     "prune_curve",
+    "recalibrate_bn",
     "relaxed_macs",
     "relaxed_params",
     "resume_run",

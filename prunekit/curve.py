@@ -89,6 +89,54 @@ def _evaluate(model: nn.Module, loader: Iterable[Any], task: str, device: torch.
     return (m["acc"] if task == "classification" else m["miou"]), m["loss"]
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, data_loader: Iterable[Any], batches: int = 20,
+                   device: str | torch.device | None = None) -> nn.Module:
+    """Re-estimate every BatchNorm's running statistics of a pruned network from training data; no weight changes.
+
+    Removing filters changes what every later layer receives, so the running means and variances stored for
+    the unpruned network no longer match and accuracy collapses even where the weights are still good.
+    Forwarding a few training batches with BatchNorm in training mode (cumulative average: ``momentum=None``)
+    restores them ("adaptive BN", Li et al., EagleEye, ECCV 2020). Nothing is trained: it is still pruning
+    without fine-tuning.
+
+    Args:
+        model: the (collapsed) network; modified in place and left in eval mode.
+        data_loader: yields ``(images [N, C, H, W], targets)`` from the training distribution.
+        batches: how many batches to forward; >= 1.
+        device: where to run (default: the model's device).
+
+    Returns:
+        ``model``.
+    """
+    if batches < 1:
+        raise ConfigError(f"batches must be >= 1, got {batches}")
+    dev = resolve_device(device) if device is not None else next((p.device for p in model.parameters()), torch.device("cpu"))
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    model.eval()
+    if not bns:
+        return model
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    try:
+        seen = 0
+        for i, batch in enumerate(data_loader):
+            if i >= batches:
+                break
+            model(batch[0].to(dev))
+            seen += 1
+        if seen == 0:
+            raise ConfigError("data_loader is empty; BatchNorm statistics cannot be re-estimated")
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.eval()
+    return model
+
+
 def _plain_copy(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
     """A plain copy: Bridgeout noise removed (its parametrization holds the clean weight), a gated model
     (e.g. sDprun's finalized one) collapsed to the slim network its masks define."""
@@ -122,6 +170,8 @@ def prune_curve(
     max_batches: int | None = None,
     latency_repeats: int = 20,
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
+    bn_loader: Iterable[Any] | None = None,
+    bn_batches: int = 20,
 ) -> pd.DataFrame:
     """Prune a trained model to each fraction of filters per group, collapse, and evaluate with no fine-tuning.
 
@@ -139,6 +189,9 @@ def prune_curve(
         max_batches: evaluate on this many batches only.
         latency_repeats: timed batch-1 forwards per point (median reported).
         filter_fn: ``filter_fn(root_module, name)``: groups whose root fails it are never pruned.
+        bn_loader: training batches: when given, every pruned network's BatchNorm statistics are re-estimated
+            from ``bn_batches`` of them (``recalibrate_bn``) before it is evaluated; weights stay untouched.
+        bn_batches: batches for that re-estimation.
 
     Returns:
         One row per fraction: ``fraction``, ``macs`` (per sample, of the collapsed network), ``params``,
@@ -179,6 +232,8 @@ def prune_curve(
         for g, k in zip(gated.groups, keep):
             g.set_mask(k)
         slim = collapse(gated, x).to(dev).eval()
+        if bn_loader is not None:
+            recalibrate_bn(slim, bn_loader, bn_batches, dev)
         acc, loss = _evaluate(slim, data_loader, task, dev, max_batches)
         macs, params = count_macs(slim, x), count_params(slim)
         rows.append({

@@ -188,16 +188,17 @@ def test_pareto_smoke_tiny_writes_rows_and_reports(tmp_path, monkeypatch):
         pytest.skip(f"Fashion-MNIST not installed at {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
     from prunekit.bench.pareto import bench_pareto
 
-    r = bench_pareto(tmp_path, "smoke", methods=("l1", "tp-magnitude"), datasets=("fashion-mnist",), limit=64,
+    r = bench_pareto(tmp_path, "smoke", methods=("l1", "tp-magnitude", "bridgeout"), datasets=("fashion-mnist",), limit=64,
                      max_steps_per_epoch=1, latency_repeats=1, latency_min_seconds=0.0)
     rows = {row["method"]: row for row in r["rows"]}
-    assert set(rows) == {"dense", "l1", "tp-magnitude"}
+    assert set(rows) == {"dense", "l1", "tp-magnitude", "bridgeout", "bridgeout+bn"}
     for row in rows.values():
         assert "error" not in row, row
         assert 0 <= row["acc_test"] <= 1 and row["macs"] > 0 and row["latency_ms_b1"] > 0
     assert rows["dense"]["macs_ratio"] == 1.0
-    for m in ("l1", "tp-magnitude"):
+    for m in ("l1", "tp-magnitude", "bridgeout", "bridgeout+bn"):
         assert 0.4 < rows[m]["macs_ratio"] <= 0.55
+    assert rows["bridgeout"]["macs"] == rows["bridgeout+bn"]["macs"]  # one network, statistics re-estimated
     data = json.loads((tmp_path / "pareto.json").read_text())
     assert data["preset"] == "smoke" and data["machine"]["torch"] == torch.__version__
     assert "| l1 | 0.5 |" in (tmp_path / "pareto.md").read_text()
@@ -208,7 +209,7 @@ def test_pareto_smoke_tiny_writes_rows_and_reports(tmp_path, monkeypatch):
     assert {row["variant"] for row in r["rows"] if row["method"] == "tp-magnitude"} == {0, 1}  # local and global
     # an interrupted run resumes from its journal: nothing is trained again
     monkeypatch.setattr("prunekit.bench.pareto._rows_for", lambda *a, **k: pytest.fail("retrained on resume"))
-    again = bench_pareto(tmp_path, "smoke", methods=("l1", "tp-magnitude"), datasets=("fashion-mnist",), limit=64,
+    again = bench_pareto(tmp_path, "smoke", methods=("l1", "tp-magnitude", "bridgeout"), datasets=("fashion-mnist",), limit=64,
                          max_steps_per_epoch=1, latency_repeats=1, latency_min_seconds=0.0, resume=True)
     assert [x["acc_test"] for x in again["rows"]] == [x["acc_test"] for x in r["rows"]]
     assert {x["latency_source"] for x in again["rows"]} == {"inline"}

@@ -126,3 +126,38 @@ def test_bridgeout_model_is_accepted_and_bad_arguments_raise():
         prune_curve(model, _data(), fractions=(1.0,))
     with pytest.raises(ConfigError, match="criterion"):
         prune_curve(model, _data(), criterion="l3")
+
+
+def test_recalibrate_bn_re_estimates_statistics_and_leaves_weights_alone():
+    from prunekit.curve import recalibrate_bn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5, momentum=0.3), nn.ReLU()).eval()
+    bn = model[1]
+    with torch.no_grad():
+        bn.running_mean.fill_(7.0)  # stale statistics, as after removing filters upstream
+        bn.running_var.fill_(9.0)
+    weights = {k: v.clone() for k, v in model.named_parameters()}
+    loader = _data(n=24, size=8)
+    recalibrate_bn(model, loader, batches=2)
+    with torch.no_grad():
+        out = model[0](torch.cat([x for x, _ in loader]))  # 2 equal batches: the cumulative mean is the overall mean
+    assert torch.allclose(bn.running_mean, out.mean((0, 2, 3)), atol=1e-5)
+    assert bn.running_var.max() < 5 and bn.momentum == 0.3 and not model.training
+    assert int(bn.num_batches_tracked) == 2
+    for k, v in model.named_parameters():
+        assert torch.equal(v, weights[k]), k
+    with pytest.raises(ConfigError, match="batches"):
+        recalibrate_bn(model, loader, batches=0)
+    with pytest.raises(ConfigError, match="empty"):
+        recalibrate_bn(model, DataLoader(TensorDataset(torch.zeros(0, 3, 8, 8), torch.zeros(0)), batch_size=4))
+
+
+def test_prune_curve_with_bn_loader_evaluates_re_estimated_networks():
+    from prunekit.curve import prune_curve
+
+    model, loader = _tiny_resnet(), _data()
+    plain = prune_curve(model, loader, fractions=(0.0, 0.5), latency_repeats=1)
+    recal = prune_curve(model, loader, fractions=(0.0, 0.5), latency_repeats=1, bn_loader=loader, bn_batches=2)
+    assert list(recal["macs"]) == list(plain["macs"])  # same networks, other statistics
+    assert not torch.allclose(torch.tensor(recal["loss"].to_numpy()), torch.tensor(plain["loss"].to_numpy()))

@@ -11,6 +11,8 @@ latency (median ms, one thread). Methods and how they meet a target:
 * ``bridgeout`` and ``sdprun``: trained once per seed, then the lowest-L2 filters of every group are
   removed, the same fraction per group, until the target MACs are met, with **no fine-tuning** (their
   papers' protocol; ``prunekit.curve``'s rule). sDprun trains with its own optimizer at ``sdprun_lr``.
+  Each such network is reported twice: as is, and as ``bridgeout+bn`` / ``sdprun+bn`` after its
+  BatchNorm statistics are re-estimated on ``bn_batches`` training batches (weights untouched).
 * ``tp-groupnorm`` / ``tp-magnitude``: Torch-Pruning's ``GroupNormPruner`` (with its sparse regulariser)
   and ``MagnitudePruner`` (L1), progressive pruning to the target half-way, fine-tuned for the rest
   (``prunekit.bench._tp``).
@@ -53,12 +55,14 @@ from prunekit.bench._pareto_report import (
     summarize,
 )
 from prunekit.bench._pareto_targets import dpp_keep_for_target, l2_prune_to_macs
+from prunekit.curve import recalibrate_bn
 from prunekit.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("dense", "crisp", "growing", "dpp", "l0", "l1", "slimming", "bridgeout", "sdprun",
            "tp-groupnorm", "tp-magnitude")
+BN_SUFFIX = "+bn"  # post-hoc rows whose BatchNorm statistics were re-estimated (prunekit.curve.recalibrate_bn)
 TARGETED = ("crisp", "growing", "l0", "l1", "slimming")  # take target_macs in their Config
 POST_HOC = ("bridgeout", "sdprun")  # trained once, L2-pruned to every target with no fine-tuning
 
@@ -88,6 +92,7 @@ class ParetoPreset:
     latency_repeats: int = 10
     latency_min_seconds: float = 0.5  # keep timing at least this long per batch size (a shared CPU is noisy)
     latency_threads: int = 1
+    bn_batches: int = 20  # training batches for the BN re-estimation of the post-hoc rows ("bridgeout+bn")
     latency_rounds: int = 7  # rounds of the final interleaved timing (each times every network once per batch)
     device: str = "cpu"
     num_threads: int | None = None  # training threads (None: torch's default)
@@ -183,13 +188,17 @@ def _slim(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.nn.Module, flo
     return model.eval(), None
 
 
-def _evaluate(model: torch.nn.Module, cfg: Any) -> dict[str, float]:
+def _loaders(cfg: Any) -> Any:
     from prunekit.data import make_loaders
-    from prunekit.train.evaluate import evaluate
 
     t = cfg.train
-    loaders = make_loaders(cfg.dataset, t.batch_size, cfg.data_root, seed=t.seed, val_fraction=cfg.val_fraction,
-                           **cfg.data_options)
+    return make_loaders(cfg.dataset, t.batch_size, cfg.data_root, seed=t.seed, val_fraction=cfg.val_fraction,
+                        **cfg.data_options)
+
+
+def _evaluate(model: torch.nn.Module, loaders: Any) -> dict[str, float]:
+    from prunekit.train.evaluate import evaluate
+
     return {f"acc/{s}": evaluate(model, getattr(loaders, s), "classification", "cpu")["acc"] for s in ("val", "test")}
 
 
@@ -217,14 +226,20 @@ def _rows_for(p: ParetoPreset, dataset: str, method: str, seed: int, dense_macs:
             t0 = time.perf_counter()
             model, result, cfg = _train(p, dataset, method, options, seed, None)
             train_s = time.perf_counter() - t0
+            loaders = _loaders(cfg)
             for t in targets:
                 t1 = time.perf_counter()
                 slim, frac = l2_prune_to_macs(model, x, int(t * dense_macs))
-                acc = _evaluate(slim, cfg)
-                rows.append({"options": options, "target": t, "acc_val": acc["acc/val"], "acc_test": acc["acc/test"],
-                             "fraction_removed": frac, "train_s": train_s, "wall_s": train_s + time.perf_counter() - t1,
-                             "variant": variant, **_measure(slim, x, p)})
-                nets[_row_id(dataset, method, seed, variant, t)] = slim
+                measured = _measure(slim, x, p)
+                # the papers' protocol as is, then the same network with its BatchNorm statistics re-estimated
+                for name in (method, f"{method}{BN_SUFFIX}"):
+                    if name != method:
+                        recalibrate_bn(slim, loaders.train, p.bn_batches, "cpu")
+                    acc = _evaluate(slim, loaders)
+                    rows.append({"method": name, "options": options, "target": t, "acc_val": acc["acc/val"],
+                                 "acc_test": acc["acc/test"], "fraction_removed": frac, "train_s": train_s,
+                                 "wall_s": train_s + time.perf_counter() - t1, "variant": variant, **measured})
+                    nets[_row_id(dataset, name, seed, variant, t)] = slim
             continue
         for t in targets:
             t0 = time.perf_counter()
@@ -244,7 +259,8 @@ def _rows_for(p: ParetoPreset, dataset: str, method: str, seed: int, dense_macs:
             rows.append(row)
             nets[_row_id(dataset, method, seed, variant, t)] = slim
     for r in rows:
-        r.update(dataset=dataset, method=method, seed=seed, macs_ratio=r["macs"] / dense_macs)
+        r.setdefault("method", method)
+        r.update(dataset=dataset, seed=seed, macs_ratio=r["macs"] / dense_macs)
     return rows
 
 
