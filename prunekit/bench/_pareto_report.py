@@ -144,7 +144,8 @@ def latency_rows(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def latency_markdown(rows: list[dict[str, Any]], summary: list[dict[str, Any]], p: ParetoPreset, preset: str) -> str:
     lines = [f"# latency ({preset}): slim networks vs Torch-Pruning at the same MACs target, {p.model}\n",
-             f"Median CPU ms, {p.latency_threads} thread, batch 1 and 32. 'vs TP' = this network's latency ÷ the "
+             f"Median CPU ms, {p.latency_threads} thread, batch 1 and 32, every network of a dataset timed interleaved "
+             f"({p.latency_rounds} rounds). 'vs TP' = this network's latency ÷ the "
              "Torch-Pruning network's at the same target (< 1: prunekit's slim network is faster).\n"]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         dense = next((s for s in summary if s["dataset"] == dataset and s["method"] == "dense" and "error" not in s), None)
