@@ -135,6 +135,24 @@ def test_calibrate_meets_target_and_keeps_every_group():
         assert math.isclose(ratio, mask_ratio(g, masks))
 
 
+def test_calibrate_floor_keeps_a_share_of_every_group():
+    g = augment(_net(), X, gate="crisp")
+    # one group's scores are tiny beside the others': a pure global ranking leaves it a single channel
+    scores = [torch.rand(h.size, generator=torch.Generator().manual_seed(h.index)) * (1e-3 if h.index == 1 else 1.0)
+              for h in g.groups]
+    bare, _ = calibrate(g, scores, 0.3)
+    floored, ratio = calibrate(g, scores, 0.3, min_keep_fraction=0.5)
+    sizes = [h.size for h in g.groups]
+    assert any(int(m.sum()) < math.ceil(0.5 * n) for m, n in zip(bare, sizes))
+    assert all(int(m.sum()) >= math.ceil(0.5 * n) for m, n in zip(floored, sizes))
+    assert math.isclose(ratio, mask_ratio(g, floored))
+    with pytest.raises(ConfigError, match="min_keep_fraction"):
+        calibrate(g, scores, 0.3, min_keep_fraction=1.0)
+    with pytest.raises(ConfigError, match="min_keep_fraction"):
+        pm.create("slimming", min_keep_fraction=-0.1)
+    assert pm.create("slimming").config.min_keep_fraction == 0.1 and pm.create("l1").config.min_keep_fraction == 0.0
+
+
 def test_crisp_param_groups_and_split_optimizer():
     m = pm.create("crisp")
     g = m.prepare(_net(), X)

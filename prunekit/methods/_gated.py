@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any
 
 import torch
@@ -148,7 +149,7 @@ def cost_ratio(gated: nn.Module, mode: str, kind: str = "macs") -> torch.Tensor:
 
 @torch.no_grad()
 def calibrate(gated: nn.Module, scores: list[torch.Tensor], target: float, kind: str = "macs",
-              min_keep: int = 1) -> tuple[list[torch.Tensor], float]:
+              min_keep: int = 1, min_keep_fraction: float = 0.0) -> tuple[list[torch.Tensor], float]:
     """Keep the globally top-scored structures so that the hard cost ratio is nearest to ``target``.
 
     Args:
@@ -157,6 +158,8 @@ def calibrate(gated: nn.Module, scores: list[torch.Tensor], target: float, kind:
         target: the cost ratio wanted.
         kind: ``"macs"`` or ``"params"``.
         min_keep: structures every group keeps regardless of rank (its best ones).
+        min_keep_fraction: a share of every group kept regardless of rank (rounded up; the larger of the two
+            floors applies): a global ranking of unnormalised scores (e.g. BN γ) otherwise empties whole layers.
     Returns:
         (masks: bool [size] per group, the achieved hard ratio).
     """
@@ -165,8 +168,10 @@ def calibrate(gated: nn.Module, scores: list[torch.Tensor], target: float, kind:
     order = torch.argsort(flat, descending=True, stable=True)
     forced = torch.zeros_like(flat, dtype=torch.bool)
     start = 0
+    if not 0 <= min_keep_fraction < 1:
+        raise ConfigError(f"min_keep_fraction must be in [0, 1), got {min_keep_fraction}")
     for s, n in zip(scores, sizes):
-        k = min(min_keep, n)
+        k = min(max(min_keep, math.ceil(min_keep_fraction * n)), n)
         if k:
             forced[start + torch.topk(s.detach().float().cpu(), k).indices] = True
         start += n

@@ -143,7 +143,7 @@ class _ScheduledPrune(GateMethod):
         """Keep the globally top-scored structures (never re-adding pruned ones) at ``target`` MACs."""
         scores = [torch.where(h.gate.keep.cpu(), s, torch.full_like(s, -float("inf")))
                   for h, s in zip(gated.groups, self.scores(gated))]
-        masks, _ = calibrate(gated, scores, target, "macs")
+        masks, _ = calibrate(gated, scores, target, "macs", min_keep_fraction=self.config.min_keep_fraction)
         masks = [m & h.gate.keep.cpu() | (h.critical & ~(m & h.gate.keep.cpu()).any() & (s == s.max()))
                  for m, h, s in zip(masks, gated.groups, scores)]
         apply_masks(gated, masks)
@@ -178,6 +178,8 @@ def _check(cfg: Any) -> None:
         raise ConfigError(f"prune_epoch must be >= 0, got {cfg.prune_epoch}")
     if cfg.finetune_epochs is not None and cfg.finetune_epochs < 0:
         raise ConfigError(f"finetune_epochs must be >= 0, got {cfg.finetune_epochs}")
+    if not 0 <= cfg.min_keep_fraction < 1:
+        raise ConfigError(f"min_keep_fraction must be in [0, 1), got {cfg.min_keep_fraction}")
 
 
 @register_method
@@ -194,6 +196,7 @@ class L1Method(_ScheduledPrune):
         prune_epoch: int | None = None  # 0-based epoch at whose end the (last) prune happens
         finetune_epochs: int | None = None  # None: half of the run
         norm: float = 1.0  # 1: L1 (Li et al.), 2: L2
+        min_keep_fraction: float = 0.0  # share of every group always kept (scores are per-layer normalised already)
 
         def __post_init__(self) -> None:
             _check(self)
@@ -217,6 +220,9 @@ class SlimmingMethod(_ScheduledPrune):
         steps: int = 3
         prune_epoch: int | None = None
         finetune_epochs: int | None = None
+        # γ is ranked across layers: without a floor that ranking empties whole layers at tight budgets
+        # (bench pareto, CIFAR-10, 0.5 MACs: 18.8 %); 0 restores the paper's pure global threshold
+        min_keep_fraction: float = 0.1  # share of every group always kept (its largest-γ channels)
 
         def __post_init__(self) -> None:
             _check(self)
