@@ -44,26 +44,24 @@ if run_id is None:
     st.stop()
 
 
+def read() -> tuple[sup.LiveSnapshot, dict]:
+    snap = sup.live_metrics(store, run_id, st.session_state.get("home_snapshot"))
+    st.session_state.home_snapshot = snap
+    return snap, sup.training_figures(snap, views=("loss", "macs"))
+
+
 def most_recent() -> None:
-    try:
-        snap = sup.live_metrics(store, run_id, st.session_state.get("home_snapshot"))
-        st.session_state.home_snapshot = snap
-        figs = sup.training_figures(snap, views=("loss", "macs"))
-    except Exception as e:
-        st.error(f"Cannot read run {run_id}: {sup.describe_error(e)}")
+    got = sup.read_run(run_id, read)
+    if got is None:
         return
+    snap, figs = got
     info = snap.info
     st.subheader(f"Most recent run: `{run_id}` ({info.config.get('model')} / {info.config.get('dataset')} / "
                  f"{info.config.get('method')})")
     st.progress(float(info.progress or 0.0), text=f"status: {info.status}")
     if info.status == "failed":
         st.error(f"The run failed: {info.error}")
-    left, right = st.columns(2)
-    for col, view in ((left, "loss"), (right, "macs")):
-        with col:
-            fig, reading = figs[view]
-            st.plotly_chart(fig, key=f"home_{view}")
-            st.caption(reading)
+    sup.show_figures(figs, ("loss", "macs"), columns=2, key="home")
     if active and info.status not in sup.ACTIVE:
         st.rerun()  # the run ended: stop refreshing
 

@@ -95,3 +95,32 @@ def test_open_store_or_stop_reports_a_read_error_and_select_run_can_leave_the_se
     assert "opened 2" in at.markdown[0].value
     at.selectbox(key="look").set_value(new).run()
     assert at.session_state[sup.RUN_KEY] == old  # remember=False: other pages keep the session's run
+
+
+def _read_run_page(workspace: str, stop: bool) -> None:
+    import plotly.graph_objects as go
+    import streamlit as st
+
+    from prunekit import app_support as sup
+    from prunekit.errors import ConfigError
+
+    def broken() -> dict:
+        raise ConfigError("metrics table is locked")
+
+    got = sup.read_run("r-1", broken, stop=stop)
+    st.markdown(f"after the error: {got}")
+    figs = sup.read_run("r-1", lambda: {n: (go.Figure(), f"reading {n}") for n in ("a", "b", "c")})
+    sup.show_figures(figs, ("c", "a"), columns=2, key="t")
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_read_run_shows_one_error_and_stops_only_when_asked(tmp_path, stop):
+    at = _run(_read_run_page, tmp_path, stop)
+    assert not at.exception, at.exception
+    assert [e.value for e in at.error] == ["Cannot read run r-1: metrics table is locked"]
+    if stop:
+        assert not at.markdown and not at.get("plotly_chart")  # the page stopped at the error
+    else:  # inside a live fragment the page goes on: the figures asked for, in order, with their readings
+        assert at.markdown[0].value == "after the error: None"
+        assert len(at.get("plotly_chart")) == 2 and len(at.columns) == 2
+        assert [c.value for c in at.caption] == ["reading c", "reading a"]

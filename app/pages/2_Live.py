@@ -6,6 +6,7 @@ the app must not slow down the run it shows.
 """
 
 import os
+from collections.abc import Callable
 
 import streamlit as st
 
@@ -30,10 +31,8 @@ def snapshot() -> sup.LiveSnapshot:
 
 
 def header() -> None:
-    try:
-        snap = snapshot()
-    except Exception as e:
-        st.error(f"Cannot read run {run_id}: {sup.describe_error(e)}")
+    snap = sup.read_run(run_id, snapshot)
+    if snap is None:
         return
     info = snap.info
     st.progress(float(info.progress or 0.0), text=f"status: {info.status} · step {snap.last_step}")
@@ -46,56 +45,33 @@ def header() -> None:
 
 
 st.fragment(run_every=every)(header)()
-try:
-    info = store.get_run(run_id)
-except Exception as e:
-    st.error(f"Cannot read run {run_id}: {sup.describe_error(e)}")
-    st.stop()
+info = sup.read_run(run_id, lambda: store.get_run(run_id), stop=True)
 tf = sup.target_field(info.config.get("method", "dense")) if info.config.get("method") else None
 target = (info.config.get("method_options") or {}).get(tf) if tf else None
 
 
-def training() -> None:
-    try:
-        figs = sup.training_figures(snapshot(), target)
-    except Exception as e:
-        st.error(f"Cannot read run {run_id}: {sup.describe_error(e)}")
+def charts(build: Callable[[], dict], names: tuple[str, ...] | None = None, columns: int = 1,
+           empty: str | None = None) -> None:
+    """One tab's figures, rebuilt from the latest snapshot (a read error is shown, the tab keeps refreshing)."""
+    figs = sup.read_run(run_id, build)
+    if figs is None:
         return
-    a, b = st.columns(2)
-    for col, views in ((a, ("loss", "macs")), (b, ("acc", "temp"))):
-        with col:
-            for view in views:
-                fig, reading = figs[view]
-                st.plotly_chart(fig, key=f"live_{view}")
-                st.caption(reading)
+    if not figs and empty:
+        st.info(empty)
+    sup.show_figures(figs, names, columns=columns, key="live")
+
+
+def training() -> None:
+    charts(lambda: sup.training_figures(snapshot(), target), ("loss", "acc", "macs", "temp"), columns=2)
 
 
 def gates() -> None:
-    try:
-        figs = sup.gate_figures(store, snapshot())
-    except Exception as e:
-        st.error(f"Cannot read run {run_id}: {sup.describe_error(e)}")
-        return
-    for view in ("violin", "heat"):
-        fig, reading = figs[view]
-        st.plotly_chart(fig, key=f"live_{view}")
-        st.caption(reading)
+    charts(lambda: sup.gate_figures(store, snapshot()), ("violin", "heat"))
 
 
 def trends() -> None:
-    try:
-        figs = sup.trend_figures(store, snapshot())
-    except Exception as e:
-        st.error(f"Cannot read run {run_id}: {sup.describe_error(e)}")
-        return
-    if not figs:
-        st.info("This method logs no per-layer confidence, diversity or flip rate.")
-    a, b = st.columns(2)
-    for i, (name, (fig, reading)) in enumerate(figs.items()):
-        with (a if i % 2 == 0 else b):
-            st.plotly_chart(fig, key=f"live_{name}")
-            st.caption(reading)
-
+    charts(lambda: sup.trend_figures(store, snapshot()), columns=2,
+           empty="This method logs no per-layer confidence, diversity or flip rate.")
 
 # Every tab is drawn on a page run; only the open one keeps refreshing (a tab switch reruns the page).
 tabs = st.tabs(["Training", "Gates", "Confidence & diversity"], key="live_tab", on_change="rerun")

@@ -16,11 +16,7 @@ st.markdown("Until now the pruned channels were only **masked** (multiplied by z
             "**Collapse** removes them, and whole residual branches whose channels are all gone, giving a "
             "smaller dense network whose outputs match the masked one.")
 store, runs, rid = sup.page_run_picker(WS, key="co_run")
-try:
-    ckpts = store.checkpoints(rid)
-except Exception as e:
-    st.error(f"Cannot read run {rid}: {sup.describe_error(e)}")
-    st.stop()
+ckpts = sup.read_run(rid, lambda: store.checkpoints(rid), stop=True)
 if ckpts.empty:
     st.info(f"Run {rid} has no checkpoint yet: one is written after every epoch.")
 else:

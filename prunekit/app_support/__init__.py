@@ -10,8 +10,9 @@ Which module holds what:
   :func:`resume`, :func:`pick_run`, :func:`find_default_run`, :func:`run_label`, :func:`describe_error`
   (an exception as one line for the user) and :data:`ACTIVE`.
 - ``_page``: the preamble the pages share: :func:`open_store_or_stop` (the store, or an error and
-  ``st.stop()``), :func:`select_run` (the run select box, remembered in ``st.session_state.run_id``) and
-  :func:`page_run_picker` (both, with a message when there are no runs).
+  ``st.stop()``), :func:`select_run` (the run select box, remembered in ``st.session_state.run_id``),
+  :func:`page_run_picker` (both, with a message when there are no runs), :func:`read_run` (the page's
+  "Cannot read run" error) and :func:`show_figures` (figures with their readings, in columns).
 - ``_form``: the run-config form: :class:`FieldSpec`, :func:`method_fields`, :func:`target_field`,
   :func:`parse_option`, :func:`option_text`, :func:`build_run_config`, :func:`default_config` and the
   default experiment (``DEFAULT_MODEL``, ``DEFAULT_DATASET``, ``DEFAULT_METHOD``, ``DEFAULT_TARGET``).
@@ -69,7 +70,15 @@ from prunekit.app_support._loaded import (
     widths_frame,
     zip_files,
 )
-from prunekit.app_support._page import NO_RUNS, RUN_KEY, open_store_or_stop, page_run_picker, select_run
+from prunekit.app_support._page import (
+    NO_RUNS,
+    RUN_KEY,
+    open_store_or_stop,
+    page_run_picker,
+    read_run,
+    select_run,
+    show_figures,
+)
 from prunekit.app_support._process import (
     APP_THREADS,
     FIGURE_CACHE_SIZE,
@@ -100,7 +109,7 @@ __all__ = [
     "ACTIVE", "cached_store", "describe_error", "find_default_run", "open_store", "pick_run", "resume",
     "run_label", "start", "stop",
     # _page
-    "NO_RUNS", "RUN_KEY", "open_store_or_stop", "page_run_picker", "select_run",
+    "NO_RUNS", "RUN_KEY", "open_store_or_stop", "page_run_picker", "read_run", "select_run", "show_figures",
     # _form
     "DEFAULT_DATASET", "DEFAULT_METHOD", "DEFAULT_MODEL", "DEFAULT_TARGET", "FieldSpec", "build_run_config",
     "default_config", "method_fields", "option_text", "parse_option", "target_field",

@@ -8,7 +8,7 @@ they belong in page scripts; Streamlit is imported on first call, not with the p
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -92,3 +92,43 @@ def page_run_picker(
         st.info(empty)
         st.stop()
     return store, runs, select_run(runs, key=key)
+
+
+def read_run(run_id: str, read: Callable[[], T], *, stop: bool = False) -> T | None:
+    """``read()``, or the page's one-line "Cannot read run ..." error.
+
+    Args:
+        run_id: the run being read (named in the error).
+        read: what to read (store calls, figure builders); must not return None.
+        stop: after the error, ``st.stop()`` the page; otherwise return None (inside a live fragment,
+            which must keep refreshing).
+    """
+    import streamlit as st
+
+    try:
+        return read()
+    except Exception as e:  # noqa: BLE001 - any failure becomes one line on the page
+        st.error(f"Cannot read run {run_id}: {describe_error(e)}")
+        if stop:
+            st.stop()
+        return None
+
+
+def show_figures(figs: dict[str, tuple[Any, str]], names: Sequence[str] | None = None, *, columns: int = 1,
+                 key: str = "fig") -> None:
+    """Each figure with its plain-language reading under it, filling ``columns`` row by row.
+
+    Args:
+        figs: name -> (plotly figure, reading), as ``training_figures``/``gate_figures``/``trend_figures`` give.
+        names: which figures, in order (default: all of ``figs``).
+        columns: side-by-side columns (1: drawn in place).
+        key: widget key prefix; each chart's key is ``{key}_{name}``.
+    """
+    import streamlit as st
+
+    cols = st.columns(columns) if columns > 1 else None
+    for i, name in enumerate(figs if names is None else names):
+        fig, reading = figs[name]
+        with cols[i % columns] if cols else st.container():
+            st.plotly_chart(fig, key=f"{key}_{name}")
+            st.caption(reading)
