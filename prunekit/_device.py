@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from prunekit.errors import ConfigError
 
@@ -29,3 +30,10 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device {device!r} requested but MPS is not available")
     return dev
+
+
+def model_device(model: nn.Module, device: str | torch.device | None = None) -> torch.device:
+    """``device`` resolved when given, else where ``model`` lives (its first parameter), else the CPU."""
+    if device is not None:
+        return resolve_device(device)
+    return next((p.device for p in model.parameters()), torch.device("cpu"))

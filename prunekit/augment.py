@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit._device import model_device
 from prunekit.errors import ConfigError, UnsupportedModelError
 from prunekit.gates import create_gate
 from prunekit.gates.base import Gate
@@ -270,7 +271,7 @@ def augment(
     if not isinstance(example_input, torch.Tensor):
         raise ConfigError(f"example_input must be a tensor, got {type(example_input).__name__}")
     target = model if inplace else copy.deepcopy(model)
-    device = next((p.device for p in target.parameters()), torch.device("cpu"))
+    device = model_device(target)
     example_input = example_input.to(device)
     groups = analyze(target, example_input, filter_fn=filter_fn, timeout_s=timeout_s)
     prunable = [g for g in groups if g.prunable]

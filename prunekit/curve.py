@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from prunekit._device import resolve_device
+from prunekit._device import model_device, resolve_device
 from prunekit.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def recalibrate_bn(model: nn.Module, data_loader: Iterable[Any], batches: int = 
     """
     if batches < 1:
         raise ConfigError(f"batches must be >= 1, got {batches}")
-    dev = resolve_device(device) if device is not None else next((p.device for p in model.parameters()), torch.device("cpu"))
+    dev = model_device(model, device)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     model.eval()
     if not bns:

@@ -8,7 +8,24 @@ import time
 import torch
 from torch import nn
 
-from prunekit._device import resolve_device
+from prunekit._device import model_device
+from prunekit.errors import ConfigError
+
+
+def _batch(example_input: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """The first input repeated to ``batch_size`` (contiguous, on ``device``)."""
+    return example_input[:1].to(device).expand(batch_size, *example_input.shape[1:]).contiguous()
+
+
+def _forward_ms(model: nn.Module, x: torch.Tensor, device: torch.device) -> float:
+    """One forward in milliseconds (CUDA synchronised before and after)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    model(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - t0) * 1e3
 
 
 @torch.inference_mode()
@@ -35,25 +52,19 @@ def measure_latency(
     Returns:
         ``{batch_size: median_ms}``.
     """
-    dev = resolve_device(device) if device is not None else next((p.device for p in model.parameters()), torch.device("cpu"))
+    dev = model_device(model, device)
     was = model.training
     model.eval().to(dev)
     out: dict[int, float] = {}
     try:
         for bs in batch_sizes:
-            x = example_input[:1].to(dev).expand(bs, *example_input.shape[1:]).contiguous()
+            x = _batch(example_input, bs, dev)
             for _ in range(warmup):
                 model(x)
             times: list[float] = []
             t_start = time.perf_counter()
             while len(times) < repeats or time.perf_counter() - t_start < min_seconds:
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
-                t0 = time.perf_counter()
-                model(x)
-                if dev.type == "cuda":
-                    torch.cuda.synchronize(dev)
-                times.append((time.perf_counter() - t0) * 1e3)
+                times.append(_forward_ms(model, x, dev))
             out[bs] = statistics.median(times)
     finally:
         model.train(was)
@@ -92,11 +103,10 @@ def measure_latency_interleaved(
         ``{name: {batch_size: median_ms}}``.
     """
     if rounds < 1 or repeats < 1:
-        raise ValueError(f"rounds and repeats must be >= 1, got rounds={rounds}, repeats={repeats}")
+        raise ConfigError(f"rounds and repeats must be >= 1, got rounds={rounds}, repeats={repeats}")
     if not models:
         return {}
-    first = next(iter(models.values()))
-    dev = resolve_device(device) if device is not None else next((p.device for p in first.parameters()), torch.device("cpu"))
+    dev = model_device(next(iter(models.values())), device)
     modes = {k: m.training for k, m in models.items()}
     old_threads = torch.get_num_threads()
     if threads is not None:
@@ -104,7 +114,7 @@ def measure_latency_interleaved(
     names = list(models)
     times: dict[str, dict[int, list[float]]] = {k: {bs: [] for bs in batch_sizes} for k in names}
     try:
-        inputs = {bs: example_input[:1].to(dev).expand(bs, *example_input.shape[1:]).contiguous() for bs in batch_sizes}
+        inputs = {bs: _batch(example_input, bs, dev) for bs in batch_sizes}
         for k in names:
             models[k].eval().to(dev)
             for bs in batch_sizes:
@@ -114,14 +124,7 @@ def measure_latency_interleaved(
             order = names[r % len(names):] + names[: r % len(names)]
             for bs in batch_sizes:
                 for k in order:
-                    for _ in range(repeats):
-                        if dev.type == "cuda":
-                            torch.cuda.synchronize(dev)
-                        t0 = time.perf_counter()
-                        models[k](inputs[bs])
-                        if dev.type == "cuda":
-                            torch.cuda.synchronize(dev)
-                        times[k][bs].append((time.perf_counter() - t0) * 1e3)
+                    times[k][bs] += [_forward_ms(models[k], inputs[bs], dev) for _ in range(repeats)]
     finally:
         torch.set_num_threads(old_threads)
         for k, m in models.items():

@@ -160,7 +160,7 @@ def test_interleaved_latency_ranks_networks_and_restores_state():
     assert set(lat) == {"fast", "slow"} and set(lat["fast"]) == {1, 4}
     assert lat["slow"][4] > 3 * lat["fast"][4] and lat["slow"][1] > lat["fast"][1] > 0
     assert fast.training and slow.training and torch.get_num_threads() == threads
-    with pytest.raises(ValueError, match="rounds"):
+    with pytest.raises(ConfigError, match="rounds"):
         pk.measure_latency_interleaved({"fast": fast}, torch.randn(1, 3, 4, 4), rounds=0)
 
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from prunekit._device import model_device
 from prunekit.errors import ConfigError
 from prunekit.gates.dpp import DPPGate, DPPMask, _DPPState
 from prunekit.methods.base import Method, register_method
@@ -125,7 +126,7 @@ class DPPMethod(Method):
 
     def _install_masks(self, model: nn.Module) -> None:
         cfg = self.config
-        skipped, device = [], next((p.device for p in model.parameters()), torch.device("cpu"))
+        skipped, device = [], model_device(model)
         for name, mod in list(model.named_modules()):
             is_conv = isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d))
             if not (is_conv or (isinstance(mod, nn.Linear) and cfg.granularity == "weight")):
