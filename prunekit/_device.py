@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -37,3 +40,15 @@ def model_device(model: nn.Module, device: str | torch.device | None = None) -> 
     if device is not None:
         return resolve_device(device)
     return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` intra-op threads (``None``: leave the setting alone); restore it after."""
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

@@ -8,7 +8,7 @@ import time
 import torch
 from torch import nn
 
-from prunekit._device import model_device
+from prunekit._device import model_device, torch_threads
 from prunekit.errors import ConfigError
 
 
@@ -38,6 +38,7 @@ def measure_latency(
     warmup: int = 3,
     repeats: int = 10,
     min_seconds: float = 0.0,
+    threads: int | None = None,
 ) -> dict[int, float]:
     """Median forward latency in milliseconds per batch size.
 
@@ -49,6 +50,7 @@ def measure_latency(
         warmup: untimed runs first (allocator, oneDNN/cuDNN autotuning).
         repeats: timed runs; the median is reported.
         min_seconds: keep repeating until this much time was measured (stabler numbers for tiny nets).
+        threads: intra-op threads while timing (restored after); ``None`` keeps torch's setting.
     Returns:
         ``{batch_size: median_ms}``.
     """
@@ -56,18 +58,19 @@ def measure_latency(
     was = model.training
     model.eval().to(dev)
     out: dict[int, float] = {}
-    try:
-        for bs in batch_sizes:
-            x = _batch(example_input, bs, dev)
-            for _ in range(warmup):
-                model(x)
-            times: list[float] = []
-            t_start = time.perf_counter()
-            while len(times) < repeats or time.perf_counter() - t_start < min_seconds:
-                times.append(_forward_ms(model, x, dev))
-            out[bs] = statistics.median(times)
-    finally:
-        model.train(was)
+    with torch_threads(threads):
+        try:
+            for bs in batch_sizes:
+                x = _batch(example_input, bs, dev)
+                for _ in range(warmup):
+                    model(x)
+                times: list[float] = []
+                t_start = time.perf_counter()
+                while len(times) < repeats or time.perf_counter() - t_start < min_seconds:
+                    times.append(_forward_ms(model, x, dev))
+                out[bs] = statistics.median(times)
+        finally:
+            model.train(was)
     return out
 
 
@@ -108,25 +111,22 @@ def measure_latency_interleaved(
         return {}
     dev = model_device(next(iter(models.values())), device)
     modes = {k: m.training for k, m in models.items()}
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
     names = list(models)
     times: dict[str, dict[int, list[float]]] = {k: {bs: [] for bs in batch_sizes} for k in names}
-    try:
-        inputs = {bs: _batch(example_input, bs, dev) for bs in batch_sizes}
-        for k in names:
-            models[k].eval().to(dev)
-            for bs in batch_sizes:
-                for _ in range(warmup):
-                    models[k](inputs[bs])
-        for r in range(rounds):
-            order = names[r % len(names):] + names[: r % len(names)]
-            for bs in batch_sizes:
-                for k in order:
-                    times[k][bs] += [_forward_ms(models[k], inputs[bs], dev) for _ in range(repeats)]
-    finally:
-        torch.set_num_threads(old_threads)
-        for k, m in models.items():
-            m.train(modes[k])
+    with torch_threads(threads):
+        try:
+            inputs = {bs: _batch(example_input, bs, dev) for bs in batch_sizes}
+            for k in names:
+                models[k].eval().to(dev)
+                for bs in batch_sizes:
+                    for _ in range(warmup):
+                        models[k](inputs[bs])
+            for r in range(rounds):
+                order = names[r % len(names):] + names[: r % len(names)]
+                for bs in batch_sizes:
+                    for k in order:
+                        times[k][bs] += [_forward_ms(models[k], inputs[bs], dev) for _ in range(repeats)]
+        finally:
+            for k, m in models.items():
+                m.train(modes[k])
     return {k: {bs: statistics.median(v) for bs, v in per.items()} for k, per in times.items()}

@@ -426,3 +426,21 @@ def test_seed_everything_is_reproducible():
     a = torch.rand(3)
     seed_everything(3)
     assert torch.equal(a, torch.rand(3))
+
+
+def test_model_device_and_torch_threads():
+    from prunekit._device import model_device, torch_threads
+
+    assert model_device(torch.nn.Linear(2, 2)) == torch.device("cpu")
+    assert model_device(torch.nn.ReLU()) == torch.device("cpu")  # no parameters: the CPU
+    assert model_device(torch.nn.Linear(2, 2), "cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="device"):
+        model_device(torch.nn.Linear(2, 2), "tpu")
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="inside"):
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == before  # restored even after an error
+    with torch_threads(None):
+        assert torch.get_num_threads() == before

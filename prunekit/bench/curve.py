@@ -151,7 +151,7 @@ def bench_curve(
         ``{"preset", "config", "device", "runs": {variant: {"train": {...}, "curve": [row, ...]}},
         "seconds", "markdown"}``; rows as :func:`prunekit.curve.prune_curve` columns.
     """
-    from prunekit._device import resolve_device
+    from prunekit._device import resolve_device, torch_threads
 
     if isinstance(preset, str):
         if preset not in PRESETS:
@@ -167,14 +167,9 @@ def bench_curve(
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     runs: dict[str, Any] = {}
-    threads = torch.get_num_threads()
-    if cfg.num_threads is not None:
-        torch.set_num_threads(cfg.num_threads)
-    try:
+    with torch_threads(cfg.num_threads):
         for variant in variants:
             runs[variant] = _run_variant(variant, cfg, dev)
-    finally:
-        torch.set_num_threads(threads)
     report = {
         "preset": name,
         "config": dataclasses.asdict(cfg),

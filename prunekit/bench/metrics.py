@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit._device import torch_threads
+
 logger = logging.getLogger(__name__)
 
 TARGET_MS = 50.0
@@ -105,14 +107,9 @@ def bench_metrics(
     out_dir.mkdir(parents=True, exist_ok=True)
     shapes = resnet50_conv_shapes()
     cases = _cases(shapes)
-    old_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         timed = {name: _time(fn, kernel_repeats if name.startswith("kernel") else repeats) for name, fn in cases.items()}
         used_threads = torch.get_num_threads()
-    finally:
-        torch.set_num_threads(old_threads)
     res: dict[str, Any] = {
         "cases": timed,
         "target_ms": TARGET_MS,

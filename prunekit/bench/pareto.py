@@ -142,39 +142,27 @@ def _measure(slim: torch.nn.Module, x: torch.Tensor, p: ParetoPreset) -> dict[st
     from prunekit.cost import count_macs, count_params
     from prunekit.latency import measure_latency
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(p.latency_threads)
-    try:
-        lat = measure_latency(slim, x, p.latency_batch_sizes, device="cpu", warmup=2, repeats=p.latency_repeats,
-                              min_seconds=p.latency_min_seconds)
-    finally:
-        torch.set_num_threads(threads)
+    lat = measure_latency(slim, x, p.latency_batch_sizes, device="cpu", warmup=2, repeats=p.latency_repeats,
+                          min_seconds=p.latency_min_seconds, threads=p.latency_threads)
     slim.to(x.device)
     return {"macs": count_macs(slim, x), "params": count_params(slim), "latency_source": "inline",
             **{f"latency_ms_b{b}": v for b, v in lat.items()}, **{f"latency_inline_ms_b{b}": v for b, v in lat.items()}}
 
 
-def _row_id(dataset: str, method: str, seed: int, variant: int, target: float | None) -> str:
-    return f"{dataset}|{method}|{seed}|{variant}|{target}"
+Nets = dict[str, dict[tuple, torch.nn.Module]]  # dataset -> (method, seed, variant, target) -> slim network
 
 
-def _interleaved_latency(rows: list[dict[str, Any]], nets: dict[str, torch.nn.Module], xs: dict[str, torch.Tensor],
-                         p: ParetoPreset) -> None:
+def _interleaved_latency(rows: list[dict[str, Any]], nets: Nets, xs: dict[str, torch.Tensor], p: ParetoPreset) -> None:
     """Re-time every kept network of a dataset interleaved; the rows' ``latency_ms_b*`` become those medians."""
     from prunekit.latency import measure_latency_interleaved
 
-    for dataset, x in xs.items():
-        ids = [k for k in nets if k.split("|", 1)[0] == dataset]
-        if not ids:
-            continue
-        logger.info("bench pareto: timing %d %s networks interleaved", len(ids), dataset)
-        lat = measure_latency_interleaved({k: nets[k] for k in ids}, x.cpu(), p.latency_batch_sizes, device="cpu",
+    for dataset, kept in nets.items():
+        logger.info("bench pareto: timing %d %s networks interleaved", len(kept), dataset)
+        lat = measure_latency_interleaved(kept, xs[dataset].cpu(), p.latency_batch_sizes, device="cpu",
                                           rounds=p.latency_rounds, repeats=1, threads=p.latency_threads)
         for r in rows:
-            if "error" in r:
-                continue
-            key = _row_id(r["dataset"], r["method"], r["seed"], r.get("variant", 0), r["target"])
-            if key in lat:
+            key = (r["method"], r["seed"], r.get("variant", 0), r["target"])
+            if r["dataset"] == dataset and "error" not in r and key in lat:
                 r.update({f"latency_ms_b{b}": v for b, v in lat[key].items()}, latency_source="interleaved")
 
 
@@ -217,7 +205,7 @@ def _train(p: ParetoPreset, dataset: str, method: str, options: dict[str, Any], 
 
 
 def _rows_for(p: ParetoPreset, dataset: str, method: str, seed: int, dense_macs: int, x: torch.Tensor,
-              info: dict[str, Any], nets: dict[str, torch.nn.Module]) -> list[dict[str, Any]]:
+              info: dict[str, Any], nets: dict[tuple, torch.nn.Module]) -> list[dict[str, Any]]:
     """Every row (targets × option variants) of one method on one dataset and seed; networks go into ``nets``."""
     rows = []
     targets: list[float | None] = [None] if method == "dense" else list(p.targets)
@@ -239,7 +227,7 @@ def _rows_for(p: ParetoPreset, dataset: str, method: str, seed: int, dense_macs:
                     rows.append({"method": name, "options": options, "target": t, "acc_val": acc["acc/val"],
                                  "acc_test": acc["acc/test"], "fraction_removed": frac, "train_s": train_s,
                                  "wall_s": train_s + time.perf_counter() - t1, "variant": variant, **measured})
-                    nets[_row_id(dataset, name, seed, variant, t)] = slim
+                    nets[(name, seed, variant, t)] = slim
             continue
         for t in targets:
             t0 = time.perf_counter()
@@ -257,7 +245,7 @@ def _rows_for(p: ParetoPreset, dataset: str, method: str, seed: int, dense_macs:
             if "tp" in result:
                 row["tp_prune_steps"] = result["tp"].get("steps")
             rows.append(row)
-            nets[_row_id(dataset, method, seed, variant, t)] = slim
+            nets[(method, seed, variant, t)] = slim
     for r in rows:
         r.setdefault("method", method)
         r.update(dataset=dataset, seed=seed, macs_ratio=r["macs"] / dense_macs)
@@ -265,7 +253,7 @@ def _rows_for(p: ParetoPreset, dataset: str, method: str, seed: int, dense_macs:
 
 
 def _guarded_rows(p: ParetoPreset, dataset: str, method: str, seed: int, dense_macs: int, x: torch.Tensor,
-                  info: dict[str, Any], nets: dict[str, torch.nn.Module]) -> list[dict[str, Any]]:
+                  info: dict[str, Any], nets: dict[tuple, torch.nn.Module]) -> list[dict[str, Any]]:
     try:
         return _rows_for(p, dataset, method, seed, dense_macs, x, info, nets)
     except Exception as e:  # noqa: BLE001 - a method that fails is a result, reported with its reason
@@ -360,7 +348,7 @@ def bench_pareto(out_dir: str | Path, preset: str = "smoke", *, methods: tuple[s
     out_path = Path(out_dir)
     rows, done = _open_journal(out_path, settings, resume)
     skipped: dict[str, str] = {}
-    nets: dict[str, torch.nn.Module] = {}
+    nets: Nets = {}
     xs: dict[str, torch.Tensor] = {}
     for dataset in p.datasets:
         try:
@@ -376,7 +364,7 @@ def bench_pareto(out_dir: str | Path, preset: str = "smoke", *, methods: tuple[s
                 if (dataset, method, seed) in done:
                     continue
                 logger.info("bench pareto: %s on %s, seed %d", method, dataset, seed)
-                new = _guarded_rows(p, dataset, method, seed, dense_macs, x, info, nets)
+                new = _guarded_rows(p, dataset, method, seed, dense_macs, x, info, nets.setdefault(dataset, {}))
                 _journal(out_path, dataset, method, seed, new)
                 rows += new
     _interleaved_latency(rows, nets, xs, p)
