@@ -223,3 +223,17 @@ def test_collapse_suite_on_one_tiny_model_writes_its_files(tmp_path):
     assert row["prunekit"]["macs_after"] < row["prunekit"]["macs_before"]
     assert row["torch_pruning"]["ok"]
     assert (tmp_path / "collapse.json").is_file() and "resnet20" in (tmp_path / "collapse.md").read_text()
+
+
+def test_error_reason_is_one_cell_even_for_an_empty_message():
+    from prunekit.bench import error_reason
+    from prunekit.bench.collapse import _guard
+
+    assert error_reason(RuntimeError("first line\nsecond")) == "RuntimeError: first line"
+    assert error_reason(KeyError()) == "KeyError: "
+    assert len(error_reason(ValueError("x" * 500))) == len("ValueError: ") + 200
+
+    def boom(*_):
+        raise AssertionError  # no message: the guard used to fail on it itself
+
+    assert _guard(boom) == {"ok": False, "error": "AssertionError: "}

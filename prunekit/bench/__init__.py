@@ -62,6 +62,12 @@ def run_suite(name: str, out_dir: str | Path, preset: str | None = None, *, resu
     return fn(out_dir, **kwargs)
 
 
+def error_reason(e: BaseException, limit: int = 200) -> str:
+    """A failure as one table cell: ``Type: first line of the message`` (cut at ``limit`` characters)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:limit] if lines else ''}"
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on (goes into every JSON)."""
     import os

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from prunekit.bench import md_table, write_report
+from prunekit.bench import error_reason, md_table, write_report
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def _guard(fn, *args) -> dict[str, Any]:
     try:
         return {"ok": True, **fn(*args)}
     except Exception as e:  # noqa: BLE001 - a model we cannot handle is a result, reported with its reason
-        return {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+        return {"ok": False, "error": error_reason(e)}
 
 
 def bench_collapse(
@@ -163,7 +163,7 @@ def bench_collapse(
         try:
             _add_latency(row, nets, x, cfg["repeats"])
         except Exception as e:  # noqa: BLE001 - a network that cannot be timed is reported, not fatal
-            row["latency_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            row["latency_error"] = error_reason(e)
         results[name] = row
     headers = [
         "model", "groups", "MACs before→after (M)", "params before→after (M)", "max diff", "collapse s",

@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from prunekit.bench import write_report
+from prunekit.bench import error_reason, write_report
 from prunekit.bench._pareto_report import (
     TP_PRUNERS,
     latency_markdown,
@@ -259,7 +259,7 @@ def _guarded_rows(p: ParetoPreset, dataset: str, method: str, seed: int, dense_m
     except Exception as e:  # noqa: BLE001 - a method that fails is a result, reported with its reason
         logger.exception("bench pareto: %s on %s failed", method, dataset)
         return [{"dataset": dataset, "method": method, "seed": seed, "target": t,
-                 "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+                 "error": error_reason(e)}
                 for t in ([None] if method == "dense" else p.targets)]
 
 
