@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from prunekit.train.ddp import DistInfo, average_gradients_, init_distributed, step_generator, step_seed
+from prunekit.train.ddp import DistInfo, average_gradients_, cleanup, init_distributed, step_generator, step_seed
 
 _COMMON = textwrap.dedent('''
     import torch
@@ -116,6 +116,16 @@ def test_average_gradients_in_a_gloo_group_of_one(tmp_path):
         assert p.grad.tolist() == [2.0, 4.0, 6.0] and q.grad.tolist() == [[3.0, 3.0], [3.0, 3.0]]
     finally:
         dist.destroy_process_group()
+
+
+def test_cleanup_leaves_the_group_and_is_idempotent(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    cleanup()
+    assert not dist.is_initialized()
+    cleanup(wait_for_peers=False)  # nothing to leave: no error
+    assert not dist.is_initialized()
 
 
 @pytest.mark.slow  # two torch processes started by torchrun: ~15 s on a busy 2-core machine

@@ -92,8 +92,20 @@ def init_distributed(backend: str | None = None, device: str = "auto") -> DistIn
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, backend)
 
 
-def cleanup() -> None:
-    if dist.is_available() and dist.is_initialized():
+def cleanup(wait_for_peers: bool = True) -> None:
+    """Leave the process group. By default every rank first waits at a barrier for the others.
+
+    Without the barrier a rank that finishes early tears its gloo connections down while a peer is still
+    writing its checkpoint; the peer's transport threads then abort the process ("terminate called
+    without an active exception"). A rank leaving on an error passes ``wait_for_peers=False`` so that it
+    does not wait on peers that may never arrive.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if wait_for_peers and dist.get_world_size() > 1:
+            dist.barrier()
+    finally:
         dist.destroy_process_group()
 
 
@@ -288,9 +300,9 @@ def _main(argv: list[str] | None = None) -> int:
     except BaseException as e:
         if store is not None:
             store.set_status(run_id, "failed", error=f"{type(e).__name__}: {e}")
+        cleanup(wait_for_peers=False)
         raise
-    finally:
-        cleanup()
+    cleanup()
     return 0
 
 
