@@ -237,3 +237,24 @@ def test_error_reason_is_one_cell_even_for_an_empty_message():
         raise AssertionError  # no message: the guard used to fail on it itself
 
     assert _guard(boom) == {"ok": False, "error": "AssertionError: "}
+
+
+def test_cli_options_reach_the_suite_and_unknown_ones_are_refused(tmp_path):
+    from prunekit.bench import run_suite
+    from prunekit.cli import build_parser
+    from prunekit.cli.bench import options
+
+    args = build_parser().parse_args(["bench", "pareto", "--methods", "l1, crisp", "--datasets", "cifar10",
+                                      "--seeds", "0,1", "--set", "targets=[0.3, 0.5]", "--set", "limit=64",
+                                      "--set", "model=resnet56"])
+    assert options(args) == {"methods": ("l1", "crisp"), "datasets": ("cifar10",), "seeds": (0, 1),
+                             "targets": (0.3, 0.5), "limit": 64, "model": "resnet56"}
+    for bad in (["--seeds", "zero"], ["--set", "epochs"]):
+        with pytest.raises(ConfigError, match="--seeds|--set"):
+            options(build_parser().parse_args(["bench", "pareto", *bad]))
+    with pytest.raises(ConfigError, match="'collapse' does not take methods"):
+        run_suite("collapse", tmp_path, methods=("l1",))
+    with pytest.raises(ConfigError, match="'overhead' does not take resume"):
+        run_suite("overhead", tmp_path, resume=True)
+    with pytest.raises(ConfigError, match="targets"):  # a preset field goes through to the suite's own check
+        run_suite("pareto", tmp_path, "smoke", targets=(1.5,))

@@ -46,19 +46,27 @@ def get_suite(name: str) -> Callable[..., dict[str, Any]]:
         raise ConfigError(f"bench suite {name!r} is not available in this version ({e})") from None
 
 
-def run_suite(name: str, out_dir: str | Path, preset: str | None = None, *, resume: bool = False) -> dict[str, Any]:
-    """Run one suite into ``out_dir``; ``preset`` is passed where the suite has presets, ``resume`` where it resumes."""
+def run_suite(name: str, out_dir: str | Path, preset: str | None = None, *, resume: bool = False,
+              **options: Any) -> dict[str, Any]:
+    """Run one suite into ``out_dir``; ``preset`` is passed where the suite has presets, ``resume`` where it
+    resumes, and every other option (``methods=``, ``seeds=``, a preset field such as ``epochs=``) where the
+    suite takes it.
+
+    Raises:
+        ConfigError: the suite does not take one of the options (the error names it and the suite).
+    """
     fn = get_suite(name)
     params = inspect.signature(fn).parameters
+    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     kwargs: dict[str, Any] = {}
     if preset is not None:
-        if "preset" not in params:
-            raise ConfigError(f"bench suite {name!r} has no presets, got preset={preset!r}")
-        kwargs["preset"] = preset
+        options["preset"] = preset
     if resume:
-        if "resume" not in params:
-            raise ConfigError(f"bench suite {name!r} cannot resume, got resume=True")
-        kwargs["resume"] = True
+        options["resume"] = True
+    for key, value in options.items():
+        if key not in params and (not open_ended or key in ("preset", "resume")):
+            raise ConfigError(f"bench suite {name!r} does not take {key}, got {key}={value!r}")
+        kwargs[key] = value
     return fn(out_dir, **kwargs)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Any
 
 from prunekit.cli._common import HelpFormatter, out
 
@@ -22,14 +24,48 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default=None, help="suite preset (e.g. quick, full, paper); default: the suite's own")
     p.add_argument("--resume", action="store_true",
                    help="reuse the finished runs an interrupted call left in --out (suites that journal: pareto)")
+    p.add_argument("--methods", default=None, metavar="A,B", help="only these methods (suites that take methods: pareto)")
+    p.add_argument("--datasets", default=None, metavar="A,B", help="only these datasets (pareto)")
+    p.add_argument("--seeds", default=None, metavar="0,1,2", help="these seeds; mean ± std over them (pareto)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override a preset field, VALUE as JSON where it parses (e.g. epochs=3, targets=[0.5]); repeatable")
     p.set_defaults(func=run)
+
+
+def _value(text: str) -> Any:
+    try:
+        v = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    return tuple(_value(json.dumps(x)) for x in v) if isinstance(v, list) else v
+
+
+def options(args: argparse.Namespace) -> dict[str, Any]:
+    """The suite options given on the command line (``--methods``, ``--datasets``, ``--seeds``, ``--set``)."""
+    from prunekit.errors import ConfigError
+
+    opts: dict[str, Any] = {}
+    for key in ("methods", "datasets"):
+        if getattr(args, key):
+            opts[key] = tuple(x.strip() for x in getattr(args, key).split(",") if x.strip())
+    if args.seeds:
+        try:
+            opts["seeds"] = tuple(int(x) for x in args.seeds.split(","))
+        except ValueError:
+            raise ConfigError(f"--seeds must be integers separated by commas, got {args.seeds!r}") from None
+    for item in args.overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set must be KEY=VALUE, got {item!r}")
+        opts[key.strip()] = _value(text)
+    return opts
 
 
 def run(args: argparse.Namespace) -> int:
     from prunekit.bench import run_suite
 
     folder = Path(args.out)
-    result = run_suite(args.suite, folder, args.preset, resume=args.resume)
+    result = run_suite(args.suite, folder, args.preset, resume=args.resume, **options(args))
     md = folder / f"{args.suite}.md"
     text = result.get("markdown") if isinstance(result, dict) else None
     out(text or (md.read_text() if md.exists() else ""))
