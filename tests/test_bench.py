@@ -207,6 +207,9 @@ def test_pareto_smoke_tiny_writes_rows_and_reports(tmp_path, monkeypatch):
     assert (tmp_path / "pareto_plots.html").is_file()
     assert all(row["latency_source"] == "interleaved" for row in r["rows"])
     assert {row["variant"] for row in r["rows"] if row["method"] == "tp-magnitude"} == {0, 1}  # local and global
+    l1 = [row for row in r["rows"] if row["method"] == "l1"]  # pruned once or in stages, chosen on validation
+    assert [row["options"].get("mode") for row in l1] == [None, "iterative"]
+    assert sum(row["selected"] for row in l1) == 1
     # an interrupted run resumes from its journal: nothing is trained again
     monkeypatch.setattr("prunekit.bench.pareto._rows_for", lambda *a, **k: pytest.fail("retrained on resume"))
     again = bench_pareto(tmp_path, "smoke", methods=("l1", "tp-magnitude", "bridgeout"), datasets=("fashion-mnist",), limit=64,
