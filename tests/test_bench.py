@@ -164,21 +164,31 @@ def test_interleaved_latency_ranks_networks_and_restores_state():
         pk.measure_latency_interleaved({"fast": fast}, torch.randn(1, 3, 4, 4), rounds=0)
 
 
-def test_pareto_journal_resumes_only_with_the_same_settings(tmp_path, monkeypatch):
-    from prunekit.bench import pareto
+def test_pareto_journal_resumes_and_extends_only_on_the_same_budget(tmp_path):
+    from prunekit.bench._pareto_journal import JOURNAL, journal, open_journal
 
-    settings = {"epochs": 1}
-    assert pareto._open_journal(tmp_path, settings, resume=False) == ([], set())
-    ok = [{"dataset": "d", "method": "l1", "seed": 0, "target": 0.5, "acc_test": 0.5}]
-    failed = [{"dataset": "d", "method": "l0", "seed": 0, "target": 0.5, "error": "boom"}]
-    pareto._journal(tmp_path, "d", "l1", 0, ok)
-    pareto._journal(tmp_path, "d", "l0", 0, failed)
-    rows, done = pareto._open_journal(tmp_path, settings, resume=True)
-    assert rows == ok and done == {("d", "l1", 0)}  # the failed method is run again
-    with pytest.raises(ConfigError, match="other settings"):
-        pareto._open_journal(tmp_path, {"epochs": 2}, resume=True)
-    assert pareto._open_journal(tmp_path, settings, resume=False) == ([], set())  # a fresh start truncates
-    assert len((tmp_path / pareto.JOURNAL).read_text().splitlines()) == 1
+    grid = (("l1", ((), (("mode", "iterative"),))),)
+    settings = {"epochs": 1, "methods": ("l1", "l0"), "datasets": ("d",), "seeds": (0,), "grid": grid}
+    assert open_journal(tmp_path, settings, resume=False) == ([], set())
+
+    def row(method, seed, **kw):
+        return {"dataset": "d", "method": method, "seed": seed, "target": 0.5, **kw}
+
+    journal(tmp_path, "d", "dense", 0, [{}], [row("dense", 0, acc_test=0.9)])
+    journal(tmp_path, "d", "l1", 0, [{}, {"mode": "iterative"}], [row("l1", 0, acc_test=0.5)])
+    journal(tmp_path, "d", "l0", 0, [{}], [row("l0", 0, error="boom")])
+    rows, done = open_journal(tmp_path, settings, resume=True)
+    assert done == {("d", "dense", 0), ("d", "l1", 0)} and len(rows) == 2  # the failed method is run again
+    # extending: more seeds keep seed 0's trainings; a method left out is not reported
+    rows, done = open_journal(tmp_path, {**settings, "seeds": (0, 1), "methods": ("l0",)}, resume=True)
+    assert done == {("d", "dense", 0)}
+    # a method whose variants changed is trained again, the others are kept
+    rows, done = open_journal(tmp_path, {**settings, "grid": ()}, resume=True)
+    assert done == {("d", "dense", 0)}
+    with pytest.raises(ConfigError, match=r"other settings \(epochs: 1 -> 2\)"):
+        open_journal(tmp_path, {**settings, "epochs": 2}, resume=True)
+    assert open_journal(tmp_path, settings, resume=False) == ([], set())  # a fresh start truncates
+    assert len((tmp_path / JOURNAL).read_text().splitlines()) == 1
 
 
 # -- the suites end to end, tiny ---------------------------------------------------------------------------

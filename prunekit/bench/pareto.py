@@ -27,9 +27,11 @@ Latency: every network of a dataset is kept until the end and then timed **inter
 load of a shared CPU drifting during an hour of training cannot pass for a difference between
 methods. Each row also carries the latency measured right after its training (``latency_inline_*``).
 
-Crash safety: every finished (dataset, method, seed) is appended to ``pareto.partial.jsonl`` in the
-output folder; ``resume=True`` (``prunekit bench pareto --resume``) reuses those rows when the settings
-are the same (rows from the earlier process keep their inline latency: ``latency_source``).
+Crash safety and extension: every finished (dataset, method, seed) is appended to ``pareto.partial.jsonl``
+in the output folder; ``resume=True`` (``prunekit bench pareto --resume``) reuses those trainings when the
+budget is the same, so an interrupted run goes on and a finished one can be extended with more seeds,
+methods or variants (``prunekit.bench._pareto_journal``; rows from the earlier process keep their inline
+latency: ``latency_source``).
 
 Presets: ``smoke`` (minutes: 512-image subsets, 4 steps per epoch, one target: proves the plumbing,
 the accuracies mean nothing), ``hour`` (4,000-image subsets, 6 epochs, targets
@@ -48,6 +50,7 @@ from typing import Any
 import torch
 
 from prunekit.bench import error_reason, write_report
+from prunekit.bench._pareto_journal import journal, open_journal
 from prunekit.bench._pareto_report import (
     TP_PRUNERS,
     latency_markdown,
@@ -280,36 +283,6 @@ def _dataset_setup(p: ParetoPreset, dataset: str) -> tuple[torch.Tensor, dict[st
     return x, {"model": model, "num_classes": info.num_classes, "in_channels": info.in_channels}
 
 
-JOURNAL = "pareto.partial.jsonl"
-
-
-def _open_journal(out_dir: Path, settings: dict[str, Any], resume: bool) -> tuple[list[dict[str, Any]], set[tuple]]:
-    """Start (or, with ``resume``, reread) the journal of finished (dataset, method, seed) rows."""
-    import json
-
-    path = out_dir / JOURNAL
-    out_dir.mkdir(parents=True, exist_ok=True)
-    head = json.loads(json.dumps({"settings": settings}, default=str))
-    if resume and path.is_file():
-        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        if not lines or lines[0] != head:
-            raise ConfigError(f"resume: {path} was written with other settings; rerun without resume to start over")
-        finished = [line for line in lines[1:] if not all("error" in r for r in line["rows"])]  # failures: retried
-        rows = [r for line in finished for r in line["rows"]]
-        done = {(line["dataset"], line["method"], line["seed"]) for line in finished}
-        logger.info("bench pareto: resuming with %d finished (dataset, method, seed) from %s", len(done), path)
-        return rows, done
-    path.write_text(json.dumps(head) + "\n")
-    return [], set()
-
-
-def _journal(out_dir: Path, dataset: str, method: str, seed: int, rows: list[dict[str, Any]]) -> None:
-    import json
-
-    with open(out_dir / JOURNAL, "a") as f:
-        f.write(json.dumps({"dataset": dataset, "method": method, "seed": seed, "rows": rows}, default=str) + "\n")
-
-
 def bench_pareto(out_dir: str | Path, preset: str = "smoke", *, methods: tuple[str, ...] | None = None,
                  datasets: tuple[str, ...] | None = None, seeds: tuple[int, ...] | None = None,
                  plots: bool = True, resume: bool = False, **overrides: Any) -> dict[str, Any]:
@@ -322,7 +295,8 @@ def bench_pareto(out_dir: str | Path, preset: str = "smoke", *, methods: tuple[s
         datasets: override the preset's datasets.
         seeds: override the preset's seeds (mean ± std over them when more than one).
         plots: write the figures (``prunekit.bench.plot``).
-        resume: reuse the finished runs journalled in ``out_dir`` by an interrupted call with the same settings.
+        resume: reuse the trainings journalled in ``out_dir`` by an earlier call with the same budget (more
+            seeds, methods or variants are trained and added).
         **overrides: further ``ParetoPreset`` fields (e.g. ``targets=(0.5,)``, ``limit=256``).
 
     Returns:
@@ -350,7 +324,7 @@ def bench_pareto(out_dir: str | Path, preset: str = "smoke", *, methods: tuple[s
     method_list = ("dense", *[m for m in p.methods if m != "dense"])
     settings = dataclasses.asdict(p)
     out_path = Path(out_dir)
-    rows, done = _open_journal(out_path, settings, resume)
+    rows, done = open_journal(out_path, settings, resume)
     skipped: dict[str, str] = {}
     nets: Nets = {}
     xs: dict[str, torch.Tensor] = {}
@@ -369,7 +343,7 @@ def bench_pareto(out_dir: str | Path, preset: str = "smoke", *, methods: tuple[s
                     continue
                 logger.info("bench pareto: %s on %s, seed %d", method, dataset, seed)
                 new = _guarded_rows(p, dataset, method, seed, dense_macs, x, info, nets.setdefault(dataset, {}))
-                _journal(out_path, dataset, method, seed, new)
+                journal(out_path, dataset, method, seed, _variants(p, method), new)
                 rows += new
     _interleaved_latency(rows, nets, xs, p)
     summary = summarize(rows)

@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="bench-results", help="folder for <suite>.json and <suite>.md")
     p.add_argument("--preset", default=None, help="suite preset (e.g. quick, full, paper); default: the suite's own")
     p.add_argument("--resume", action="store_true",
-                   help="reuse the finished runs an interrupted call left in --out (suites that journal: pareto)")
+                   help="reuse the trainings an earlier call left in --out when the budget is the same: an interrupted run "
+                        "goes on, a finished one grows by more --seeds/--methods (suites that journal: pareto)")
     p.add_argument("--methods", default=None, metavar="A,B", help="only these methods (suites that take methods: pareto)")
     p.add_argument("--datasets", default=None, metavar="A,B", help="only these datasets (pareto)")
     p.add_argument("--seeds", default=None, metavar="0,1,2", help="these seeds; mean ± std over them (pareto)")
