@@ -124,7 +124,9 @@ def test_tiny_run_from_the_ui_to_collapse(server):
             assert outcome.inner_text().startswith("Collapsed in"), outcome.inner_text()
             assert page.locator("[data-testid='stDataFrame']").first.is_visible()
             assert page.get_by_text(re.compile(r"Original \(masked\) vs slim \(removed\)")).is_visible()
-            assert page.get_by_text("Layer widths: original vs slim").count() >= 1
+            widths = page.get_by_text("Layer widths: original vs slim")  # a plotly title: drawn after the table
+            widths.first.wait_for(timeout=30000)
+            assert widths.count() >= 1
             assert page.locator("[data-testid='stException']").count() == 0
 
             # Home again, now showing the most recent run.
