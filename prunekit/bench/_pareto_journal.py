@@ -31,8 +31,8 @@ def _budget(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def grid_variants(grid: Any, method: str) -> list[dict[str, Any]]:
-    """A method's option variants in a (tuple or JSON) grid, as plain JSON; ``[{}]`` when it has none."""
-    for name, variants in _plain(grid):
+    """A method's option variants in a preset's (or a journal's JSON) grid; ``[{}]`` when it has none."""
+    for name, variants in grid:
         if name == method:
             return [dict(v) for v in variants]
     return [{}]

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 
 from prunekit.bench import error_reason, write_report
-from prunekit.bench._pareto_journal import journal, open_journal
+from prunekit.bench._pareto_journal import grid_variants, journal, open_journal
 from prunekit.bench._pareto_report import (
     TP_PRUNERS,
     latency_markdown,
@@ -121,13 +121,6 @@ def _data_root() -> str | None:
     """``../shared/data`` beside the repository when present (the CIFAR-10 JPEG tar), else the default search."""
     path = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
     return str(path) if path.is_dir() else None
-
-
-def _variants(p: ParetoPreset, method: str) -> list[dict[str, Any]]:
-    for name, variants in p.grid:
-        if name == method:
-            return [dict(v) for v in variants]
-    return [{}]
 
 
 def _run_config(p: ParetoPreset, dataset: str, method: str, options: dict[str, Any], seed: int) -> Any:
@@ -216,7 +209,7 @@ def _rows_for(p: ParetoPreset, dataset: str, method: str, seed: int, dense_macs:
     """Every row (targets × option variants) of one method on one dataset and seed; networks go into ``nets``."""
     rows = []
     targets: list[float | None] = [None] if method == "dense" else list(p.targets)
-    for variant, options in enumerate(_variants(p, method)):
+    for variant, options in enumerate(grid_variants(p.grid, method)):
         if method in POST_HOC:
             t0 = time.perf_counter()
             model, result, cfg = _train(p, dataset, method, options, seed, None)
@@ -343,7 +336,7 @@ def bench_pareto(out_dir: str | Path, preset: str = "smoke", *, methods: tuple[s
                     continue
                 logger.info("bench pareto: %s on %s, seed %d", method, dataset, seed)
                 new = _guarded_rows(p, dataset, method, seed, dense_macs, x, info, nets.setdefault(dataset, {}))
-                journal(out_path, dataset, method, seed, _variants(p, method), new)
+                journal(out_path, dataset, method, seed, grid_variants(p.grid, method), new)
                 rows += new
     _interleaved_latency(rows, nets, xs, p)
     summary = summarize(rows)

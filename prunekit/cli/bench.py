@@ -33,12 +33,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _tuples(v: Any) -> Any:
+    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
+
+
 def _value(text: str) -> Any:
+    """``--set``'s VALUE: JSON where it parses (lists become tuples, as presets hold them), else the text."""
     try:
-        v = json.loads(text)
+        return _tuples(json.loads(text))
     except json.JSONDecodeError:
         return text
-    return tuple(_value(json.dumps(x)) for x in v) if isinstance(v, list) else v
 
 
 def options(args: argparse.Namespace) -> dict[str, Any]:

@@ -21,14 +21,13 @@ RUNS = ["pareto-hour", "pareto-posthoc", "pareto-slimming-floor", "pareto-schedu
 rows: dict[tuple, dict] = {}
 for run in RUNS:
     for r in json.loads((HERE.parent / run / "pareto.json").read_text())["rows"]:
-        opts = {k: v for k, v in r.get("options", {}).items() if k not in ("target_macs", "keep")}
-        key = (r["dataset"], r["method"], r["target"], r["seed"], json.dumps(opts, sort_keys=True))
+        # variant ids are per run: the options without the target name a variant across runs
+        variant = json.dumps({k: v for k, v in r.get("options", {}).items() if k not in ("target_macs", "keep")},
+                             sort_keys=True)
         r = {k: v for k, v in r.items() if not k.startswith("latency")}
-        rows[key] = {**r, "source": run}  # a later run replaces the same training (the floor changed slimming)
+        # a later run replaces the same training (the floor changed slimming)
+        rows[(r["dataset"], r["method"], r["target"], r["seed"], variant)] = {**r, "variant": variant, "source": run}
 merged = list(rows.values())
-for r in merged:  # variant ids are per run: make them unique per option set
-    r["variant"] = json.dumps({k: v for k, v in r.get("options", {}).items() if k not in ("target_macs", "keep")},
-                              sort_keys=True)
 summary = summarize(merged)
 md = pareto_markdown(summary, PRESETS["hour"], "hour + follow-ups, merged")
 chosen = [f"| {s['dataset']} | {s['method']} | {s['target']} | {json.dumps(s['options'])} |"
