@@ -89,14 +89,20 @@ class Gate(nn.Module):
         self.keep.copy_(mask.to(self.keep.device))
 
     @torch.no_grad()
-    def prune_(self, threshold: float) -> int:
-        """Remove structures below ``threshold`` for good; returns how many are kept.
+    def decision(self, threshold: float) -> torch.Tensor:
+        """Bool [size]: what a prune at ``threshold`` would keep now (no change to the gate).
 
         A critical gate always keeps its strongest structure.
         """
-        decision = self.decide(threshold) & self.keep
+        decision = self.decide(threshold).to(self.keep.device) & self.keep
         if self.critical and not decision.any():
             decision[int(torch.argmax(self.deterministic().detach() * self.keep))] = True
+        return decision
+
+    @torch.no_grad()
+    def prune_(self, threshold: float) -> int:
+        """Remove structures below ``threshold`` for good; returns how many are kept."""
+        decision = self.decision(threshold)
         self.keep.copy_(decision)
         return int(decision.sum())
 

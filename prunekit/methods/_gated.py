@@ -99,15 +99,32 @@ class SplitOptimizer(torch.optim.Optimizer):
             o.load_state_dict(s)
 
 
+# Adam moves a logit by about its lr per step while the logit's gradient keeps its sign; a gate whose lr is
+# ``travel / steps`` can cross ``travel`` logit units within ``steps``, whatever the length of the run.
+DEFAULT_GATE_LR = 1e-2
+
+
+def budget_gate_lr(steps: int | None, travel: float, lo: float = 1e-3, hi: float = 0.1) -> float:
+    """The gate lr that lets a logit travel ``travel`` units in ``steps`` Adam steps, clamped to [lo, hi].
+
+    ``steps`` None (the loop has not told the method how long the run is): :data:`DEFAULT_GATE_LR`.
+    """
+    if not steps:
+        return DEFAULT_GATE_LR
+    return float(min(hi, max(lo, travel / steps)))
+
+
 def gate_param_groups(model: nn.Module, train_cfg: Any, gate_lr: float | None) -> list[dict[str, Any]]:
-    """Weights in one group, gate logits in another with ``gate_lr`` (None: the training lr) and no decay."""
+    """Weights in one group, gate logits in another with ``gate_lr`` (None: the training lr), no weight decay and
+    no lr schedule (``"lr_schedule": False``: the loop's warm-up and decay leave it alone)."""
     gates = [p for p in model.gate_parameters() if p.requires_grad] if hasattr(model, "gate_parameters") else []
     ids = {id(p) for p in gates}
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
     groups: list[dict[str, Any]] = [{"params": rest}]
     if gates:
         lr = gate_lr if gate_lr is not None else float(getattr(train_cfg, "lr", 0.1))
-        groups.append({"params": gates, "lr": lr, "weight_decay": 0.0})
+        # a constant lr: the gate lr is sized to the search (budget_gate_lr), which a decaying schedule would cut
+        groups.append({"params": gates, "lr": lr, "weight_decay": 0.0, "lr_schedule": False})
     return groups
 
 
@@ -130,11 +147,14 @@ def gate_optimizer(model: nn.Module, train_cfg: Any, gate_lr: float | None, kind
 
 # -- cost of masks and calibration ---------------------------------------------------------------------
 def mask_ratio(gated: nn.Module, masks: list[torch.Tensor], kind: str = "macs") -> float:
-    """Hard cost ratio (collapsed / dense) if every group kept exactly ``masks`` (bool [size] per group)."""
+    """Hard cost ratio (collapsed / dense) if every group kept exactly ``masks`` (bool [size] per group), with the
+    block gates' current hard masks (if any) applied."""
     from prunekit.cost import _cost_model
 
     cm = _cost_model(gated)
-    values = [m.float() for m in masks]
+    # block gates (growing) close whole branches: their current hard masks apply on top of the group masks
+    blocks = [b.hard_mask().float() for b in getattr(gated, "block_gates", ())]
+    values = gated.effective_values([m.float() for m in masks], blocks) if blocks else [m.float() for m in masks]
     if kind == "macs":
         return float(cm.macs(values)) / cm.dense_macs
     return float(cm.params(values)) / cm.dense_params
@@ -191,6 +211,23 @@ def calibrate(gated: nn.Module, scores: list[torch.Tensor], target: float, kind:
     best = min({max(lo - 1, 0), lo}, key=lambda k: abs(mask_ratio(gated, masks_for(k), kind) - target))
     masks = masks_for(best)
     return masks, mask_ratio(gated, masks, kind)
+
+
+@torch.no_grad()
+def decision_report(gated: nn.Module, own: list[torch.Tensor], final: list[torch.Tensor]) -> dict[str, float]:
+    """What the method's own rule decided, and how much a calibration changed it.
+
+    Args:
+        gated: a GatedModel.
+        own: the keep masks of the method's own decision rule (bool [size] per group), before calibration.
+        final: the keep masks actually applied (the same masks when no calibration ran).
+    Returns:
+        ``relaxation_macs_ratio`` (own rule's MACs ÷ dense MACs) and ``calibration_flips`` (share of all
+        structures of all groups whose keep/remove decision differs between ``own`` and ``final``).
+    """
+    total = sum(int(m.numel()) for m in own)
+    flips = sum(int((a.cpu().bool() != b.cpu().bool()).sum()) for a, b in zip(own, final))
+    return {"relaxation_macs_ratio": mask_ratio(gated, own, "macs"), "calibration_flips": flips / max(total, 1)}
 
 
 def apply_masks(gated: nn.Module, masks: list[torch.Tensor]) -> None:
@@ -251,20 +288,43 @@ class GateMethod(Method):
 
         return augment(model, example_input, gate=self.gate_kind, gate_options=self.gate_options())
 
+    #: logit units a gate can travel during the search when the config's ``gate_lr`` is None (budget_gate_lr)
+    gate_travel: float = 4.0
+
+    def search_epochs(self, epochs: int) -> int:
+        """Epochs in which the gates search (before masks are fixed); the lr of the gates is scaled to them."""
+        return epochs
+
+    def gate_lr(self) -> float | None:
+        """The gate logits' lr: the config's ``gate_lr``, or (None) scaled so a gate can travel ``gate_travel``
+        logit units during the search. None for methods without trainable gates (the training lr)."""
+        if not hasattr(self.config, "gate_lr"):
+            return None
+        if self.config.gate_lr is not None:
+            return float(self.config.gate_lr)
+        steps = self.steps_per_epoch * self.search_epochs(self.epochs) if self.steps_per_epoch and self.epochs else None
+        return budget_gate_lr(steps, self.gate_travel)
+
     def param_groups(self, model: nn.Module, train_cfg: Any) -> list[dict[str, Any]]:
-        return gate_param_groups(model, train_cfg, getattr(self.config, "gate_lr", None))
+        return gate_param_groups(model, train_cfg, self.gate_lr())
 
     def make_optimizer(self, model: nn.Module, train_cfg: Any) -> torch.optim.Optimizer | None:
-        return gate_optimizer(model, train_cfg, getattr(self.config, "gate_lr", None),
-                              getattr(self.config, "gate_optimizer", "same"))
+        return gate_optimizer(model, train_cfg, self.gate_lr(), getattr(self.config, "gate_optimizer", "same"))
 
     def temperature(self) -> float | None:
         return None
+
+    def decision_masks(self, model: nn.Module) -> list[torch.Tensor] | None:
+        """The default rule: a structure is kept when its eval gate value is not exactly 0."""
+        return [h.gate.hard_mask() for h in model.groups] if hasattr(model, "groups") else None
 
     def step_metrics(self, model: nn.Module) -> dict[str, float]:
         if not hasattr(model, "groups"):
             return {}
         out = cost_metrics(model)
+        own = self.decision_masks(model)
+        if own is not None:
+            out["macs_ratio/relaxation"] = mask_ratio(model, own)
         t = self.temperature()
         if t is not None:
             out["temperature"] = float(t)
@@ -273,12 +333,25 @@ class GateMethod(Method):
     def layer_metrics(self, model: nn.Module) -> list[dict[str, Any]]:
         return layer_rows(model, self._flip_state) if hasattr(model, "groups") else []
 
-    def _calibrate(self, gated: nn.Module, scores: list[torch.Tensor], target: float, kind: str) -> float:
-        masks, ratio = calibrate(gated, scores, target, kind)
-        apply_masks(gated, masks)
-        self.report["calibrated"] = {"target": target, "ratio": ratio, "kind": kind,
-                                     "kept": int(sum(int(m.sum()) for m in masks))}
-        logger.info("%s: calibrated masks to %s ratio %.4f (target %.4f)", self.name, kind, ratio, target)
+    @torch.no_grad()
+    def fix_decision(self, gated: nn.Module, scores: list[torch.Tensor], target: float | None, kind: str = "macs",
+                     calibrate_to_target: bool = True, tolerance: float = 0.05) -> float:
+        """Fix the masks the method's own rule decides; calibrate only when they miss ``target``.
+
+        Records ``relaxation_macs_ratio`` and ``calibration_flips`` (:func:`decision_report`) and the final
+        ``ratio`` in ``self.report``. Returns the hard cost ratio (``kind``) of the applied masks.
+        """
+        own = self.decision_masks(gated)
+        final, ratio = own, mask_ratio(gated, own, kind)
+        self.report.update(rule_ratio=ratio)
+        if calibrate_to_target and target is not None and not within(ratio, target, tolerance):
+            final, ratio = calibrate(gated, scores, target, kind)
+            self.report["calibrated"] = {"target": target, "ratio": ratio, "kind": kind,
+                                         "kept": int(sum(int(m.sum()) for m in final))}
+            logger.info("%s: own rule gave %s ratio %.4f, calibrated to %.4f (target %.4f)", self.name, kind,
+                        self.report["rule_ratio"], ratio, target)
+        apply_masks(gated, final)
+        self.report.update(decision_report(gated, own, final), ratio=ratio)
         return ratio
 
 

@@ -7,6 +7,7 @@ report scalar and per-layer metrics, and finish (``finalize``: set hard masks, p
 these hooks in this order::
 
     model = method.prepare(model, example_input)
+    method.plan(steps_per_epoch, epochs)
     opt = method.make_optimizer(model, train_cfg)            # None -> loop builds SGD/Adam from param_groups
     for epoch: method.on_epoch_start(model, epoch, epochs)
         for step: loss = task + sum(method.regularizer(model, step, epoch).values())
@@ -19,7 +20,16 @@ Metric names (shared with the run store, app and notebooks):
   scalars: ``loss``, ``loss/task``, ``loss/<term>`` (one per regulariser term), ``acc/train``,
   ``acc/val``, ``acc/test``, ``miou/val``, ``lr``, ``temperature``, ``macs_ratio/expected``
   (relaxed MACs / dense MACs), ``macs_ratio/hard`` (MACs at the current hard masks / dense),
-  ``macs_ratio/train`` (MACs actually spent in training, growing), ``sparsity``, ``throughput`` (img/s).
+  ``macs_ratio/train`` (MACs actually spent in training, growing), ``macs_ratio/relaxation`` (MACs of the
+  network the method's *own decision rule* gives now: CRISP's threshold, L0's exact-zero gates, growing's
+  s > 0, DPP's noiseless top-k, sDprun's exactly-zero groups; before any calibration), ``sparsity``,
+  ``throughput`` (img/s).
+
+Method report (``method.report``, returned as ``result["method_report"]`` and stored with the run): every
+method with a decision rule of its own records ``relaxation_macs_ratio`` (the own rule's MACs ÷ dense MACs at
+the moment the masks are fixed) and ``calibration_flips`` (the share of prunable structures whose keep/remove
+decision a final calibration changed; 0.0 when none ran): a calibration is a last correction, and these two
+numbers say how much of the result the method itself decided (``prunekit.methods._gated.decision_report``).
   per-layer rows (dicts with keys ``layer``, ``name``, ``value`` and optional ``data``):
   ``gate_mean``, ``gate_hist`` (data = {"edges": [...], "counts": [...]}), ``gate_values`` (data = list),
   ``keep_ratio``, ``entropy``, ``confidence``, ``diversity``, ``flip_rate``, ``sparsity``.
@@ -45,6 +55,10 @@ class Method:
     """
 
     name: str = "dense"
+    #: After ``finalize`` the loop re-estimates BatchNorm running statistics on training batches (no weight
+    #: change): set by methods whose training statistics do not describe the final network (noise removed,
+    #: sampled masks frozen).
+    recalibrate_bn_after_finalize: bool = False
 
     @dataclasses.dataclass(frozen=True)
     class Config:
@@ -56,8 +70,14 @@ class Method:
         elif options:
             config = dataclasses.replace(config, **options)
         self.config = config
+        self.steps_per_epoch: int | None = None
+        self.epochs: int | None = None
 
     # -- model and optimizer -------------------------------------------------------------
+    def plan(self, steps_per_epoch: int, epochs: int) -> None:
+        """Told by the loop, before ``make_optimizer``, how long the run is (budget-scaled schedules)."""
+        self.steps_per_epoch, self.epochs = int(steps_per_epoch), int(epochs)
+
     def prepare(self, model: nn.Module, example_input: torch.Tensor) -> nn.Module:
         return model
 
@@ -87,6 +107,13 @@ class Method:
 
     def layer_metrics(self, model: nn.Module) -> list[dict[str, Any]]:
         return []
+
+    def decision_masks(self, model: nn.Module) -> list[torch.Tensor] | None:
+        """Keep masks (bool [size] per group of ``model.groups``) that the method's own rule decides *now*.
+
+        None when the method has no rule of its own at this point (dense training, post-hoc magnitude pruning).
+        """
+        return None
 
     def finalize(self, model: nn.Module) -> nn.Module:
         return model

@@ -122,21 +122,21 @@ class _ScheduledPrune(GateMethod):
         super().__init__(config, **options)
         self.done = 0  # prune events made
         self.final_done = False
-        self.plan: list[int] | None = None
+        self.prune_at: list[int] | None = None  # epochs at whose end a prune event happens
 
     def scores(self, gated: nn.Module) -> list[torch.Tensor]:
         raise NotImplementedError
 
     def on_epoch_start(self, model: nn.Module, epoch: int, num_epochs: int) -> None:
         c = self.config
-        self.plan = prune_plan(num_epochs, c.mode, c.steps, c.prune_epoch, c.finetune_epochs)
+        self.prune_at = prune_plan(num_epochs, c.mode, c.steps, c.prune_epoch, c.finetune_epochs)
 
     def on_epoch_end(self, model: nn.Module, epoch: int, num_epochs: int) -> None:
-        if self.plan is None or epoch not in self.plan or self.final_done:
+        if self.prune_at is None or epoch not in self.prune_at or self.final_done:
             return
-        i = self.plan.index(epoch)
-        target = self.config.target_macs ** ((i + 1) / len(self.plan))
-        self.prune(require_gated(model, self.name), target, final=i == len(self.plan) - 1)
+        i = self.prune_at.index(epoch)
+        target = self.config.target_macs ** ((i + 1) / len(self.prune_at))
+        self.prune(require_gated(model, self.name), target, final=i == len(self.prune_at) - 1)
 
     @torch.no_grad()
     def prune(self, gated: nn.Module, target: float, final: bool = True) -> float:
@@ -150,7 +150,9 @@ class _ScheduledPrune(GateMethod):
         ratio = mask_ratio(gated, masks)
         self.done += 1
         self.final_done = self.final_done or final
-        self.report = {"ratio": ratio, "target": target, "events": self.done}
+        # the global ranking *is* this method's rule (not a correction of another one): nothing to flip
+        self.report = {"ratio": ratio, "target": target, "events": self.done, "relaxation_macs_ratio": ratio,
+                       "calibration_flips": 0.0}
         logger.info("%s: pruned to hard MACs ratio %.4f (stage target %.4f)", self.name, ratio, target)
         return ratio
 

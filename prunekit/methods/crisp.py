@@ -45,9 +45,7 @@ from prunekit.methods._gated import (
     check_target,
     check_threshold,
     cost_ratio,
-    mask_ratio,
     require_gated,
-    within,
 )
 from prunekit.methods.base import register_method
 
@@ -108,7 +106,7 @@ def crisp_schedule(epochs: int, search_epochs: int | None = None, rounds: int = 
     return CrispSchedule(search, rounds, round_epochs, ft, prune, prune[-1] + 1)
 
 
-def cubic_ramp(epoch: int, start: int, end: int) -> float:
+def cubic_ramp(epoch: float, start: float, end: float) -> float:
     """0 before ``start``, ((epoch − start)/(end − start))³ between, 1 from ``end`` on."""
     if epoch <= start:
         return 0.0
@@ -144,7 +142,7 @@ class CrispMethod(GateMethod):
         sigma: float = 1.0
         pb_start: int | None = None  # epoch where the ramp starts (None: half-way through the search)
         a: float = 5.0
-        anneal_a: bool = False  # alternative to the prune basis: ramp a from `a` to `a_max`
+        anneal_a: bool = True  # ramp a from `a` to `a_max` over the search (False: the prune basis instead)
         a_max: float = 150.0
         init: float = 1.0
         threshold: float = 0.25
@@ -154,7 +152,7 @@ class CrispMethod(GateMethod):
         finetune_epochs: int | None = None
         calibrate: bool = True  # after the final prune, meet the target by a global gate ranking
         tolerance: float = 0.05  # relative: |ratio − t| ≤ tolerance · t
-        gate_lr: float = 1e-2
+        gate_lr: float | None = None  # None: 4 logit units of travel over the search (GateMethod.gate_lr)
         gate_optimizer: str = "adam"  # "adam" or "same" (the training optimizer, own lr, no decay)
 
         def __post_init__(self) -> None:
@@ -191,13 +189,26 @@ class CrispMethod(GateMethod):
     def temperature(self) -> float:
         return self.a
 
+    def search_epochs(self, epochs: int) -> int:
+        c = self.config
+        return crisp_schedule(epochs, c.search_epochs, c.rounds, c.round_epochs, c.finetune_epochs).search_epochs
+
     # -- schedules ------------------------------------------------------------------------------
     def on_epoch_start(self, model: nn.Module, epoch: int, num_epochs: int) -> None:
         c = self.config
-        s = self.schedule = crisp_schedule(num_epochs, c.search_epochs, c.rounds, c.round_epochs, c.finetune_epochs)
+        self.schedule = crisp_schedule(num_epochs, c.search_epochs, c.rounds, c.round_epochs, c.finetune_epochs)
+        self.phase = "finetune" if epoch >= self.schedule.finetune_start else "search"
+        self._ramp(model, float(epoch))
+
+    def after_step(self, model: nn.Module, step: int, epoch: int) -> None:
+        if self.steps_per_epoch and self.phase == "search" and not self.final_done:
+            self._ramp(model, (step + 1) / self.steps_per_epoch)
+
+    def _ramp(self, model: nn.Module, t: float) -> None:
+        """Set a (annealed) or k_pb at ``t`` epochs: a cubic ramp from ``pb_start`` to the end of the search."""
+        c, s = self.config, self.schedule
         start = c.pb_start if c.pb_start is not None else s.search_epochs // 2
-        ramp = cubic_ramp(epoch, start, s.finetune_start - 1)
-        self.phase = "finetune" if epoch >= s.finetune_start else "search"
+        ramp = cubic_ramp(t, start, s.search_epochs)
         if c.anneal_a:
             self.a = c.a + (c.a_max - c.a) * ramp
             for g in require_gated(model, self.name).gates:
@@ -231,21 +242,22 @@ class CrispMethod(GateMethod):
         return terms
 
     # -- pruning --------------------------------------------------------------------------------
+    def decision_masks(self, model: nn.Module) -> list[torch.Tensor]:
+        """CRISP's own rule: keep a structure whose gate is above ``threshold`` (critical groups keep one)."""
+        return [h.gate.decision(self.config.threshold) for h in model.groups]
+
     @torch.no_grad()
     def final_prune(self, gated: nn.Module) -> float:
-        """Prune at the threshold, then calibrate to the target if it missed; returns the hard ratio."""
+        """Prune at the threshold, then calibrate to the target only if it missed; returns the hard ratio."""
         c = self.config
-        gated.prune_(c.threshold)
-        ratio = mask_ratio(gated, [h.gate.hard_mask() for h in gated.groups], c.target_kind)
-        self.report = {"threshold_ratio": ratio}
-        if c.calibrate and not within(ratio, self.target, c.tolerance):
-            scores = [h.gate.deterministic().detach() for h in gated.groups]
-            ratio = self._calibrate(gated, scores, self.target, c.target_kind)
+        scores = [h.gate.deterministic().detach() for h in gated.groups]
+        ratio = self.fix_decision(gated, scores, self.target, c.target_kind, c.calibrate, c.tolerance)
         self.pruned += 1
         self.final_done = True
         self.phase = "finetune"
-        self.report["ratio"] = ratio
-        logger.info("crisp final prune: hard %s ratio %.4f (target %.4f)", c.target_kind, ratio, self.target)
+        logger.info("crisp final prune: hard %s ratio %.4f (target %.4f), own rule %.4f, calibration flips %.3f",
+                    c.target_kind, ratio, self.target, self.report["relaxation_macs_ratio"],
+                    self.report["calibration_flips"])
         return ratio
 
     def finalize(self, model: nn.Module) -> nn.Module:

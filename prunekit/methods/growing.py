@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.cost import macs_ratio
 from prunekit.errors import ConfigError
 from prunekit.methods._gated import (
     GateMethod,
@@ -42,9 +43,7 @@ from prunekit.methods._gated import (
     check_target,
     finetune_epochs,
     freeze_gates,
-    mask_ratio,
     require_gated,
-    within,
 )
 from prunekit.methods.base import register_method
 
@@ -59,6 +58,12 @@ def beta_schedule(n: torch.Tensor, beta0: float = 1.0, gamma: float = 2.0, inter
     """β = min(β_max, β₀ · γ^{(n/T)^p}) for sample counts ``n`` (any shape)."""
     n = torch.as_tensor(n, dtype=torch.float32)
     return torch.clamp(beta0 * torch.pow(torch.tensor(float(gamma)), (n / interval) ** p), max=beta_max)
+
+
+def _seed_on(gate: nn.Module, on: torch.Tensor, init_on: float, init_off: float) -> None:
+    """Every unit of ``gate`` off (logit ``init_off``) except the indices ``on`` (logit ``init_on``)."""
+    gate.logit.fill_(init_off)
+    gate.logit[on.to(gate.logit.device)] = init_on
 
 
 def _block_gates(model: nn.Module) -> list[nn.Module]:
@@ -78,7 +83,8 @@ class GrowingMethod(GateMethod):
         target_macs: float = 0.5
         lambda_channel: float = 1.0
         lambda_layer: float = 1.0
-        seed_fraction: float = 0.25  # units on at the start, per group
+        seed_fraction: float = 0.25  # filters on at the start, per group
+        seed_blocks: float = 0.5  # residual blocks on at the start, a share of all blocks (the others can join)
         init_on: float = 1.0
         init_off: float = -0.5
         beta0: float = 1.0
@@ -90,7 +96,7 @@ class GrowingMethod(GateMethod):
         finetune_epochs: int | None = None  # None: 1 when the run has >= 3 epochs, else 0
         calibrate: bool = True
         tolerance: float = 0.05
-        gate_lr: float = 1e-2
+        gate_lr: float | None = None  # None: scaled to the search (GateMethod.gate_lr)
         gate_optimizer: str = "adam"
         seed: int = 0  # which units form the seed architecture
 
@@ -98,6 +104,8 @@ class GrowingMethod(GateMethod):
             check_target("target_macs", self.target_macs)
             if not 0 < self.seed_fraction <= 1:
                 raise ConfigError(f"seed_fraction must be in (0, 1], got {self.seed_fraction}")
+            if not 0 <= self.seed_blocks <= 1:
+                raise ConfigError(f"seed_blocks must be in [0, 1], got {self.seed_blocks}")
             if self.init_off >= 0 or self.init_on <= 0:
                 raise ConfigError(f"init_on must be > 0 and init_off < 0, got {self.init_on} and {self.init_off}")
             check_positive(self, "lambda_channel", "lambda_layer", "tolerance")
@@ -126,14 +134,30 @@ class GrowingMethod(GateMethod):
         if self.config.blocks and "block_gate" in inspect.signature(augment).parameters:
             kwargs["block_gate"] = "bernoulli"
         gated = augment(model, example_input, gate="bernoulli", gate_options=self.gate_options(), **kwargs)
-        gen = torch.Generator().manual_seed(self.config.seed)
+        c = self.config
+        gen = torch.Generator().manual_seed(c.seed)
         with torch.no_grad():
-            for gate in [h.gate for h in gated.groups] + _block_gates(gated):
-                k = max(1, round(self.config.seed_fraction * gate.size))
-                on = torch.randperm(gate.size, generator=gen)[:k]
-                gate.logit.fill_(self.config.init_off)
-                gate.logit[on.to(gate.logit.device)] = self.config.init_on
+            for gate in [h.gate for h in gated.groups]:
+                k = max(1, round(c.seed_fraction * gate.size))
+                _seed_on(gate, torch.randperm(gate.size, generator=gen)[:k], c.init_on, c.init_off)
+            # a block gate is one unit, so a per-gate round(fraction · 1) would switch every block on: the block
+            # seed is drawn across all blocks instead
+            blocks = _block_gates(gated)
+            on = set(torch.randperm(len(blocks), generator=gen)[:round(c.seed_blocks * len(blocks))].tolist())
+            for i, gate in enumerate(blocks):
+                _seed_on(gate, torch.tensor([0] if i in on else [], dtype=torch.long), c.init_on, c.init_off)
+        self.report["seed_blocks_on"] = len(on)
+        self.report["blocks"] = len(blocks)
         return gated
+
+    def decision_masks(self, model: nn.Module) -> list[torch.Tensor]:
+        """Growing's own rule: keep a filter whose logit is above 0 (a block whose logit is ≤ 0 closes its branch:
+        ``mask_ratio`` applies the block gates' hard masks on top)."""
+        return [h.gate.keep & (h.gate.deterministic().detach() > 0) for h in model.groups]
+
+    def blocks_on(self, model: nn.Module) -> int:
+        """Residual blocks whose logit is above 0 (the depth growing has decided so far)."""
+        return sum(int(g.keep.all() and g.deterministic().detach().item() > 0) for g in _block_gates(model))
 
     def _units(self, model: nn.Module) -> list[nn.Module]:
         return [h.gate for h in model.groups] + _block_gates(model)
@@ -147,8 +171,6 @@ class GrowingMethod(GateMethod):
     def regularizer(self, model: nn.Module, step: int, epoch: int) -> dict[str, torch.Tensor]:
         if self.frozen:
             return {}
-        from prunekit.cost import macs_ratio
-
         c = self.config
         ratio = float(macs_ratio(model, "expected").detach())
         b = max(-1.0, min(1.0, (ratio - c.target_macs) / c.target_macs))
@@ -190,19 +212,18 @@ class GrowingMethod(GateMethod):
     def fix_masks(self, gated: nn.Module) -> float:
         """Keep s > 0 (calibrated to the target when it misses), then freeze β and the logits."""
         c = self.config
-        for h in gated.groups:
-            h.set_mask(h.gate.keep & (h.gate.deterministic() > 0))
-        ratio = mask_ratio(gated, [h.gate.hard_mask() for h in gated.groups])
-        self.report = {"grown_ratio": ratio}
-        if c.calibrate and not within(ratio, c.target_macs, c.tolerance):
-            ratio = self._calibrate(gated, [h.gate.logit.detach() for h in gated.groups], c.target_macs, "macs")
+        scores = [h.gate.logit.detach() for h in gated.groups]
+        for g in _block_gates(gated):  # a block's own rule is final: calibration ranks filters only, given blocks
+            g.set_mask(g.deterministic().detach() > 0)
+        self.report["blocks_on"] = self.blocks_on(gated)
+        ratio = self.fix_decision(gated, scores, c.target_macs, "macs", c.calibrate, c.tolerance)
         for g in self._units(gated):
             g.logit.copy_(torch.where(g.keep, g.logit.clamp_min(_MIN_KEPT_LOGIT), g.logit.clamp_max(-_MIN_KEPT_LOGIT)))
             g.beta.fill_(FROZEN_BETA)
         freeze_gates(gated)
         self.frozen = True
         self._mean_beta = FROZEN_BETA
-        self.report.update(ratio=ratio, train_macs_ratio=self.train_macs_ratio)
+        self.report.update(train_macs_ratio=self.train_macs_ratio)
         logger.info("growing: masks fixed at hard MACs ratio %.4f (target %.4f); training MACs so far %.4f",
                     ratio, c.target_macs, self.train_macs_ratio)
         return ratio
@@ -216,6 +237,9 @@ class GrowingMethod(GateMethod):
         if self.train_steps:
             out["macs_ratio/train"] = self.train_macs_ratio
         return out
+
+    def search_epochs(self, epochs: int) -> int:
+        return epochs - finetune_epochs(self.config.finetune_epochs, epochs, "growing")
 
     def finalize(self, model: nn.Module) -> nn.Module:
         gated = require_gated(model, self.name)

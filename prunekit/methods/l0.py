@@ -33,9 +33,7 @@ from prunekit.methods._gated import (
     finetune_epochs,
     fold_gate_values,
     freeze_gates,
-    mask_ratio,
     require_gated,
-    within,
 )
 from prunekit.methods.base import register_method
 
@@ -50,6 +48,9 @@ class L0Method(GateMethod):
 
     name = "l0"
     gate_kind = "hardconcrete"
+    # log α starts at logit(init_keep) ≈ 2.2 and an eval gate is exactly 0 below ≈ −2.4: 8 units of travel let a
+    # useless gate cross that with room to spare (planted test: with 4 the noise gates stalled at −1.55)
+    gate_travel = 8.0
 
     @dataclasses.dataclass(frozen=True)
     class Config:
@@ -59,7 +60,7 @@ class L0Method(GateMethod):
         finetune_epochs: int | None = None  # None: 1 when the run has >= 3 epochs, else 0
         calibrate: bool = True
         tolerance: float = 0.05
-        gate_lr: float = 1e-2
+        gate_lr: float | None = None  # None: scaled to the search (GateMethod.gate_lr)
         gate_optimizer: str = "adam"
 
         def __post_init__(self) -> None:
@@ -107,12 +108,8 @@ class L0Method(GateMethod):
     def fix_masks(self, gated: nn.Module) -> float:
         """Hard masks from the eval gates (calibrated to the target), folded in; gates then 1 and frozen."""
         c = self.config
-        for h in gated.groups:
-            h.set_mask(h.gate.hard_mask())
-        ratio = mask_ratio(gated, [h.gate.hard_mask() for h in gated.groups])
-        self.report = {"l0_ratio": ratio}
-        if c.target_macs is not None and c.calibrate and not within(ratio, c.target_macs, c.tolerance):
-            ratio = self._calibrate(gated, [h.gate.log_alpha.detach() for h in gated.groups], c.target_macs, "macs")
+        scores = [h.gate.log_alpha.detach() for h in gated.groups]
+        ratio = self.fix_decision(gated, scores, c.target_macs, "macs", c.calibrate, c.tolerance)
         # kept units whose eval gate is 0 (revived by calibration) restart from 1, the others keep their value
         values = [torch.where(h.gate.keep & (h.gate.deterministic() > 0), h.gate.deterministic(),
                               torch.ones_like(h.gate.log_alpha)) for h in gated.groups]
@@ -121,9 +118,11 @@ class L0Method(GateMethod):
             h.gate.log_alpha.fill_(OPEN_LOG_ALPHA)
         freeze_gates(gated)
         self.frozen = True
-        self.report["ratio"] = ratio
         logger.info("l0: masks fixed at hard MACs ratio %.4f", ratio)
         return ratio
+
+    def search_epochs(self, epochs: int) -> int:
+        return epochs - finetune_epochs(self.config.finetune_epochs, epochs, "L0 training")
 
     def finalize(self, model: nn.Module) -> nn.Module:
         gated = require_gated(model, self.name)

@@ -68,6 +68,11 @@ def lr_factor(schedule: str, epoch: int, epochs: int, milestones: Sequence[int] 
     return 1.0
 
 
+def _constant_factor(epoch: int) -> float:
+    """The lr factor of a param group that opted out of the schedule (``"lr_schedule": False``)."""
+    return 1.0
+
+
 def build_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD (momentum, Nesterov), Adam or AdamW over ``groups``; a group's own ``lr``/``weight_decay`` win."""
     if cfg.optimizer == "sgd":
@@ -150,7 +155,8 @@ class Trainer:
             return
         factor = min(1.0, (self.step + 1) / total)
         for group, lr in zip(opt.param_groups, self.scheduler.get_last_lr()):
-            group["lr"] = lr * factor
+            if group.get("lr_schedule", True):
+                group["lr"] = lr * factor
 
     def _log_final(self, model: nn.Module) -> None:
         """Re-log the last step after ``finalize``: the hard masks (and MACs) are the final ones only now.
@@ -178,6 +184,7 @@ class Trainer:
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.method.plan(self.steps_per_epoch, cfg.epochs)
         self.optimizer = self.method.make_optimizer(self.model, cfg)
         if self.optimizer is None and cfg.optimizer == "sdprun":
             # --optimizer sdprun with any method: dual averaging with group soft-thresholds on the weights
@@ -187,8 +194,12 @@ class Trainer:
         if self.optimizer is None:
             self.optimizer = build_optimizer(self.method.param_groups(self.model, cfg), cfg)
         epochs, schedule, milestones, gamma = cfg.epochs, cfg.schedule, cfg.milestones, cfg.gamma
+        # one factor per param group: a group with ``"lr_schedule": False`` keeps its lr (no warm-up, no decay),
+        # e.g. sDprun's dual-averaging groups, whose threshold theory assumes a constant lr
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda e: lr_factor(schedule, e, epochs, milestones, gamma)
+            self.optimizer,
+            [(lambda e: lr_factor(schedule, e, epochs, milestones, gamma)) if g.get("lr_schedule", True)
+             else _constant_factor for g in self.optimizer.param_groups],
         )
         # bf16 needs no loss scaling; fp16 (older GPUs) does.
         self.amp_dtype: torch.dtype | None = None
@@ -362,6 +373,21 @@ class Trainer:
             if type(method).finalize is not Method.finalize:
                 self.model = model = method.finalize(model)
                 finalized = True
+                if method.recalibrate_bn_after_finalize:
+                    # The running statistics were gathered on the network as trained (noise on, sampled masks):
+                    # re-estimate them for the finalized one on training batches, weights untouched, before
+                    # the final evaluation. 50 batches, or one epoch's worth if an epoch is shorter; the
+                    # batches are seeded like an extra epoch, so a resumed run sees the same ones.
+                    from prunekit.bn import DEFAULT_BN_BATCHES, recalibrate_bn_
+
+                    self._seed_epoch(cfg.epochs)
+                    bn = recalibrate_bn_(model, self.train_loader, min(DEFAULT_BN_BATCHES, self.steps_per_epoch
+                                                                       or DEFAULT_BN_BATCHES), self.device)
+                    logger.info("method %s: BatchNorm statistics of %d layers re-estimated after finalize on "
+                                "%d training batches (%d images)", method.name, bn["layers"], bn["batches"],
+                                bn["samples"])
+                    if isinstance(getattr(method, "report", None), dict):
+                        method.report.update(bn_recalibrated=bn["layers"] > 0, bn_batches=bn["batches"])
                 self.metrics = self._evaluate() or self.metrics
                 self._log_final(model)
         result = {
