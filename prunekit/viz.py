@@ -161,9 +161,10 @@ def explain_accuracy(metrics: pd.DataFrame) -> str:
 
 def macs_figure(metrics: pd.DataFrame, target: float | None = None) -> go.Figure:
     """Expected (relaxed, what the regulariser sees) vs hard (what collapse would give) MACs ratio."""
-    fig = _fig("MACs kept: expected vs hard", "step", "MACs / dense MACs")
+    fig = _fig("MACs kept: expected, own rule and hard", "step", "MACs / dense MACs")
     labels = {
         "macs_ratio/expected": "expected (soft gates)",
+        "macs_ratio/relaxation": "method's own rule (before calibration)",
         "macs_ratio/hard": "hard mask",
         "macs_ratio/train": "spent in training",
     }
@@ -188,9 +189,15 @@ def explain_macs(metrics: pd.DataFrame, target: float | None = None) -> str:
         parts.append(f"the hard mask keeps {hard:.0%} of the dense MACs")
     if exp is not None:
         parts.append(f"the soft gates' expectation is {exp:.0%}")
-    text = "Right now " + " and ".join(parts)
+    own = _last(metrics, "macs_ratio/relaxation")
+    if own is not None:
+        parts.append(f"the method's own rule (its threshold, zero groups or top-k) would keep {own:.0%}")
+    text = "Right now " + ", ".join(parts)
     if exp is not None and hard is not None and abs(exp - hard) > 0.1:
         text += "; the gap means many gates are undecided (between 0 and 1)"
+    if target is not None and own is not None and abs(own - target) > 0.05:
+        text += (f"; the own rule is {abs(own - target):.0%} off the target, so a final calibration would pick part "
+                 "of the mask by ranking instead of the method")
     if target is not None and hard is not None:
         text += f"; target {target:.0%} ({'reached' if hard <= target + 0.02 else 'not reached yet'})"
     return text + "."

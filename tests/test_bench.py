@@ -271,3 +271,31 @@ def test_cli_options_reach_the_suite_and_unknown_ones_are_refused(tmp_path):
         run_suite("overhead", tmp_path, resume=True)
     with pytest.raises(ConfigError, match="targets"):  # a preset field goes through to the suite's own check
         run_suite("pareto", tmp_path, "smoke", targets=(1.5,))
+
+
+@pytest.mark.slow
+def test_effects_quick_judges_each_row_from_its_own_numbers(tmp_path):
+    """The quick budget decides nothing (rows may fail); the verdicts must follow from the measured numbers."""
+    import json
+
+    from prunekit.bench import run_suite
+    from prunekit.bench.effects import TARGET
+
+    out = run_suite("effects", tmp_path, "quick", methods=("crisp", "growing", "dpp", "bridgeout"))
+    saved = json.loads((tmp_path / "effects.json").read_text())
+    rows = {r["effect"].split(":")[0]: r for r in saved["rows"]}
+    assert set(rows) == {"crisp", "growing", "dpp", "bridgeout"}
+    dense = saved["runs"]["dense"]["acc"]
+    for m in ("crisp", "growing"):
+        rep, r = saved["runs"][m]["method_report"], rows[m]
+        ok = (abs(rep["relaxation_macs_ratio"] - TARGET) <= 0.05 and rep["calibration_flips"] <= 0.10
+              and saved["runs"][m]["acc"] >= dense - 0.02)
+        if m == "growing":
+            ok = ok and r["blocks_seed"] != r["blocks_final"]
+        assert r["pass"] == ok
+    assert rows["dpp"]["pass"] == (saved["runs"]["dpp"]["method_report"]["mask_moved"] >= 0.25)
+    bo, sgd = rows["bridgeout"]["bridgeout_curve"], rows["bridgeout"]["sgd_curve"]
+    assert rows["bridgeout"]["pass"] == all(bo[f] > sgd[f] for f in ("0.4", "0.6"))
+    md = (tmp_path / "effects.md").read_text()
+    assert md == out["markdown"] and md.count("PASS") + md.count("FAIL") == 4
+    assert saved["passed"] == all(r["pass"] for r in saved["rows"])

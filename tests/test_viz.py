@@ -102,6 +102,19 @@ def test_macs_figure_target_line_and_reading():
     assert any(s.y0 == 0.5 for s in fig.layout.shapes)
     text = viz.explain_macs(_metrics(), target=0.5)
     assert "40%" in text and "reached" in text  # hard = 1 - 90/150
+    assert "own rule" not in text  # no relaxation series logged
+
+
+def test_macs_figure_plots_the_methods_own_rule_and_says_when_it_misses():
+    m = _metrics()
+    own = pd.DataFrame([(s, s // 50, "macs_ratio/relaxation", 1.0 - s / 300) for s in range(0, 100, 10)],
+                       columns=m.columns)
+    m = pd.concat([m, own], ignore_index=True)
+    fig = viz.macs_figure(m, target=0.5)
+    trace = next(t for t in fig.data if t.name.startswith("method's own rule"))
+    assert list(trace.y) == pytest.approx([1.0 - s / 300 for s in range(0, 100, 10)])
+    text = viz.explain_macs(m, target=0.5)
+    assert "own rule" in text and "70%" in text and "calibration" in text  # 1 - 90/300 = 0.7, 20 points off
 
 
 def test_temperature_reading_direction():

@@ -22,6 +22,7 @@ from prunekit.errors import ConfigError
 SUITES: dict[str, tuple[str, str, str]] = {
     "collapse": ("prunekit.bench.collapse", "bench_collapse", "collapse fidelity, time and realised speedup across the zoo, vs Torch-Pruning"),
     "overhead": ("prunekit.bench.overhead", "bench_overhead", "training step time of gated vs plain models, per relaxation"),
+    "effects": ("prunekit.bench.effects", "bench_effects", "one headline effect per method, decided by its own mechanism (pass/fail)"),
     "methods": ("prunekit.bench.methods", "bench_methods", "dense/crisp/growing/l0/l1/slimming on one MACs budget"),
     "curve": ("prunekit.bench.curve", "bench_curve", "post-training pruning curves of SGD vs Bridgeout vs sDprun training"),
     "runner": ("prunekit.bench.runner", "bench_runner", "run-store logging overhead and thread settings beside a UI"),

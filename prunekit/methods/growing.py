@@ -146,18 +146,13 @@ class GrowingMethod(GateMethod):
             on = set(torch.randperm(len(blocks), generator=gen)[:round(c.seed_blocks * len(blocks))].tolist())
             for i, gate in enumerate(blocks):
                 _seed_on(gate, torch.tensor([0] if i in on else [], dtype=torch.long), c.init_on, c.init_off)
-        self.report["seed_blocks_on"] = len(on)
-        self.report["blocks"] = len(blocks)
+        self.report.update(blocks=len(blocks), blocks_seed=sorted(on))
         return gated
 
     def decision_masks(self, model: nn.Module) -> list[torch.Tensor]:
         """Growing's own rule: keep a filter whose logit is above 0 (a block whose logit is ≤ 0 closes its branch:
         ``mask_ratio`` applies the block gates' hard masks on top)."""
         return [h.gate.keep & (h.gate.deterministic().detach() > 0) for h in model.groups]
-
-    def blocks_on(self, model: nn.Module) -> int:
-        """Residual blocks whose logit is above 0 (the depth growing has decided so far)."""
-        return sum(int(g.keep.all() and g.deterministic().detach().item() > 0) for g in _block_gates(model))
 
     def _units(self, model: nn.Module) -> list[nn.Module]:
         return [h.gate for h in model.groups] + _block_gates(model)
@@ -215,7 +210,7 @@ class GrowingMethod(GateMethod):
         scores = [h.gate.logit.detach() for h in gated.groups]
         for g in _block_gates(gated):  # a block's own rule is final: calibration ranks filters only, given blocks
             g.set_mask(g.deterministic().detach() > 0)
-        self.report["blocks_on"] = self.blocks_on(gated)
+        self.report["blocks_final"] = [i for i, g in enumerate(_block_gates(gated)) if bool(g.hard_mask().all())]
         ratio = self.fix_decision(gated, scores, c.target_macs, "macs", c.calibrate, c.tolerance)
         for g in self._units(gated):
             g.logit.copy_(torch.where(g.keep, g.logit.clamp_min(_MIN_KEPT_LOGIT), g.logit.clamp_max(-_MIN_KEPT_LOGIT)))
