@@ -11,6 +11,7 @@ model → augment (gates on coupled-channel groups) → train (method's relaxati
 
 from prunekit import methods
 from prunekit.augment import GatedModel, GroupHandle, augment
+from prunekit.bn import recalibrate_bn_
 from prunekit.collapse import collapse
 from prunekit.compare import compare, layer_widths
 from prunekit.cost import count_macs, count_params, macs_ratio, params_ratio, relaxed_macs, relaxed_params
@@ -102,6 +103,7 @@ __all__ = [
     "params_ratio",
     "prune_curve",
     "recalibrate_bn",
+    "recalibrate_bn_",
     "relaxed_macs",
     "relaxed_params",
     "resume_run",

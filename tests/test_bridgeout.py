@@ -177,3 +177,97 @@ def test_removing_from_a_deep_copy_leaves_the_original_parametrized():
     assert parametrize.is_parametrized(model[0], "weight")
     model.train()
     assert not torch.equal(model[0].weight, twin[0].weight)
+
+
+# -- BatchNorm statistics after finalize (the loop's hook) -----------------------------------------------------
+
+
+def _quadrants(n: int, seed: int):
+    """Planted problem: the class is the image quadrant that carries a bright 4×4 patch (1 channel, 8×8)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    x = 0.5 * torch.randn(n, 1, 8, 8, generator=g)
+    for i, c in enumerate(y.tolist()):
+        r, col = divmod(c, 2)
+        x[i, 0, 4 * r:4 * r + 4, 4 * col:4 * col + 4] += 1.0
+    return x, y
+
+
+def _plain_net() -> nn.Module:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for c_in in (1, 8, 8):
+        layers += [nn.Conv2d(c_in, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU()]
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+
+@pytest.fixture(scope="module")
+def noise_setup():
+    """A net trained densely on the planted problem (val acc ~0.98), and its loaders."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from prunekit._device import torch_threads
+    from prunekit.train.config import TrainConfig
+    from prunekit.train.loop import Trainer
+
+    (xt, yt), (xv, yv) = _quadrants(512, 0), _quadrants(256, 1)
+    train = DataLoader(TensorDataset(xt, yt), batch_size=32, shuffle=True)
+    val = DataLoader(TensorDataset(xv, yv), batch_size=128)
+    model = _plain_net()
+    cfg = TrainConfig(epochs=4, batch_size=32, lr=0.05, momentum=0.9, nesterov=True, device="cpu", seed=0,
+                      warmup_epochs=0)
+    with torch_threads(1):
+        result = Trainer(model, (train, val), cfg).fit()
+    assert result["metrics"]["acc/val"] > 0.9
+    return {k: v.clone() for k, v in model.state_dict().items()}, train, val
+
+
+def _noise_tune(setup, hook: bool):
+    """One epoch of Bridgeout (p = 0.5) at a tiny lr from the trained net: BN statistics gathered under noise."""
+    from prunekit.train.config import TrainConfig
+    from prunekit.train.loop import Trainer
+
+    state, train, val = setup
+    model = _plain_net()
+    model.load_state_dict(state)
+    method = create_method("bridgeout", p=0.5, q=1.5, seed=0)
+    if not hook:
+        method.recalibrate_bn_after_finalize = False
+    model = method.prepare(model, torch.zeros(2, 1, 8, 8))
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=1e-3, momentum=0.9, nesterov=True, device="cpu", seed=0,
+                      warmup_epochs=0, schedule="constant")
+    trainer = Trainer(model, (train, val), cfg, method)
+    return trainer, method, trainer.fit()
+
+
+def test_bridgeout_asks_the_loop_to_re_estimate_bn_after_finalize():
+    assert create_method("bridgeout").recalibrate_bn_after_finalize is True
+    assert create_method("dense").recalibrate_bn_after_finalize is False
+    assert create_method("bridgeout").decision_masks(_net()) is None  # post hoc: no decision rule while training
+
+
+def test_loop_re_estimates_bn_after_finalize_and_the_final_eval_uses_it(noise_setup):
+    from prunekit.train.evaluate import evaluate
+
+    on, m_on, r_on = _noise_tune(noise_setup, hook=True)
+    off, m_off, r_off = _noise_tune(noise_setup, hook=False)
+    assert r_on["finalized"] and r_off["finalized"]
+    for (name, p_on), (_, p_off) in zip(on.model.named_parameters(), off.model.named_parameters()):
+        assert torch.equal(p_on, p_off), name  # same training; the hook changes no weight
+    bn_on, bn_off = on.model[1], off.model[1]
+    assert not torch.allclose(bn_on.running_var, bn_off.running_var, rtol=0.05)
+
+    # the statistics are those of the clean network on the whole training epoch (16 batches < 50)
+    _, train, val = noise_setup
+    xs = torch.cat([x for x, _ in train])
+    with torch.no_grad():
+        assert torch.allclose(bn_on.running_mean, on.model[0](xs).mean((0, 2, 3)), atol=1e-5)
+    assert m_on.report["bn_recalibrated"] is True and m_on.report["bn_batches"] == 16
+    assert m_off.report["bn_recalibrated"] is False and m_on.report["post_hoc"] is True
+    assert m_on.report["noisy_layers"] == 3
+
+    # stale noise statistics wreck the clean net; re-estimated ones restore it, and the final eval reports that
+    assert r_off["metrics"]["acc/val"] < 0.5, r_off["metrics"]
+    assert r_on["metrics"]["acc/val"] > 0.9, r_on["metrics"]
+    assert r_on["metrics"]["acc/val"] == pytest.approx(evaluate(on.model, val, "classification", "cpu")["acc"])
+    assert [m.training for m in on.model.modules()] == [m.training for m in off.model.modules()]  # modes restored

@@ -73,7 +73,7 @@ def test_curve_is_monotone_in_macs_and_exact_with_respect_to_collapse():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     loader = _data()
     fractions = (0.0, 0.5, 0.75)
-    df = prune_curve(model, loader, fractions=fractions, latency_repeats=2)
+    df = prune_curve(model, loader, fractions=fractions, latency_repeats=2, recalibrate_bn=False)
     assert list(df["fraction"]) == list(fractions)
     assert (df["macs"].diff().dropna() <= 0).all() and df["macs"].iloc[-1] < df["macs"].iloc[0]
     assert (df["params"].diff().dropna() <= 0).all()
@@ -107,7 +107,7 @@ def test_zero_filters_are_the_first_to_go():
         model[1].bias.zero_()  # ... made harmless, so removing them must not change the outputs
         model[1].running_mean.zero_()
     loader = _data()
-    df = prune_curve(model, loader, fractions=(0.0, 0.25, 0.5), latency_repeats=1)
+    df = prune_curve(model, loader, fractions=(0.0, 0.25, 0.5), latency_repeats=1, recalibrate_bn=False)
     assert df["accuracy"].iloc[1] == pytest.approx(df["accuracy"].iloc[0])
     assert df["channels"].tolist() == [8, 6, 4]
     assert df["params"].iloc[1] == df["params"].iloc[0] - 2 * (27 + 1 + 2 + 4)  # filter and bias, BN γ/β, classifier column
@@ -119,13 +119,21 @@ def test_bridgeout_model_is_accepted_and_bad_arguments_raise():
 
     model = _tiny_resnet()
     add_bridgeout_(model, seed=0)
-    df = prune_curve(model, _data(), fractions=(0.0,), latency_repeats=1)
-    assert parametrize.is_parametrized(model.conv1)  # untouched
-    assert 0 <= df["accuracy"].iloc[0] <= 1
+    model.train()  # noise on: the curve must still use the clean weights
+    df = prune_curve(model, _data(), fractions=(0.0,), latency_repeats=1, recalibrate_bn=False)
+    assert parametrize.is_parametrized(model.conv1) and model.training  # untouched
+    xs, ys = torch.cat([x for x, _ in _data()]), torch.cat([y for _, y in _data()])
+    with torch.no_grad():
+        clean_acc = (model.eval()(xs).argmax(1) == ys).float().mean().item()  # eval mode: no noise
+    assert df["accuracy"].iloc[0] == pytest.approx(clean_acc)
     with pytest.raises(ConfigError, match="fractions"):
         prune_curve(model, _data(), fractions=(1.0,))
     with pytest.raises(ConfigError, match="criterion"):
         prune_curve(model, _data(), criterion="l3")
+    with pytest.raises(ConfigError, match="rule.*'layer'"):
+        prune_curve(model, _data(), rule="layer")
+    with pytest.raises(ConfigError, match="bn_batches.*0"):
+        prune_curve(model, _data(), bn_batches=0)
 
 
 def test_recalibrate_bn_re_estimates_statistics_and_leaves_weights_alone():
@@ -157,7 +165,158 @@ def test_prune_curve_with_bn_loader_evaluates_re_estimated_networks():
     from prunekit.curve import prune_curve
 
     model, loader = _tiny_resnet(), _data()
-    plain = prune_curve(model, loader, fractions=(0.0, 0.5), latency_repeats=1)
+    plain = prune_curve(model, loader, fractions=(0.0, 0.5), latency_repeats=1, recalibrate_bn=False)
     recal = prune_curve(model, loader, fractions=(0.0, 0.5), latency_repeats=1, bn_loader=loader, bn_batches=2)
     assert list(recal["macs"]) == list(plain["macs"])  # same networks, other statistics
     assert not torch.allclose(torch.tensor(recal["loss"].to_numpy()), torch.tensor(plain["loss"].to_numpy()))
+
+
+def _loss(model: nn.Module, loader) -> float:
+    from prunekit.train.evaluate import evaluate
+
+    return evaluate(model, loader, "classification", "cpu")["loss"]
+
+
+def test_prune_curve_re_estimates_bn_by_default():
+    import copy
+
+    from prunekit.bn import recalibrate_bn_
+    from prunekit.curve import prune_curve
+
+    model, loader, train = _tiny_resnet(), _data(), _data(n=36, size=8)  # stale statistics (see _tiny_resnet)
+    fresh = copy.deepcopy(model)
+    recalibrate_bn_(fresh, train, batches=None)
+    stale_loss, fresh_loss = _loss(model, loader), _loss(fresh, loader)
+    assert abs(stale_loss - fresh_loss) > 1e-3  # the two kinds of statistics are distinguishable
+
+    default = prune_curve(model, loader, fractions=(0.0, 0.5), latency_repeats=1, bn_loader=train)
+    assert default["loss"].iloc[0] == pytest.approx(fresh_loss, rel=1e-5)  # the unpruned point: re-estimated
+    assert default.attrs["bn_recalibrated"] and default.attrs["bn_source"] == "bn_loader"
+    off = prune_curve(model, loader, fractions=(0.0,), latency_repeats=1, recalibrate_bn=False)
+    assert off["loss"].iloc[0] == pytest.approx(stale_loss, rel=1e-5) and not off.attrs["bn_recalibrated"]
+
+    # no bn_loader: the evaluation images are used (with a warning), still re-estimated
+    own = copy.deepcopy(model)
+    recalibrate_bn_(own, loader, batches=None)
+    fallback = prune_curve(model, loader, fractions=(0.0,), latency_repeats=1)
+    assert fallback["loss"].iloc[0] == pytest.approx(_loss(own, loader), rel=1e-5)
+    assert fallback.attrs["bn_source"] == "data_loader"
+
+
+def _slim_convs(model: nn.Module, fraction: float, rule: str) -> dict[str, nn.Module]:
+    """The collapsed network prune_curve evaluates at ``fraction``, rebuilt with the same public pieces."""
+    from prunekit.augment import augment
+    from prunekit.collapse import collapse
+    from prunekit.curve import group_filter_scores, keep_mask_for_fraction, layer_filter_scores
+
+    x = torch.randn(1, 3, 8, 8)
+    gated = augment(model, x, gate="mask").eval()
+    for g in gated.groups:
+        s = layer_filter_scores(g) if rule == "per_layer" else group_filter_scores(g)
+        g.set_mask(keep_mask_for_fraction(s, fraction) if s is not None else torch.ones(g.size, dtype=torch.bool))
+    return dict(collapse(gated, x).named_modules())
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.5])
+def test_per_layer_rule_prunes_the_asked_fraction_of_every_conv_by_its_own_norms(fraction):
+    import math
+
+    from prunekit.curve import prune_curve
+
+    model = _tiny_resnet()  # width 4: convs of 4, 8 and 16 filters
+    slim = _slim_convs(model, fraction, "per_layer")
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    assert len(convs) == 21
+    for name, conv in convs.items():
+        n = conv.out_channels
+        assert slim[name].out_channels == n - math.floor(fraction * n), name
+
+    # an inner conv is pruned by its own filters' L2 norms: the kept filters are its largest ones, in order, and
+    # their BN channels go with them (BN biases are distinct random values in _tiny_resnet)
+    w = model.layer2[1].conv1.weight.detach()
+    k = w.shape[0] - math.floor(fraction * w.shape[0])
+    top = w.flatten(1).norm(dim=1).argsort(descending=True)[:k].sort().values
+    assert torch.equal(slim["layer2.1.bn1"].bias.detach(), model.layer2[1].bn1.bias.detach()[top])
+    # a residual group (stem + layer1's conv2s) loses the same fraction, ranked by the mean of member norms
+    members = [model.conv1] + [b.conv2 for b in model.layer1]
+    mean = torch.stack([m.weight.detach().flatten(1).norm(dim=1) for m in members]).mean(0)
+    k = 4 - math.floor(fraction * 4)
+    top = mean.argsort(descending=True)[:k].sort().values
+    assert torch.equal(slim["conv1"].weight.detach(), model.conv1.weight.detach()[top])
+    assert torch.equal(slim["layer1.2.bn2"].bias.detach(), model.layer1[2].bn2.bias.detach()[top])
+
+    df = prune_curve(model, _data(), fractions=(fraction,), latency_repeats=1, rule="per_layer", recalibrate_bn=False)
+    assert df.attrs["rule"] == "per_layer"
+    assert df["params"].iloc[0] == sum(p.numel() for p in slim[""].parameters())
+
+
+def test_per_layer_rule_scores_a_coupled_group_by_the_mean_of_member_norms_not_the_largest_member():
+    from prunekit.augment import augment
+    from prunekit.curve import group_filter_scores, layer_filter_scores
+
+    model = _tiny_resnet()
+    with torch.no_grad():  # stem: channel 0 large in that one member; layer1's conv2s: channel 1 larger in all three
+        model.conv1.weight.mul_(0.01)
+        model.conv1.weight[0] = 2.5  # norm 13.0 vs 6.0 per conv2 member: 13 > sqrt(3)·6, 13 < 3·6
+        for b in model.layer1:
+            b.conv2.weight.mul_(0.01)
+            b.conv2.weight[1] = 1.0
+    g = augment(model, torch.randn(1, 3, 8, 8), gate="mask").group("conv1")
+    assert int(group_filter_scores(g).argmax()) == 0  # the concatenated norm follows the one large member
+    assert int(layer_filter_scores(g).argmax()) == 1  # the mean of the four members' own norms does not
+
+
+def test_per_layer_rule_leaves_linear_layers_whole_and_the_group_rule_prunes_them():
+    from prunekit.curve import prune_curve
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 10), nn.ReLU(), nn.Linear(10, 4)).eval()
+    per_layer = prune_curve(model, _data(), fractions=(0.5,), latency_repeats=1, rule="per_layer")
+    group = prune_curve(model, _data(), fractions=(0.5,), latency_repeats=1, rule="group")
+    assert per_layer["channels"].iloc[0] == 4 + 10  # conv halved, hidden linear neurons kept
+    assert group["channels"].iloc[0] == 4 + 5
+
+
+def test_recalibrate_bn_in_place_restores_every_module_mode_and_ignores_training_noise():
+    import copy
+
+    from prunekit.bn import recalibrate_bn_
+    from prunekit.methods.bridgeout import add_bridgeout_
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6, momentum=0.2), nn.ReLU(), nn.Dropout(0.5),
+                          nn.Conv2d(6, 6, 3), nn.BatchNorm2d(6))
+    clean = copy.deepcopy(model)
+    add_bridgeout_(model, p=0.5, q=1.0, seed=0)
+    model.train()
+    model[3].eval()  # a mixed state must come back as it was
+    loader = _data(n=24, size=8)
+    info = recalibrate_bn_(model, loader, batches=None)
+    assert info == {"layers": 2, "batches": 2, "samples": 24}
+    assert model.training and model[1].training and not model[3].training and model[1].momentum == 0.2
+    recalibrate_bn_(clean, loader, batches=None)
+    for a, b in ((model[1], clean[1]), (model[5], clean[5])):  # noise and dropout off while estimating
+        assert torch.allclose(a.running_mean, b.running_mean, atol=1e-6)
+        assert torch.allclose(a.running_var, b.running_var, atol=1e-6)
+
+    one = copy.deepcopy(clean)
+    assert recalibrate_bn_(one, loader, batches=1)["batches"] == 1
+    assert not torch.allclose(one[1].running_mean, clean[1].running_mean)
+    with pytest.raises(ConfigError, match="batches.*-1"):
+        recalibrate_bn_(one, loader, batches=-1)
+    before = one[1].running_mean.clone()
+    with pytest.raises(ConfigError, match="batch of type str"):
+        recalibrate_bn_(one, ["not a tensor"])
+    assert torch.equal(one[1].running_mean, before)  # a failed re-estimation leaves the statistics as they were
+    assert recalibrate_bn_(nn.Linear(3, 2), []) == {"layers": 0, "batches": 0, "samples": 0}
+
+
+def test_recalibrate_bn_names_are_aliases_of_the_in_place_function():
+    import prunekit
+    from prunekit.bn import recalibrate_bn_
+    from prunekit.curve import recalibrate_bn
+
+    assert prunekit.recalibrate_bn is recalibrate_bn and prunekit.recalibrate_bn_ is recalibrate_bn_
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
+    assert recalibrate_bn(model, _data(), batches=1) is model and not model.training  # old contract: eval mode
