@@ -281,3 +281,24 @@ def test_crisp_unet_segmentation_collapses_with_miou():
     before = evaluate(gated, test, "segmentation", "cpu")["miou"]
     after = evaluate(slim, test, "segmentation", "cpu")["miou"]
     assert before == pytest.approx(result["metrics"]["miou/test"]) and after == pytest.approx(before, abs=1e-6)
+
+
+def test_l0_scale_sharpens_log_alpha_and_old_checkpoints_load():
+    """log α = scale · s: the ramp raises the scale over the search; a state dict without the buffer loads as 1."""
+    from prunekit.gates.hard_concrete import HardConcreteGate
+
+    m = pm.create("l0", finetune_epochs=1, scale_max=20.0)
+    g = m.prepare(_net(), X)
+    m.plan(steps_per_epoch=10, epochs=5)  # search: 4 epochs, ramp from epoch 2 to 4
+    m.on_epoch_start(g, 0, 5)
+    assert m.scale == 1.0 and all(float(h.gate.scale) == 1.0 for h in g.groups)
+    m.after_step(g, 29, 2)  # t = 3 epochs: half-way through the ramp
+    assert m.scale == pytest.approx(1 + 19 * 0.5**3)
+    gate = g.groups[0].gate
+    assert torch.allclose(gate.expected(), hard_concrete_prob_nonzero(gate.log_alpha * m.scale))
+    fresh = HardConcreteGate(gate.size)
+    state = {k: v for k, v in gate.state_dict().items() if k != "scale"}
+    fresh.load_state_dict(state)
+    assert float(fresh.scale) == 1.0 and torch.equal(fresh.log_alpha, gate.log_alpha)
+    with pytest.raises(ConfigError, match="scale_max"):
+        pm.create("l0", scale_max=0.5)

@@ -76,6 +76,8 @@ class GrowingMethod(GateMethod):
     """Grow from a seed architecture and prune with Bernoulli-sampled sigmoid masks and per-unit β."""
 
     name = "growing"
+    # training samples the masks (so BN statistics describe sampled networks); the fixed-mask fine-tune is short
+    recalibrate_bn_after_finalize = True
     gate_kind = "bernoulli"
 
     @dataclasses.dataclass(frozen=True)
