@@ -15,6 +15,7 @@ import torch
 
 from prunekit.cli import build_parser, main
 from prunekit.cli._common import HelpFormatter, parse_kv
+from prunekit.cli.train import summary_rows
 
 # A few hundred tiny samples and at most two steps: seconds on a shared 2-core CPU.
 TINY = ["--data-opt", "num_samples=128", "--data-opt", "num_test=32", "--epochs", "1", "--max-steps-per-epoch", "2",
@@ -196,3 +197,15 @@ def test_dpp_kernel_quant_reports_sparsity_and_size(capsys):
     assert abs(float(sparsity.split()[1]) - 0.5) < 0.05
     ratio = float(size.split("(")[1].split()[0])
     assert 0 < ratio < 0.25  # half the kernels at 4 bits instead of 32: well under a quarter of the size
+
+
+def test_train_summary_says_what_the_method_decided_itself(capsys):
+    rc = main(["train", *TINY, "--epochs", "3", "--method", "crisp", "--target-macs", "0.5", "--json"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)["method_report"]
+    rows = dict(summary_rows({"metrics": {}, "config": {"model": "m", "method": "crisp", "dataset": "d"},
+                              "status": "completed", "epochs": 1, "steps": 2, "params": 10, "train_time_s": 1.0,
+                              "throughput": 1.0, "method_report": report}, None))
+    assert rows["own rule"].startswith(f"{report['relaxation_macs_ratio']:.3f} of dense MACs")
+    flips = report["calibration_flips"]
+    assert rows["calibration"] == (f"changed {flips:.1%} of the keep/remove decisions" if flips else "none needed")

@@ -138,6 +138,12 @@ def summary_rows(result: dict[str, Any], macs: float | None) -> list[tuple[str, 
     if macs is not None:
         rows.append(("MACs", human(macs)))
     report = result.get("method_report") or {}
+    if "relaxation_macs_ratio" in report:
+        own, flips = report["relaxation_macs_ratio"], report.get("calibration_flips", 0.0)
+        rows.append(("own rule", f"{own:.3f} of dense MACs (what the method decided before any calibration)"))
+        rows.append(("calibration", f"changed {flips:.1%} of the keep/remove decisions" if flips else "none needed"))
+    if "mask_moved" in report:
+        rows.append(("mask moved", f"{report['mask_moved']:.1%} of the kept channels were not in the initial top-k"))
     if "sparsity" in report:
         rows.append(("sparsity", f"{report['sparsity']:.3f}"))
     size = report.get("size")
