@@ -299,3 +299,17 @@ def test_effects_quick_judges_each_row_from_its_own_numbers(tmp_path):
     md = (tmp_path / "effects.md").read_text()
     assert md == out["markdown"] and md.count("PASS") + md.count("FAIL") == 4
     assert saved["passed"] == all(r["pass"] for r in saved["rows"])
+
+
+def test_pareto_table_shows_what_the_method_decided_itself():
+    from prunekit.bench.pareto import PRESETS, pareto_markdown, summarize
+
+    crisp = {**_row("crisp", 0.5, 0.8), "relaxation_macs_ratio": 0.62, "calibration_flips": 0.125}
+    summary = summarize([_row("dense", None, 0.9, macs=1.0), crisp, _row("l1", 0.5, 0.7)])
+    md = pareto_markdown(summary, PRESETS["smoke"], "smoke")
+    head = next(line for line in md.splitlines() if line.startswith("| method"))
+    assert "| own rule | calib. flips |" in head
+    crisp_line = next(line for line in md.splitlines() if line.startswith("| crisp"))
+    assert "| 0.620 | 12.5% |" in crisp_line
+    l1_line = next(line for line in md.splitlines() if line.startswith("| l1"))
+    assert "| 0.500 | - | - |" in l1_line  # no own-rule numbers: shown as missing, not as zero

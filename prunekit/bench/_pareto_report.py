@@ -56,7 +56,8 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             s["error"] = rs[0]["error"]
             out.append(s)
             continue
-        for k in ("acc_val", "acc_test", "macs_ratio", "macs", "params", "latency_ms_b1", "latency_ms_b32"):
+        for k in ("acc_val", "acc_test", "macs_ratio", "macs", "params", "latency_ms_b1", "latency_ms_b32",
+                  "relaxation_macs_ratio", "calibration_flips"):
             vals = [float(r[k]) for r in ok if r.get(k) is not None]
             if vals:
                 s[k], s[k + "_std"] = _mean_std(vals)
@@ -82,23 +83,30 @@ def pareto_markdown(summary: list[dict[str, Any]], p: ParetoPreset, preset: str)
              f"lr {p.sdprun_lr}), {'all images' if p.limit is None else f'{p.limit} images per split'}"
              f"{'' if p.max_steps_per_epoch is None else f', at most {p.max_steps_per_epoch} steps per epoch'}; "
              f"seeds {list(p.seeds)}. MACs per sample by torch.utils.flop_counter (conv/linear multiply-adds); "
-             f"latency = median CPU ms with {p.latency_threads} thread. Accuracy in %, test split, variant chosen on val.\n"]
+             f"latency = median CPU ms with {p.latency_threads} thread. Accuracy in %, test split, variant chosen on val. "
+             "'own rule': MACs ratio of what the method's own decision rule kept, before any calibration; 'calib. "
+             "flips': share of keep/remove decisions a final calibration changed (- : the method has no such rule).\n"]
     for dataset in dict.fromkeys(s["dataset"] for s in summary):
         rows_d = [s for s in summary if s["dataset"] == dataset]
         dense = next((s for s in rows_d if s["method"] == "dense" and "error" not in s), None)
         table = []
         for s in sorted(rows_d, key=lambda s: (-_target_key(s["target"]), s["method"])):
             if "error" in s:
-                table.append([s["method"], s["target"], "fails: " + s["error"]] + [None] * 6)
+                table.append([s["method"], s["target"], "fails: " + s["error"]] + [None] * 8)
                 continue
             speed = (dense["latency_ms_b32"] / s["latency_ms_b32"]) if dense and s.get("latency_ms_b32") else None
             delta = (100 * (s["acc_test"] - dense["acc_test"])) if dense else None
-            table.append([s["method"], s["target"], f"{s['macs_ratio']:.3f}", f"{s['params'] / 1e3:.1f}k",
+            own = s.get("relaxation_macs_ratio")
+            flips = s.get("calibration_flips")
+            table.append([s["method"], s["target"], f"{s['macs_ratio']:.3f}",
+                          None if own is None else f"{own:.3f}", None if flips is None else f"{flips:.1%}",
+                          f"{s['params'] / 1e3:.1f}k",
                           _pct(s.get("acc_val"), s.get("acc_val_std")), _pct(s["acc_test"], s.get("acc_test_std")),
                           None if delta is None else f"{delta:+.2f}", s.get("latency_ms_b1"),
                           None if speed is None else f"{speed:.2f}x"])
         lines.append(f"## {dataset}\n")
-        lines.append(md_table(["method", "target", "MACs ratio", "params", "acc val", "acc test", "Δ vs dense",
+        lines.append(md_table(["method", "target", "MACs ratio", "own rule", "calib. flips", "params", "acc val",
+                               "acc test", "Δ vs dense",
                                "latency b1 (ms)", "speed-up b32"], table))
         lines += _verdicts(rows_d)
     return "\n".join(lines)

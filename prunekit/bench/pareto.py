@@ -242,6 +242,10 @@ def _rows_for(p: ParetoPreset, dataset: str, method: str, seed: int, dense_macs:
             row = {"options": opts, "target": t, "acc_val": m.get("acc/val"), "acc_test": m.get("acc/test"),
                    "collapse_max_diff": max_diff, "train_s": result.get("train_time_s"),
                    "wall_s": time.perf_counter() - t0, "variant": variant, **_measure(slim, x, p)}
+            report = result.get("method_report") or {}
+            for key in ("relaxation_macs_ratio", "calibration_flips", "mask_moved"):  # what the method decided itself
+                if key in report:
+                    row[key] = report[key]
             if "tp" in result:
                 row["tp_prune_steps"] = result["tp"].get("steps")
             rows.append(row)
