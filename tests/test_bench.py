@@ -313,3 +313,13 @@ def test_pareto_table_shows_what_the_method_decided_itself():
     assert "| 0.620 | 12.5% |" in crisp_line
     l1_line = next(line for line in md.splitlines() if line.startswith("| l1"))
     assert "| 0.500 | - | - |" in l1_line  # no own-rule numbers: shown as missing, not as zero
+
+
+def test_effects_refuses_unknown_preset_fields_and_methods(tmp_path):
+    from prunekit.bench.effects import bench_effects
+
+    with pytest.raises(ConfigError, match="no preset field epoch"):
+        bench_effects(tmp_path, "quick", methods=("crisp",), epoch=3)
+    with pytest.raises(ConfigError, match="got slimming"):
+        bench_effects(tmp_path, "quick", methods=("slimming",))
+    assert not list(tmp_path.iterdir())  # refused before any training or file

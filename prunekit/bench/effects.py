@@ -100,7 +100,7 @@ def _gated_row(method: str, r: dict[str, Any], dense_acc: float) -> dict[str, An
 
 
 def bench_effects(out_dir: str | Path, preset: str = "quick", methods: tuple[str, ...] = EFFECT_METHODS,
-                  seed: int = 0) -> dict[str, Any]:
+                  seed: int = 0, **overrides: Any) -> dict[str, Any]:
     """Train dense and every method on one budget and judge each method's headline effect (see the module doc).
 
     Args:
@@ -108,6 +108,7 @@ def bench_effects(out_dir: str | Path, preset: str = "quick", methods: tuple[str
         preset: ``"full"`` or ``"quick"``.
         methods: a subset of ``EFFECT_METHODS``.
         seed: training seed, the same for every run.
+        **overrides: preset fields to change (``--set threads=1``); unknown names raise ConfigError.
     Returns:
         ``{"preset", "settings", "rows": [{"effect", "measured", "goal", "pass", ...numbers}], "runs": {method:
         {acc, wall_s, method_report}}, "markdown"}``.
@@ -121,7 +122,10 @@ def bench_effects(out_dir: str | Path, preset: str = "quick", methods: tuple[str
     bad = [m for m in methods if m not in EFFECT_METHODS]
     if bad:
         raise ConfigError(f"methods must be among {', '.join(EFFECT_METHODS)}, got {', '.join(bad)}")
-    settings = PRESETS[preset]
+    unknown = sorted(set(overrides) - set(PRESETS[preset]))
+    if unknown:
+        raise ConfigError(f"bench effects has no preset field {', '.join(unknown)}; fields: {', '.join(PRESETS[preset])}")
+    settings = {**PRESETS[preset], **overrides}
     torch.set_num_threads(settings["threads"])
     runs: dict[str, dict[str, Any]] = {}
     results: dict[str, dict[str, Any]] = {}
