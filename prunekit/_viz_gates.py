@@ -17,9 +17,11 @@ from prunekit._viz_common import (
 )
 
 _LAYER_TREND_HELP = {
-    "confidence": "1 = every gate row has made up its mind, 0 = still uniform",
-    "diversity": "how differently the rows of a layer choose (0 = all rows pick the same pattern)",
-    "entropy": "gate entropy (bits of indecision per channel)",
+    "confidence": ("1 = every mask row or gate has decided what it keeps, 0 = still uniform "
+                   "(DPP: 1 − Σ h(p) / (N·h(k/N)) over its k-of-N inclusion probabilities p)"),
+    "diversity": ("how differently the rows of a layer choose: 0 = all rows keep the same candidates, "
+                  "1 = decided rows that together keep every candidate equally often"),
+    "entropy": "indecision, 1 − confidence (DPP: of the k-of-N inclusion probabilities; gates: bits per channel)",
     "flip_rate": "fraction of hard mask entries that changed since the previous log",
     "keep_ratio": "fraction of channels the hard mask keeps",
 }

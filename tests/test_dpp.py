@@ -27,7 +27,8 @@ from prunekit.gates.dpp import (
     soft_marginals,
 )
 from prunekit.methods import create_method
-from prunekit.methods.dpp import DPPMethod, dpp_states, temperature
+from prunekit.methods._gated import SplitOptimizer
+from prunekit.methods.dpp import GATE_LR, DPPMethod, dpp_states, temperature
 
 
 def _tiny_cnn() -> nn.Module:
@@ -270,8 +271,10 @@ def test_method_hooks_for_every_granularity(granularity):
     final = method.finalize(model)
     final.eval()
     assert method.report["size"]["bits"] > 0
+    assert 0.0 <= method.report["mask_moved"] <= 1.0 and method.report["calibration_flips"] == 0.0
+    assert ("relaxation_macs_ratio" in method.report) == (granularity == "filter")
     if granularity == "filter":
-        assert "macs_ratio/expected" in metrics
+        assert "macs_ratio/expected" in metrics and "macs_ratio/relaxation" in metrics
         assert all(int(h.hard_mask().sum()) == h.gate.k for h in final.groups)
     else:
         assert method.report["structure"] and all(r["exact"] for r in method.report["structure"])
@@ -309,3 +312,128 @@ def test_config_errors_name_the_option():
         create_method("dpp", keep=0.0)
     with pytest.raises(ConfigError, match="quant_bits"):
         create_method("dpp", quant_bits=1)
+
+
+# -- Φ learns: optimizer, init, mask_moved, and a planted answer ----------------------------------------
+def _train_cfg(**kw):
+    from prunekit.train.config import TrainConfig
+
+    return TrainConfig(**{"device": "cpu", "lr": 0.05, "batch_size": 64, "log_every": 1000, **kw})
+
+
+def test_phi_has_its_own_adam_at_the_documented_gate_lr_without_weight_decay():
+    x = torch.randn(2, 3, 8, 8)
+    method = DPPMethod(granularity="filter", keep=0.5)
+    assert method.config.gate_lr == GATE_LR == 0.03 and method.config.gate_optimizer == "adam"
+    model = method.prepare(_tiny_cnn(), x)
+    opt = method.make_optimizer(model, _train_cfg())
+    assert isinstance(opt, SplitOptimizer)
+    weights, phi = opt.optimizers
+    assert isinstance(weights, torch.optim.SGD) and isinstance(phi, torch.optim.Adam)
+    assert {id(p) for g in phi.param_groups for p in g["params"]} == {id(s.logits) for s in dpp_states(model)}
+    assert all(g["lr"] == GATE_LR and g["weight_decay"] == 0.0 for g in phi.param_groups)
+    assert all(g["lr"] == 0.05 for g in weights.param_groups)  # the weights keep the training lr
+    same = DPPMethod(granularity="kernel", keep=0.5, gate_optimizer="same", gate_lr=0.2)
+    m2 = same.prepare(_tiny_cnn(), x)
+    assert same.make_optimizer(m2, _train_cfg()) is None
+    assert same.param_groups(m2, _train_cfg())[1]["lr"] == 0.2
+    with pytest.raises(ConfigError, match="gate_optimizer"):
+        DPPMethod(gate_optimizer="sgd")
+    with pytest.raises(ConfigError, match="init"):
+        DPPMethod(init="zeros")
+
+
+def test_norm_init_ranks_by_filter_norm_and_random_init_has_init_std():
+    torch.manual_seed(11)
+    x = torch.randn(2, 3, 8, 8)
+    net = _tiny_cnn()
+    with torch.no_grad():
+        net[0].weight.mul_(torch.arange(1.0, 9.0)[:, None, None, None])  # filter norms grow with the index
+    method = DPPMethod(granularity="filter", keep=0.25)
+    gated = method.prepare(net, x)
+    phi = gated.groups[0].gate.dpp.logits.detach()[0]
+    assert torch.equal(phi.argsort(), torch.arange(8))
+    assert method.config.init_std is None  # the spread of Φ is a third of the noise scale ε
+    assert phi.std().item() == pytest.approx(gated.groups[0].gate.dpp.epsilon / 3, rel=1e-4)
+    first = method.initial_topk[_path(gated, gated.groups[0].gate)]
+    assert first[0].tolist() == [False] * 6 + [True] * 2  # the initial top-k was recorded at prepare
+    kern = DPPMethod(granularity="kernel", keep=0.5, init="random", init_std=0.5)
+    masked = kern.prepare(_tiny_cnn(), x)
+    logits = torch.cat([s.logits.detach().flatten() for s in dpp_states(masked)])
+    assert logits.std().item() == pytest.approx(0.5, rel=0.2)
+
+
+def test_mask_moved_is_reported_and_survives_resume():
+    torch.manual_seed(12)
+    x = torch.randn(2, 3, 8, 8)
+    method = DPPMethod(granularity="filter", keep=0.5)
+    gated = method.prepare(_tiny_cnn(), x)
+    assert method.mask_moved(gated) == 0.0
+    gate = gated.groups[1].gate  # 16 channels, k = 8: swap the whole top-k
+    with torch.no_grad():
+        gate.dpp.logits.neg_()
+    assert method.mask_moved(gated) == pytest.approx(8 / 12)  # 8 of the 4 + 8 kept structures moved
+    resumed = DPPMethod(granularity="filter", keep=0.5)
+    resumed.prepare(_tiny_cnn(), x)  # a fresh model: another initial Φ ...
+    resumed.load_state_dict(method.state_dict())  # ... but the checkpoint's origin wins
+    assert resumed.mask_moved(gated) == pytest.approx(8 / 12)
+    metrics = method.step_metrics(gated)
+    assert metrics["mask_moved"] == pytest.approx(8 / 12)
+    assert 0 < metrics["macs_ratio/relaxation"] < 1
+    final = method.finalize(gated)
+    rep = method.report
+    assert rep["mask_moved"] == pytest.approx(8 / 12) and rep["calibration_flips"] == 0.0
+    assert rep["relaxation_macs_ratio"] == pytest.approx(metrics["macs_ratio/relaxation"])
+    masks = method.decision_masks(final)
+    assert [int(m.sum()) for m in masks] == [h.gate.k for h in final.groups]
+    assert DPPMethod.recalibrate_bn_after_finalize is True
+
+
+def _path(model: nn.Module, module: nn.Module) -> str:
+    return next(name for name, m in model.named_modules() if m is module)
+
+
+def _planted(seed: int, n: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """8 input planes: planes 0-3 each carry one bit of the 16-class label (mean ±1), planes 4-7 pure noise."""
+    g = torch.Generator().manual_seed(seed)
+    bits = torch.randint(0, 2, (n, 4), generator=g)
+    x = torch.randn(n, 8, 6, 6, generator=g)
+    x[:, :4] += (2 * bits - 1).float()[:, :, None, None]
+    return x, (bits * torch.tensor([1, 2, 4, 8])).sum(1)
+
+
+def _planted_net() -> nn.Module:
+    """The first conv copies plane i to channel i; the noise channels get 3× larger filters, so the filter-norm
+    init puts exactly the four useless channels in the initial top-4."""
+    conv1 = nn.Conv2d(8, 8, 1, bias=False)
+    with torch.no_grad():
+        conv1.weight.copy_(torch.diag(torch.tensor([1.0] * 4 + [3.0] * 4))[:, :, None, None])
+    return nn.Sequential(conv1, nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 16))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_planted_answer_dpp_moves_its_mask_to_the_useful_channels(seed):
+    """Half the first layer's channels carry only noise and start as the top-k of Φ; DPP's own rule (the
+    noiseless top-k, no calibration) must end on the four informative channels, at the default settings."""
+    from prunekit.train.loop import Trainer
+
+    torch.manual_seed(seed)
+    x, y = _planted(seed)
+    method = DPPMethod(granularity="filter", keep=0.5)
+    gated = method.prepare(_planted_net(), x[:2])
+    gated.model[0].weight.requires_grad_(False)  # the planted copy stays a copy
+    first = gated.groups[0]
+    assert first.size == 8 and method.initial_topk[_path(gated, first.gate)][0].tolist() == [False] * 4 + [True] * 4
+    loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True)
+    cfg = _train_cfg(epochs=12, seed=seed, num_threads=1)
+    Trainer(gated, (loader, None), cfg, method).fit()
+    assert method.report["calibration_flips"] == 0.0
+    keep = first.hard_mask().bool()
+    assert keep.tolist() == [True] * 4 + [False] * 4, first.gate.dpp.logits
+    assert method.report["mask_moved"] >= 0.3  # all 4 of group 0 moved (group 1 has no planted answer)
+    gated.eval()
+    with torch.no_grad():
+        acc = (gated(x).argmax(1) == y).float().mean().item()
+    assert acc > 0.9  # the initial mask (noise channels only) cannot beat chance (1/16)

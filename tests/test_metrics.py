@@ -21,11 +21,16 @@ from prunekit.metrics import (
     flip_rate,
     gate_histogram,
     gate_layer_rows,
+    inclusion_probabilities,
     mean_row_entropy,
     nm_structure,
     selection_probabilities,
     sparsity,
 )
+
+
+def _h(p: float) -> float:
+    return 0.0 if p in (0.0, 1.0) else -p * math.log(p) - (1 - p) * math.log(1 - p)
 
 
 def test_one_hot_rows_are_fully_confident():
@@ -40,24 +45,75 @@ def test_uniform_rows_have_zero_confidence_and_diversity():
     assert diversity(p) == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("k,n", [(2, 6), (3, 8), (5, 16), (8, 64)])
+def test_a_decided_k_of_n_row_scores_one_and_a_uniform_row_zero(k, n):
+    decided = torch.full((3, n), -30.0)
+    for m in range(3):
+        decided[m, torch.randperm(n, generator=torch.Generator().manual_seed(m))[:k]] = 30.0
+    p = inclusion_probabilities(decided, k)
+    assert torch.allclose(p.sum(-1), torch.full((3,), float(k)), atol=1e-4)
+    assert confidence(p) == pytest.approx(1.0, abs=1e-6)
+    # the softmax entropy would cap this decided row at 1 − log k / log N (what METHODS.md calls wrong)
+    assert 1 - mean_row_entropy(selection_probabilities(decided)) / math.log(n) == pytest.approx(
+        1 - math.log(k) / math.log(n), abs=1e-4)
+    uniform = inclusion_probabilities(torch.zeros(3, n), k)
+    assert torch.allclose(uniform, torch.full((3, n), k / n))
+    assert confidence(uniform) == pytest.approx(0.0, abs=1e-6) and diversity(uniform) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_inclusion_probabilities_sum_to_k_per_bank_and_follow_the_logits():
+    torch.manual_seed(0)
+    phi = torch.randn(5, 16) * 2
+    p = inclusion_probabilities(phi, 8, banks=4)
+    assert torch.allclose(p.reshape(5, 4, 4).sum(-1), torch.full((5, 4), 2.0), atol=1e-5)
+    assert ((p >= 0) & (p <= 1)).all()
+    q = inclusion_probabilities(phi, 3)
+    assert torch.equal(q.argsort(-1), phi.argsort(-1))  # monotone in φ within a row
+    assert torch.equal(inclusion_probabilities(phi, 16), torch.ones(5, 16))  # k = N: no choice
+    assert confidence(torch.ones(5, 16)) == 1.0 and diversity(torch.ones(5, 16)) == 0.0
+    # sharper logits: more confident
+    cs = [confidence(inclusion_probabilities(phi * s, 3)) for s in (0.1, 1.0, 10.0, 100.0)]
+    assert cs[0] < cs[1] < cs[2] < cs[3] and cs[3] > 0.95
+    # a masked-out candidate (DPP gate's removed structures, Φ = −1e4) is decided
+    masked = phi[:1].clone()
+    masked[0, :4] = -1e4
+    pm = inclusion_probabilities(masked, 6)
+    assert pm[0, :4].max() < 1e-6 and pm.sum() == pytest.approx(6.0, abs=1e-4)
+    with pytest.raises(ConfigError, match="k must be in"):
+        inclusion_probabilities(phi, 17)
+    with pytest.raises(ConfigError, match="banks=3"):
+        inclusion_probabilities(phi, 6, banks=3)
+
+
 def test_identical_rows_have_zero_diversity():
     row = torch.softmax(torch.tensor([2.0, -1.0, 0.5, 0.0, 3.0]), 0)
     assert diversity(row.expand(7, 5)) == pytest.approx(0.0, abs=1e-6)
     assert diversity(torch.eye(4)[[2, 2, 2]]) == pytest.approx(0.0, abs=1e-6)
+    p = inclusion_probabilities(torch.randn(1, 9).expand(4, 9), 4)
+    assert diversity(p) == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.mark.parametrize("m,n", [(2, 8), (3, 8), (4, 4), (5, 16)])
-def test_disjoint_one_hot_rows_reach_log_m_over_log_n(m, n):
+def test_disjoint_one_hot_rows(m, n):
     p = torch.eye(n)[:m]
-    assert diversity(p) == pytest.approx(math.log(m) / math.log(n), abs=1e-6)
+    # p̄ has m entries 1/m: D = m·h(1/m) / (N·h(1/N)); 1 once the rows cover every candidate (m = N)
+    assert diversity(p) == pytest.approx(m * _h(1 / m) / (n * _h(1 / n)), abs=1e-6)
     assert confidence(p) == pytest.approx(1.0)
 
 
+def test_decided_rows_that_share_the_candidates_evenly_have_diversity_one():
+    # k = 3 of 6: two patterns, each used by half of the rows → p̄ = 1/2 = k/N
+    p = torch.tensor([[1.0, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]] * 2)
+    assert confidence_diversity(p) == pytest.approx((1.0, 1.0))
+
+
 def test_half_confident_rows():
-    # every row spreads evenly over 2 of 4 candidates: H = log 2 = half of log 4
+    # every row spreads its one pick evenly over 2 of 4 candidates
     p = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]])
     c, d = confidence_diversity(p)
-    assert c == pytest.approx(0.5) and d == pytest.approx(0.5)
+    base = 4 * _h(0.25)
+    assert c == pytest.approx(1 - 2 * _h(0.5) / base)
+    assert d == pytest.approx((base - 2 * _h(0.5)) / base)  # p̄ is uniform: D = C here
     assert (c, d) == pytest.approx((confidence(p), diversity(p)))
 
 
@@ -145,16 +201,44 @@ def test_rows_for_weight_masks_report_diversity_per_layer():
     for layer in (model[0], model[2]):
         parametrize.register_parametrization(layer, "weight", DPPMask(layer.weight.shape, "weight", keep=0.5))
     mask = model[0].parametrizations.weight[0]
-    with torch.no_grad():  # rows of Φ: disjoint confident choices → high diversity, confidence
+    assert mask.k == 3
+    with torch.no_grad():  # rows of Φ: decided 3-of-6 choices, two patterns used equally → C = D = 1
         mask.logits.copy_(torch.full((4, 6), -20.0))
-        mask.logits[torch.arange(4), torch.arange(4)] = 20.0
+        mask.logits[0::2, :3] = 20.0
+        mask.logits[1::2, 3:] = 20.0
     model.train()
     model(torch.randn(3, 6))
     model(torch.randn(3, 6))
     rows = {(r["layer"], r["name"]): r["value"] for r in gate_layer_rows(model)}
     assert rows[("0", "confidence")] == pytest.approx(1.0, abs=1e-6)
-    assert rows[("0", "diversity")] == pytest.approx(math.log(4) / math.log(6), abs=1e-6)
+    assert rows[("0", "diversity")] == pytest.approx(1.0, abs=1e-6)
     assert rows[("0", "sparsity")] == 0.5 and ("2", "flip_rate") in rows
+
+
+def test_dpp_gate_rows_use_the_k_of_n_confidence_and_binary_gates_their_bits():
+    from prunekit.augment import augment
+
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 8, 8)
+    dpp = augment(_tiny(), x[:1], gate="dpp", gate_options={"keep": 0.5})
+    first, second = dpp.groups[0].gate, dpp.groups[1].gate
+    with torch.no_grad():
+        first.dpp.logits.copy_(torch.tensor([[9.0, -9, 9, -9, 9, -9, 9, -9]]) * 3)  # decided 4 of 8
+        second.dpp.logits.zero_()  # undecided
+    rows = {(r["layer"], r["name"]): r["value"] for r in gate_layer_rows(dpp)}
+    g1, g2 = dpp.groups[0].name, dpp.groups[1].name
+    assert rows[(g1, "confidence")] == pytest.approx(1.0, abs=1e-6)
+    assert rows[(g2, "confidence")] == pytest.approx(0.0, abs=1e-6)
+    assert rows[(g1, "diversity")] == 0.0  # one row
+    # removed structures (keep buffer) count as decided
+    second.set_mask(torch.tensor([True] * 6 + [False] * 2))
+    p = second.probabilities()
+    assert p[0, 6:].max() < 1e-6 and p.sum() == pytest.approx(4.0, abs=1e-4)
+    # binary gates: 1 − mean binary entropy in bits of the expected gate values
+    crisp = augment(_tiny(), x[:1], gate="crisp")
+    for h in crisp.groups:
+        mine = {r["name"]: r["value"] for r in gate_layer_rows(crisp) if r["layer"] == h.name}
+        assert mine["confidence"] == pytest.approx(binary_confidence(h.gate.expected().detach() * h.gate.keep))
 
 
 def test_metrics_are_cheap_for_resnet50_sized_filter_masks():

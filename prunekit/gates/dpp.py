@@ -272,9 +272,25 @@ class _DPPState(nn.Module):
         soft = sequential_softmax(phi / float(self.tau), order, kb).clamp_max_(1.0)
         return _from_banks(hard, logits.shape[0]), _from_banks(soft, logits.shape[0])
 
-    def probabilities(self) -> torch.Tensor:
-        """The per-row selection probability matrix π = softmax(Φ) [M, N] (no grad)."""
-        return torch.softmax(self.logits.detach(), dim=-1)
+    def probabilities(self, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """k-of-N inclusion probabilities p [M, N] of Φ (no grad; every row sums to k, each bank to k/banks).
+
+        ``prunekit.metrics.inclusion_probabilities`` at the sampler's own scale: p = σ((φ − c)/ε), the row's c
+        solved so that Σ p = k, approximates how often the training sampler top-k(Φ + εG) keeps each
+        candidate; what ``prunekit.metrics.confidence`` / ``diversity`` summarise. A frozen mask (or ε = 0,
+        no sampling) returns the 0/1 mask itself.
+
+        Args:
+            logits: Φ to use (default ``self.logits``; a gate passes its keep-masked Φ).
+        """
+        logits = self.logits if logits is None else logits
+        if self.frozen:
+            return self.fixed.detach().float()
+        if self.epsilon <= 0:
+            return deterministic_mask(logits.detach(), self.k, self.banks).float()
+        from prunekit.metrics import inclusion_probabilities
+
+        return inclusion_probabilities(logits, self.k, self.banks, temperature=self.epsilon)
 
     def entropy(self) -> torch.Tensor:
         """Σ_rows H(softmax φ_m) in nats (differentiable)."""
@@ -336,8 +352,8 @@ class DPPGate(Gate):
         return self.deterministic().detach() > 0.5
 
     def probabilities(self) -> torch.Tensor:
-        """π = softmax(Φ), shape [1, size]."""
-        return self.dpp.probabilities()
+        """k-of-``size`` inclusion probabilities of the keep-masked Φ, shape [1, size] (sums to k; removed → 0)."""
+        return self.dpp.probabilities(self._logits())
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, k={self.k}, tau={float(self.dpp.tau):g}, epsilon={self.dpp.epsilon:g}"
