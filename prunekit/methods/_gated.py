@@ -89,7 +89,9 @@ class SplitOptimizer(torch.optim.Optimizer):
             o.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"split": [o.state_dict() for o in self.optimizers]}
+        split = [o.state_dict() for o in self.optimizers]
+        # the concatenated group dicts too, as a plain optimizer has them: checkpoint checks compare group sizes
+        return {"split": split, "param_groups": [g for s in split for g in s["param_groups"]]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         states = state_dict.get("split")
@@ -97,6 +99,9 @@ class SplitOptimizer(torch.optim.Optimizer):
             raise ConfigError("optimizer state does not match this method's split optimizer")
         for o, s in zip(self.optimizers, states):
             o.load_state_dict(s)
+        # torch's load_state_dict gives every inner optimizer new group dicts: point ours (which the lr scheduler
+        # drives) at them again, or the schedule would stop reaching the inner optimizers after a resume
+        self.param_groups[:] = [g for o in self.optimizers for g in o.param_groups]
 
 
 # Adam moves a logit by about its lr per step while the logit's gradient keeps its sign; a gate whose lr is

@@ -190,6 +190,7 @@ class CrispMethod(GateMethod):
         self.pruned = 0  # prune events done
         self.final_done = False
         self.schedule: CrispSchedule | None = None
+        self.t = 0.0  # training time in epochs at the last ramp update (resume-safe)
 
     @property
     def target(self) -> float:
@@ -211,7 +212,7 @@ class CrispMethod(GateMethod):
         c = self.config
         self.schedule = crisp_schedule(num_epochs, c.search_epochs, c.rounds, c.round_epochs, c.finetune_epochs)
         self.phase = "finetune" if epoch >= self.schedule.finetune_start else "search"
-        self._ramp(model, float(epoch))
+        self._ramp(model, max(float(epoch), self.t))  # a run resumed mid-epoch continues where it stopped
 
     def after_step(self, model: nn.Module, step: int, epoch: int) -> None:
         if self.steps_per_epoch and self.phase == "search" and not self.final_done:
@@ -219,6 +220,7 @@ class CrispMethod(GateMethod):
 
     def _ramp(self, model: nn.Module, t: float) -> None:
         """Set a (annealed) or k_pb at ``t`` epochs: a cubic ramp from ``pb_start`` to the end of the search."""
+        self.t = t
         c, s = self.config, self.schedule
         start = c.pb_start if c.pb_start is not None else s.search_epochs // 2
         ramp = cubic_ramp(t, start, s.search_epochs)
@@ -282,11 +284,12 @@ class CrispMethod(GateMethod):
 
     # -- resume ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"a": self.a, "k_pb": self.k_pb_now, "pruned": self.pruned, "final_done": self.final_done,
+        return {"a": self.a, "k_pb": self.k_pb_now, "pruned": self.pruned, "final_done": self.final_done, "t": self.t,
                 "phase": self.phase}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.a = float(state.get("a", self.a))
+        self.t = float(state.get("t", self.t))
         self.k_pb_now = float(state.get("k_pb", self.k_pb_now))
         self.pruned = int(state.get("pruned", self.pruned))
         self.final_done = bool(state.get("final_done", self.final_done))

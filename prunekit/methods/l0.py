@@ -95,6 +95,7 @@ class L0Method(GateMethod):
         super().__init__(config, **options)
         self.frozen = False
         self.scale = 1.0
+        self.t = 0.0  # training time in epochs at the last scale update (resume-safe)
 
     def decision_masks(self, model: nn.Module) -> list[torch.Tensor]:
         """L0's own rule (Louizos et al.'s test-time gate): keep a structure whose eval gate is not exactly 0."""
@@ -102,7 +103,7 @@ class L0Method(GateMethod):
 
     # -- the scale of log α: a temperature ----------------------------------------------------------------
     def on_epoch_start(self, model: nn.Module, epoch: int, num_epochs: int) -> None:
-        self._ramp(model, float(epoch), num_epochs)
+        self._ramp(model, max(float(epoch), self.t), num_epochs)  # a run resumed mid-epoch goes on from there
 
     def after_step(self, model: nn.Module, step: int, epoch: int) -> None:
         if self.steps_per_epoch and self.epochs and not self.frozen:
@@ -112,6 +113,7 @@ class L0Method(GateMethod):
         """scale = 1 + (scale_max − 1)·ramp, ramp cubic from half the search to its end (``t`` in epochs)."""
         if self.frozen:
             return
+        self.t = t
         search = self.search_epochs(num_epochs)
         ramp = ((t - search / 2) / (search / 2)) ** 3 if t > search / 2 else 0.0
         self.scale = 1.0 + (self.config.scale_max - 1.0) * min(ramp, 1.0)
@@ -172,8 +174,9 @@ class L0Method(GateMethod):
         return gated
 
     def state_dict(self) -> dict[str, Any]:
-        return {"frozen": self.frozen, "scale": self.scale}
+        return {"frozen": self.frozen, "scale": self.scale, "t": self.t}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.frozen = bool(state.get("frozen", self.frozen))
         self.scale = float(state.get("scale", self.scale))
+        self.t = float(state.get("t", self.t))

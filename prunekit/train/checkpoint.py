@@ -148,7 +148,10 @@ def load_checkpoint(
         opt_state = ckpt.get("optimizer")
         if opt_state is None:
             raise CheckpointError(f"checkpoint {str(path)!r} holds no optimizer state")
-        saved = [len(g["params"]) for g in opt_state["param_groups"]]
+        groups = opt_state.get("param_groups") if isinstance(opt_state, dict) else None
+        if not isinstance(groups, list) or not all(isinstance(g, dict) and "params" in g for g in groups):
+            raise CheckpointError(f"checkpoint {str(path)!r} holds an optimizer state without parameter groups")
+        saved = [len(g["params"]) for g in groups]
         ours = [len(g["params"]) for g in optimizer.param_groups]
         if saved != ours:
             raise CheckpointError(
