@@ -80,7 +80,7 @@ def pareto_markdown(summary: list[dict[str, Any]], p: ParetoPreset, preset: str)
     """One table per dataset plus a plain statement of where prunekit loses to Torch-Pruning."""
     lines = [f"# pareto ({preset}): accuracy vs MACs on one budget, {p.model}\n",
              f"Budget per run: {p.epochs} epochs, batch {p.batch_size}, SGD lr {p.lr} cosine (sDprun: its own optimizer, "
-             f"lr {p.sdprun_lr}), {'all images' if p.limit is None else f'{p.limit} images per split'}"
+             f"constant lr of its variant, classifier lr {p.sdprun_lr}), {'all images' if p.limit is None else f'{p.limit} images per split'}"
              f"{'' if p.max_steps_per_epoch is None else f', at most {p.max_steps_per_epoch} steps per epoch'}; "
              f"seeds {list(p.seeds)}. MACs per sample by torch.utils.flop_counter (conv/linear multiply-adds); "
              f"latency = median CPU ms with {p.latency_threads} thread. Accuracy in %, test split, variant chosen on val. "

@@ -7,11 +7,13 @@ lr schedule and seed) and lands on the same MACs targets; the slim network is co
 latency (median ms, one thread). Methods and how they meet a target:
 
 * ``crisp``, ``growing``, ``l0``, ``l1``, ``slimming``: ``target_macs`` in their Config (calibrated).
+* ``sdprun``: ``target_macs`` in its Config too, met by its own optimizer (a controller sets the dual-averaging
+  threshold); the channels it zeroed exactly are what collapse removes: no L2 pruning, no calibration. Its
+  dual averaging runs at the constant lr of its grid variant (``SDPRUN_LR``), its classifier at ``sdprun_lr``.
 * ``dpp`` (filter): exactly-k masks; ``keep`` is solved so that k of N per group gives the target MACs.
-* ``bridgeout`` and ``sdprun``: trained once per seed, then the lowest-L2 filters of every group are
-  removed, the same fraction per group, until the target MACs are met, with **no fine-tuning** (their
-  papers' protocol; ``prunekit.curve``'s rule). sDprun trains with its own optimizer at ``sdprun_lr``.
-  Each such network is reported twice: as is, and as ``bridgeout+bn`` / ``sdprun+bn`` after its
+* ``bridgeout``: trained once per seed, then the lowest-L2 filters of every group are removed, the same
+  fraction per group, until the target MACs are met, with **no fine-tuning** (the paper's protocol;
+  ``prunekit.curve``'s rule). Each such network is reported twice: as is, and as ``bridgeout+bn`` after its
   BatchNorm statistics are re-estimated on ``bn_batches`` training batches (weights untouched).
 * ``tp-groupnorm`` / ``tp-magnitude``: Torch-Pruning's ``GroupNormPruner`` (with its sparse regulariser)
   and ``MagnitudePruner`` (L1), progressive pruning to the target half-way, fine-tuned for the rest
@@ -67,11 +69,14 @@ logger = logging.getLogger(__name__)
 METHODS = ("dense", "crisp", "growing", "dpp", "l0", "l1", "slimming", "bridgeout", "sdprun",
            "tp-groupnorm", "tp-magnitude")
 BN_SUFFIX = "+bn"  # post-hoc rows whose BatchNorm statistics were re-estimated (prunekit.curve.recalibrate_bn)
-TARGETED = ("crisp", "growing", "l0", "l1", "slimming")  # take target_macs in their Config
-POST_HOC = ("bridgeout", "sdprun")  # trained once, L2-pruned to every target with no fine-tuning
+TARGETED = ("crisp", "growing", "l0", "l1", "slimming", "sdprun")  # take target_macs in their Config
+POST_HOC = ("bridgeout",)  # trained once, L2-pruned to every target with no fine-tuning
 # Torch-Pruning prunes per layer or globally ranked, L1 and slimming prune once or in stages (as Torch-Pruning's
 # progressive schedule does): each side's better variant on validation is reported
 _SCHEDULES = ((), (("mode", "iterative"),))
+# sDprun's constant dual-averaging lr (method option ``lr``): plain dual averaging has no momentum, and at the
+# paper's <= 0.05 it learns far slower than the momentum SGD of the other rows (prunekit.methods.sdprun's runs)
+SDPRUN_LR = 0.3
 _GRID = (
     ("l1", _SCHEDULES),
     ("slimming", _SCHEDULES),
@@ -94,9 +99,9 @@ class ParetoPreset:
     max_steps_per_epoch: int | None = None
     limit: int | None = 4000  # samples per split (seeded subset); None: everything
     seeds: tuple[int, ...] = (0,)
-    sdprun_lr: float = 0.05  # the sDprun paper recommends <= 0.05
+    sdprun_lr: float = 0.05  # TrainConfig.lr of sDprun's runs (its classifier); its dual averaging takes the grid's lr
     grid: tuple[tuple[str, tuple[tuple[tuple[str, Any], ...], ...]], ...] = (
-        ("sdprun", ((("c", 1e-3),),)), *_GRID)  # method -> option variants, chosen on validation accuracy
+        ("sdprun", ((("lr", SDPRUN_LR),),)), *_GRID)  # method -> option variants, chosen on validation accuracy
     latency_batch_sizes: tuple[int, ...] = (1, 32)
     latency_repeats: int = 10
     latency_min_seconds: float = 0.5  # keep timing at least this long per batch size (a shared CPU is noisy)
@@ -112,8 +117,7 @@ PRESETS: dict[str, ParetoPreset] = {
                           latency_repeats=5, latency_rounds=3),
     "hour": ParetoPreset(),
     "paper": ParetoPreset(model="resnet56", datasets=("cifar10",), epochs=200, batch_size=128, lr=0.1, limit=None,
-                          seeds=(0, 1, 2), device="auto", latency_repeats=50,
-                          grid=(("sdprun", ((("c", 5e-4),), (("c", 1e-3),))), *_GRID)),
+                          seeds=(0, 1, 2), device="auto", latency_repeats=50),
 }
 
 
