@@ -119,7 +119,8 @@ def _method_and_train(variant: str, preset: CurvePreset, device: str) -> tuple[s
         return ("bridgeout", {"p": preset.bridgeout_p, "q": preset.bridgeout_q, "seed": preset.seed},
                 TrainConfig(lr=preset.lr, momentum=0.9, nesterov=True, weight_decay=5e-4, **common))
     if variant == "sdprun":
-        return ("sdprun", {"c": preset.sdprun_c, "mu": preset.sdprun_mu},
+        # the paper's fixed c (no target controller): this suite measures how L2-prunable the trained net is
+        return ("sdprun", {"c": preset.sdprun_c, "mu": preset.sdprun_mu, "target_macs": None},
                 TrainConfig(lr=preset.sdprun_lr, optimizer="sdprun", momentum=0.0, weight_decay=0.0, **common))
     raise ConfigError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
 
