@@ -109,6 +109,15 @@ class SplitOptimizer(torch.optim.Optimizer):
 DEFAULT_GATE_LR = 1e-2
 
 
+def cubic_ramp(t: float, start: float, end: float) -> float:
+    """0 before ``start``, ((t − start)/(end − start))³ between, 1 from ``end`` on (``t`` in epochs, fractional)."""
+    if t <= start:
+        return 0.0
+    if t >= end or end <= start:
+        return 1.0
+    return ((t - start) / (end - start)) ** 3
+
+
 def budget_gate_lr(steps: int | None, travel: float, lo: float = 1e-3, hi: float = 0.1) -> float:
     """The gate lr that lets a logit travel ``travel`` units in ``steps`` Adam steps, clamped to [lo, hi].
 
@@ -348,13 +357,13 @@ class GateMethod(Method):
         """
         own = self.decision_masks(gated)
         final, ratio = own, mask_ratio(gated, own, kind)
-        self.report.update(rule_ratio=ratio)
         if calibrate_to_target and target is not None and not within(ratio, target, tolerance):
+            own_ratio = ratio
             final, ratio = calibrate(gated, scores, target, kind)
             self.report["calibrated"] = {"target": target, "ratio": ratio, "kind": kind,
                                          "kept": int(sum(int(m.sum()) for m in final))}
             logger.info("%s: own rule gave %s ratio %.4f, calibrated to %.4f (target %.4f)", self.name, kind,
-                        self.report["rule_ratio"], ratio, target)
+                        own_ratio, ratio, target)
         apply_masks(gated, final)
         self.report.update(decision_report(gated, own, final), ratio=ratio)
         return ratio

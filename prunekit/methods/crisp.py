@@ -58,6 +58,7 @@ from prunekit.methods._gated import (
     check_target,
     check_threshold,
     cost_ratio,
+    cubic_ramp,
     require_gated,
 )
 from prunekit.methods.base import register_method
@@ -117,15 +118,6 @@ def crisp_schedule(epochs: int, search_epochs: int | None = None, rounds: int = 
     ft += epochs - need  # spare epochs fine-tune
     prune = tuple(search - 1 + r * round_epochs for r in range(rounds + 1))
     return CrispSchedule(search, rounds, round_epochs, ft, prune, prune[-1] + 1)
-
-
-def cubic_ramp(epoch: float, start: float, end: float) -> float:
-    """0 before ``start``, ((epoch − start)/(end − start))³ between, 1 from ``end`` on."""
-    if epoch <= start:
-        return 0.0
-    if epoch >= end or end <= start:
-        return 1.0
-    return ((epoch - start) / (end - start)) ** 3
 
 
 def structure_loss(ratio: torch.Tensor, target: float) -> torch.Tensor:

@@ -42,6 +42,7 @@ from prunekit.methods._gated import (
     check_positive,
     check_target,
     cost_ratio,
+    cubic_ramp,
     finetune_epochs,
     fold_gate_values,
     freeze_gates,
@@ -115,8 +116,7 @@ class L0Method(GateMethod):
             return
         self.t = t
         search = self.search_epochs(num_epochs)
-        ramp = ((t - search / 2) / (search / 2)) ** 3 if t > search / 2 else 0.0
-        self.scale = 1.0 + (self.config.scale_max - 1.0) * min(ramp, 1.0)
+        self.scale = 1.0 + (self.config.scale_max - 1.0) * cubic_ramp(t, search / 2, search)
         for h in require_gated(model, self.name).groups:
             h.gate.scale.fill_(self.scale)
 
