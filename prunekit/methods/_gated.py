@@ -149,14 +149,18 @@ def gate_optimizer(model: nn.Module, train_cfg: Any, gate_lr: float | None, kind
     """
     if kind == "same" or getattr(train_cfg, "optimizer", "sgd") in ("adam", "adamw"):
         return None
+    return split_optimizer(gate_param_groups(model, train_cfg, gate_lr), train_cfg)
+
+
+def split_optimizer(groups: list[dict[str, Any]], train_cfg: Any) -> torch.optim.Optimizer | None:
+    """The training optimizer for ``groups[0]`` (weights) plus Adam without weight decay for the other groups
+    (gate logits, at their own ``lr``), as one :class:`SplitOptimizer`; None when there is no second group."""
     from prunekit.train.loop import build_optimizer
 
-    groups = gate_param_groups(model, train_cfg, gate_lr)
     if len(groups) == 1:
         return None
     weights = build_optimizer(groups[:1], train_cfg)
-    lr = groups[1]["lr"]
-    return SplitOptimizer([weights, torch.optim.Adam(groups[1:], lr=lr, weight_decay=0.0)])
+    return SplitOptimizer([weights, torch.optim.Adam(groups[1:], lr=groups[1]["lr"], weight_decay=0.0)])
 
 
 # -- cost of masks and calibration ---------------------------------------------------------------------

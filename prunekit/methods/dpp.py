@@ -243,14 +243,9 @@ class DPPMethod(Method):
         """
         if self.config.gate_optimizer == "same" or getattr(train_cfg, "optimizer", "sgd") != "sgd":
             return None
-        from prunekit.methods._gated import SplitOptimizer
-        from prunekit.train.loop import build_optimizer
+        from prunekit.methods._gated import split_optimizer
 
-        groups = self.param_groups(model, train_cfg)
-        if len(groups) == 1:
-            return None
-        weights = build_optimizer(groups[:1], train_cfg)
-        return SplitOptimizer([weights, torch.optim.Adam(groups[1:], lr=groups[1]["lr"], weight_decay=0.0)])
+        return split_optimizer(self.param_groups(model, train_cfg), train_cfg)
 
     # -- schedules and loss ----------------------------------------------------------------------
     def set_temperature(self, model: nn.Module, tau: float) -> None:

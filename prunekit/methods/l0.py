@@ -98,9 +98,8 @@ class L0Method(GateMethod):
         self.scale = 1.0
         self.t = 0.0  # training time in epochs at the last scale update (resume-safe)
 
-    def decision_masks(self, model: nn.Module) -> list[torch.Tensor]:
-        """L0's own rule (Louizos et al.'s test-time gate): keep a structure whose eval gate is not exactly 0."""
-        return [h.gate.hard_mask() for h in model.groups]
+    # decision_masks: GateMethod's default (eval gate not exactly 0) is L0's own rule, Louizos et al.'s
+    # test-time gate
 
     # -- the scale of log α: a temperature ----------------------------------------------------------------
     def on_epoch_start(self, model: nn.Module, epoch: int, num_epochs: int) -> None:
