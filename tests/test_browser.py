@@ -122,7 +122,9 @@ def test_tiny_run_from_the_ui_to_collapse(server):
             wait_app_idle(page, 60000)
             _shot(page, "collapse")
             assert outcome.inner_text().startswith("Collapsed in"), outcome.inner_text()
-            assert page.locator("[data-testid='stDataFrame']").first.is_visible()
+            table = page.locator("[data-testid='stDataFrame']").first
+            table.wait_for(state="visible", timeout=30000)  # drawn after the "Collapsed in" line: it raced once
+            assert table.is_visible()
             assert page.get_by_text(re.compile(r"Original \(masked\) vs slim \(removed\)")).is_visible()
             widths = page.get_by_text("Layer widths: original vs slim")  # a plotly title: drawn after the table
             widths.first.wait_for(timeout=30000)
