@@ -14,6 +14,7 @@ with a full re-send of every widget's state from the calling (foreground) cell.
 from __future__ import annotations
 
 import html
+import json
 import logging
 import threading
 import time
@@ -37,6 +38,7 @@ from prunekit._widgets_controls import (
     slider,
 )
 from prunekit.errors import ConfigError
+from prunekit.methods import OptionSpec, list_methods, method_class, run_target
 from prunekit.train.store import TERMINAL, RunInfo, RunStore
 
 logger = logging.getLogger(__name__)
@@ -46,9 +48,82 @@ logger = logging.getLogger(__name__)
 _GATE_ROWS = ["gate_values", "gate_hist"]
 
 __all__ = [
-    "LiveFigure", "MatrixEditor", "RunDashboard", "figure_bundle", "figure_output", "int_slider", "live_figure",
+    "LiveFigure", "MatrixEditor", "MethodForm", "RunDashboard", "figure_bundle", "figure_output", "int_slider", "live_figure",
     "set_figure", "shown_figure", "slider",
 ]
+
+
+# -- a method and its options -------------------------------------------------------------------------
+class MethodForm:
+    """A method picker with one widget per option, generated from the method's Config (``Method.options()``).
+
+    ``form.widget`` shows it; ``form.method`` and ``form.options()`` (only the options changed from their
+    defaults, typed) give what a ``RunConfig`` needs. Changing the method rebuilds the option widgets.
+
+    Args:
+        method: the method shown first (default ``crisp`` when registered).
+        methods: the methods offered (default: every registered method).
+    """
+
+    def __init__(self, method: str | None = None, methods: list[str] | None = None) -> None:
+        offered = list(methods or list_methods())
+        if not offered:
+            raise ConfigError(f"methods must not be empty, got {methods!r}")
+        first = method or ("crisp" if "crisp" in offered else offered[0])
+        if first not in offered:
+            raise ConfigError(f"method must be one of {', '.join(offered)}, got {first!r}")
+        self.picker = widgets.Dropdown(options=offered, value=first, description="method", style={"description_width": "initial"})
+        self.about = widgets.HTML()
+        self.box = widgets.VBox()
+        self.inputs: dict[str, tuple[OptionSpec, widgets.Widget]] = {}
+        self.widget = widgets.VBox([self.picker, self.about, self.box])
+        self.picker.observe(lambda _change: self._build(), names="value")
+        self._build()
+
+    @property
+    def method(self) -> str:
+        return str(self.picker.value)
+
+    def _build(self) -> None:
+        cls = method_class(self.method)
+        self.about.value = f"<i>{html.escape(cls.summary)}.</i> Own rule: {html.escape(cls.decision_rule)}."
+        self.inputs = {s.name: (s, _option_widget(s)) for s in cls.options()}
+        self.box.children = [w for _, w in self.inputs.values()]
+
+    def options(self) -> dict[str, Any]:
+        """The options whose widget differs from the default, typed as the method's Config wants them."""
+        out: dict[str, Any] = {}
+        for name, (spec, w) in self.inputs.items():
+            value = w.value
+            if isinstance(w, widgets.Text):
+                value = None if value.strip().lower() in ("", "none") and spec.nullable else _text_value(value)
+            if value != spec.default:
+                out[name] = value
+        return out
+
+
+def _text_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _option_widget(spec: OptionSpec) -> widgets.Widget:
+    """One option as a widget: checkbox, dropdown, bounded number box or text (None-able numbers as text)."""
+    common = {"description": spec.name, "description_tooltip": spec.describe(),
+              "style": {"description_width": "initial"},
+              "layout": widgets.Layout(width="420px")}
+    if spec.kind == "bool":
+        return widgets.Checkbox(value=bool(spec.default), indent=False, **common)
+    if spec.kind == "choice":
+        return widgets.Dropdown(options=list(spec.choices), value=spec.default, **common)
+    if spec.kind in ("int", "float") and spec.default is not None:
+        box = widgets.BoundedIntText if spec.kind == "int" else widgets.BoundedFloatText
+        lo = spec.low if spec.low is not None else -1e12
+        hi = spec.high if spec.high is not None else 1e12
+        return box(value=spec.default, min=lo, max=hi, **common)
+    return widgets.Text(value="None" if spec.default is None else str(spec.default), **common)
 
 
 # -- the run dashboard --------------------------------------------------------------------------------
@@ -91,8 +166,7 @@ class RunDashboard:
         self.refresh_s = float(refresh_s)
         self.info: RunInfo = self.store.get_run(run_id)  # unknown ids fail here, before any widget exists
         cfg = self.info.config
-        target = (cfg.get("method_options") or {}).get("target_macs")
-        self._target = float(target) if isinstance(target, (int, float)) else None
+        self._target = run_target(cfg.get("method"), cfg.get("method_options"))
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

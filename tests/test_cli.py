@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess
@@ -16,6 +15,8 @@ import torch
 from prunekit.cli import build_parser, main
 from prunekit.cli._common import HelpFormatter, parse_kv
 from prunekit.cli.train import summary_rows
+from prunekit.errors import ConfigError
+from prunekit.methods import list_methods
 
 # A few hundred tiny samples and at most two steps: seconds on a shared 2-core CPU.
 TINY = ["--data-opt", "num_samples=128", "--data-opt", "num_test=32", "--epochs", "1", "--max-steps-per-epoch", "2",
@@ -156,23 +157,75 @@ def test_parse_kv_values():
         "a": 1, "b": 0.5, "c": True, "d": None, "e": [1, 2], "f": "filter", "g_h": "x"}
 
 
-def test_method_flag_reaches_method_options():
-    from prunekit.cli.train import METHOD_FLAGS, config_from_args
-    from prunekit.methods import create_method, list_methods
+def _changed_value(spec):
+    """A valid value of ``spec`` other than its default, as the command line would spell it."""
+    if spec.kind == "bool":
+        return str(not spec.default).lower(), (not spec.default)
+    if spec.kind == "choice":
+        other = next(c for c in spec.choices if c != spec.default) if len(spec.choices) > 1 else spec.default
+        return str(other), other
+    if spec.kind in ("int", "float"):
+        lo = spec.low if spec.low is not None else 0
+        hi = spec.high if spec.high is not None else lo + 4
+        v = (lo + hi) / 2 if spec.kind == "float" else int(lo) + 1 if spec.high is None or lo + 1 <= hi else int(lo)
+        return str(v), (float(v) if spec.kind == "float" else int(v))
+    return None, None
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_every_method_option_is_a_typed_cli_flag(method):
+    """Generated from the method's Config: each option's flag (or --method-opt when the name is a train flag such as
+    --lr) reaches method_options with the option's type; a flag of another method is refused by name."""
+    from prunekit.cli.train import config_from_args
+    from prunekit.methods import method_class
 
     parser = build_parser()
+    train_flags = {"--lr", "--seed", "--epochs"}
+    for spec in method_class(method).options():
+        text, value = _changed_value(spec)
+        if text is None:
+            continue
+        flag = "--" + spec.name.replace("_", "-")
+        argv = ["--method-opt", f"{spec.name}={text}"] if flag in train_flags else [flag, text]
+        try:
+            args = parser.parse_args(["train", "--method", method, *argv])
+            cfg = config_from_args(args)
+        except ConfigError as e:  # a cross-option rule of the method (e.g. DPP's target_macs needs granularity filter)
+            assert spec.name in str(e) or "granularity" in str(e), e
+            continue
+        got = cfg.method_options[spec.name]
+        assert got == value and type(got) is type(value), (spec.name, got, value)
+    others = {s.name for m in list_methods() for s in method_class(m).options()} - {
+        s.name for s in method_class(method).options()} - {"lr", "seed", "epochs"}
+    if others:
+        name = sorted(others)[0]
+        args = parser.parse_args(["train", "--method", method, "--" + name.replace("_", "-"), "1"])
+        with pytest.raises(ConfigError, match=f"--{name.replace('_', '-')} is not an option of method '{method}'"):
+            config_from_args(args)
 
-    for method in list_methods():
-        fields = {f.name for f in dataclasses.fields(type(create_method(method)).Config)}
-        common = sorted(fields & set(METHOD_FLAGS))
-        if common:
-            field = common[0]
-            flag, typ, _ = METHOD_FLAGS[field]
-            value = {float: "0.5", int: "4", str: "filter"}[typ]
-            args = parser.parse_args(["train", "--method", method, flag, value])
-            assert config_from_args(args).method_options[field] == typ(value)
-            return
-    pytest.skip("no registered method takes one of the first-class flags yet")
+
+def test_out_of_range_method_option_names_option_and_value():
+    from prunekit.cli.train import config_from_args
+
+    args = build_parser().parse_args(["train", "--method", "crisp", "--threshold", "1.5"])
+    with pytest.raises(ConfigError, match=r"threshold must be in \(0, 1\), got 1.5"):
+        config_from_args(args)
+    args = build_parser().parse_args(["train", "--method", "crisp", "--threshold", "high"])
+    with pytest.raises(ConfigError, match="--threshold must be a float, got 'high'"):
+        config_from_args(args)
+
+
+def test_list_methods_details_come_from_the_method_files(capsys):
+    from prunekit.methods import method_class
+
+    assert main(["list", "methods", "--details", "--json"]) == 0
+    details = {d["name"]: d for d in json.loads(capsys.readouterr().out)}
+    assert set(details) == set(list_methods())
+    crisp = details["crisp"]
+    assert crisp["summary"] == method_class("crisp").summary and crisp["target_option"] == "target_macs"
+    assert "struct" in crisp["loss_terms"]
+    threshold = next(o for o in crisp["options"] if o["name"] == "threshold")
+    assert threshold["default"] == 0.25 and "(0, 1)" in threshold["help"]
 
 
 @pytest.mark.slow

@@ -29,6 +29,26 @@ def _index(options: list, value: object) -> int:
     return options.index(value) if value in options else 0
 
 
+def option_input(col, s, key: str):
+    """One method option as a widget: checkbox, select box, number (bounded by its declared range) or text."""
+    help_ = s.describe() or None
+    if s.kind == "bool":
+        return col.checkbox(s.name, s.default, help=help_, key=key)
+    if s.kind == "choice":
+        return col.selectbox(s.name, list(s.choices), index=_index(list(s.choices), s.default), help=help_, key=key)
+    if s.kind in ("int", "float"):
+        cast = int if s.kind == "int" else float
+        bounds = {}
+        if s.low is not None and not s.low_open:
+            bounds["min_value"] = cast(s.low)
+        if s.high is not None and not s.high_open:
+            bounds["max_value"] = cast(s.high)
+        extra = {"step": 1} if s.kind == "int" else {"format": "%g"}
+        return col.number_input(s.name, value=s.default, placeholder="None (see help)" if s.nullable else None,
+                                help=help_, key=key, **bounds, **extra)
+    return col.text_input(s.name, sup.option_text(s.default), help=help_, key=key)
+
+
 # -- start a run -------------------------------------------------------------------------------
 with st.expander("Start a run", expanded=True):
     method = st.selectbox("Method", methods, index=_index(methods, sup.DEFAULT_METHOD), key="form_method",
@@ -62,21 +82,11 @@ with st.expander("Start a run", expanded=True):
                                     help="How often the charts get a new point; gate statistics cost a little time.")
         opts = {}
         if specs:
-            st.markdown(f"**{method} options** (defaults from the paper; hover for what each does)")
+            st.markdown(f"**{method} options** (hover for what each does, its unit, range and the paper's value)")
+            st.caption(sup.method_help(method))
             cols = st.columns(3)
-            for i, s in enumerate(specs):
-                if s.name == tfield:
-                    continue
-                col, key = cols[i % 3], f"opt_{method}_{s.name}"
-                if s.kind == "bool":
-                    opts[s.name] = col.checkbox(s.name, s.default, help=s.help or None, key=key)
-                elif s.kind == "int":
-                    opts[s.name] = col.number_input(s.name, value=s.default, step=1, help=s.help or None, key=key)
-                elif s.kind == "float":
-                    opts[s.name] = col.number_input(s.name, value=s.default, format="%g", help=s.help or None,
-                                                    key=key)
-                else:
-                    opts[s.name] = col.text_input(s.name, sup.option_text(s.default), help=s.help or None, key=key)
+            for i, s in enumerate([s for s in specs if s.name != tfield]):
+                opts[s.name] = option_input(cols[i % 3], s, f"opt_{method}_{s.name}")
         submitted = st.form_submit_button("Start run", type="primary")
     if submitted:
         try:

@@ -46,8 +46,7 @@ def header() -> None:
 
 st.fragment(run_every=every)(header)()
 info = sup.read_run(run_id, lambda: store.get_run(run_id), stop=True)
-tf = sup.target_field(info.config.get("method", "dense")) if info.config.get("method") else None
-target = (info.config.get("method_options") or {}).get(tf) if tf else None
+target = sup.run_target(info.config.get("method"), info.config.get("method_options"))
 
 
 def charts(build: Callable[[], dict], names: tuple[str, ...] | None = None, columns: int = 1,

@@ -18,6 +18,7 @@ from typing import Any
 
 from prunekit.cli._common import HelpFormatter, out, parse_value
 from prunekit.errors import ConfigError
+from prunekit.methods import method_class
 
 
 def _values(text: str, flag: str) -> list[Any]:
@@ -31,7 +32,10 @@ def grid_from_args(args: argparse.Namespace) -> dict[str, list[Any]]:
     """``--target-macs 0.3,0.5`` and ``--grid key=v1,v2`` as ``{dotted.key: [values]}``."""
     grid: dict[str, list[Any]] = {}
     if args.target_macs_list:
-        grid["method_options.target_macs"] = _values(args.target_macs_list, "--target-macs")
+        option = method_class(args.method).target_option
+        if option is None:
+            raise ConfigError(f"--target-macs: method {args.method!r} has no target option")
+        grid[f"method_options.{option}"] = _values(args.target_macs_list, "--target-macs")
     for item in args.grid or ():
         key, sep, vals = item.partition("=")
         if not sep or not key.strip():
@@ -47,7 +51,6 @@ def grid_from_args(args: argparse.Namespace) -> dict[str, list[Any]]:
 
 def _run(args: argparse.Namespace) -> int:
     from prunekit.cli.train import config_from_args
-    from prunekit.methods import create_method
     from prunekit.train.sweep import create_sweep, expand_grid, run_sweep, start_sweep_scheduler
 
     if args.concurrency < 1:
@@ -56,10 +59,8 @@ def _run(args: argparse.Namespace) -> int:
         sweep_id = args.resume_sweep
     else:
         grid = grid_from_args(args)
-        args.target_macs = None  # the list is in the grid; the base config gets none
         base = config_from_args(args)
-        for cfg in expand_grid(base, grid):  # every point must build its method before anything is queued
-            create_method(cfg.method, **cfg.method_options)
+        expand_grid(base, grid)  # every point is a validated RunConfig before anything is queued
         sweep_id, run_ids = create_sweep(base, grid, name=args.sweep_name, workspace=args.workspace)
         out(f"sweep {sweep_id}: {len(run_ids)} runs queued ({', '.join(run_ids)})")
     threads = args.threads
@@ -91,7 +92,7 @@ def register(subparsers: Any) -> None:
                               description=__doc__.split("\n\n")[1])
     g = p.add_argument_group("sweep")
     g.add_argument("--target-macs", dest="target_macs_list", default=None, metavar="V1,V2,...",
-                   help="target MACs ratios to sweep (method option target_macs)")
+                   help="target MACs ratios to sweep (fractions of dense MACs; the method's target option)")
     g.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="another option to sweep: a method option (keep=0.3,0.5) or a dotted config path "
                         "(train.lr=0.1,0.05); repeatable, the grid is the product")
@@ -102,7 +103,7 @@ def register(subparsers: Any) -> None:
                    help="launch the still-queued runs of an existing sweep instead of creating one")
     g.add_argument("--workspace", default=None, metavar="DIR",
                    help="run store folder (default: $PRUNEKIT_HOME or ./prunekit-runs)")
-    p.set_defaults(func=_run, target_macs=None)
+    p.set_defaults(func=_run)
     # flags of `train` that mean nothing here
     for flag in ("--out", "--resume", "--no-progress"):
         action = p._option_string_actions.get(flag)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -18,23 +17,63 @@ from prunekit.cli._common import (
     model_macs,
     out,
     parse_kv,
+    parse_value,
     to_json,
 )
 from prunekit.cli.runs import add_background_option, launch_background
 from prunekit.errors import ConfigError
+from prunekit.methods import OptionSpec, list_methods, method_class
 from prunekit.train.config import OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
 
 _T = TrainConfig()
 _R = RunConfig()
 
-# First-class flags for the method options most methods share: flag name -> Config field name.
-METHOD_FLAGS = {
-    "target_macs": ("--target-macs", float, "target MACs ratio (relaxed cost / dense cost) in (0, 1]"),
-    "keep": ("--keep", float, "fraction (or count) of structures kept per group"),
-    "granularity": ("--granularity", str, "pruning granularity: filter, kernel, weight, block, ..."),
-    "quant_bits": ("--quant-bits", int, "bits of joint weight quantisation"),
-    "threshold": ("--threshold", float, "gate threshold that makes the final hard mask"),
-}
+METHOD_OPT_PREFIX = "method_opt__"  # argparse dest of a generated method-option flag
+
+
+def method_option_owners() -> dict[str, list[tuple[str, OptionSpec]]]:
+    """Every option name of every registered method -> the methods that have it, with their specs."""
+    owners: dict[str, list[tuple[str, OptionSpec]]] = {}
+    for name in list_methods():
+        for spec in method_class(name).options():
+            owners.setdefault(spec.name, []).append((name, spec))
+    return owners
+
+
+def add_method_option_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``--<option>`` flag per option name of the registered methods (generated from their Configs); a name
+    that is already a flag of ``train`` (``--lr``, ``--seed``) is reachable as ``--method-opt KEY=VALUE``."""
+    taken = set(parser._option_string_actions)
+    g = parser.add_argument_group(
+        "method options", "generated from each method's Config (see 'prunekit list methods --details'); a flag applies to "
+        "the methods its help names; every option also works as --method-opt KEY=VALUE")
+    for name, owners in sorted(method_option_owners().items()):
+        flag = "--" + name.replace("_", "-")
+        if flag in taken:
+            continue
+        defaults = ", ".join(f"{m} {s.default!r}" for m, s in owners)
+        spec = owners[0][1]
+        g.add_argument(flag, dest=METHOD_OPT_PREFIX + name, default=argparse.SUPPRESS, metavar=spec.kind.upper(),
+                       help=f"{spec.describe()} [default: {defaults}]".replace("%", "%%"))
+
+
+def parse_option_value(spec: OptionSpec, text: Any, flag: str) -> Any:
+    """A command-line value turned into the option's type (ConfigError naming the flag and the value)."""
+    value = parse_value(text) if isinstance(text, str) else text
+    if value is None and spec.nullable:
+        return None
+    try:
+        if spec.kind == "int" and not isinstance(value, bool):
+            return int(value)
+        if spec.kind == "float" and not isinstance(value, bool):
+            return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag} must be a {spec.kind}, got {text!r}") from None
+    if spec.kind == "bool" and not isinstance(value, bool):
+        raise ConfigError(f"{flag} must be true or false, got {text!r}")
+    if spec.kind == "choice" and value not in spec.choices:
+        value = str(text)
+    return tuple(value) if isinstance(spec.default, tuple) and isinstance(value, list) else value
 
 
 def register(subparsers: Any) -> None:
@@ -46,8 +85,6 @@ def register(subparsers: Any) -> None:
     g.add_argument("--method", default=_R.method, help="pruning method (see 'prunekit list methods')")
     g.add_argument("--method-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the method's config; repeatable")
-    for field, (flag, typ, text) in METHOD_FLAGS.items():
-        g.add_argument(flag, dest=field, type=typ, default=None, help=f"{text} (method option {field})")
     g.add_argument("--data-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a dataset option, e.g. num_samples=2000 for shapes; repeatable")
     add_data_root_arg(g)
@@ -89,24 +126,25 @@ def register(subparsers: Any) -> None:
     r.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_background_option(p)
+    add_method_option_flags(p)
     p.set_defaults(func=run)
 
 
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``--method-opt`` pairs plus the first-class method flags, checked against the method's Config."""
-    from prunekit.methods import create_method
-
-    opts = parse_kv(args.method_opt, "--method-opt")
-    given = {f: getattr(args, f) for f in METHOD_FLAGS if getattr(args, f, None) is not None}
-    if given:
-        fields = {f.name for f in dataclasses.fields(type(create_method(args.method)).Config)}
-        for field, value in given.items():
-            if field not in fields:
-                raise ConfigError(
-                    f"{METHOD_FLAGS[field][0]} is not an option of method {args.method!r}"
-                    + (f" (its options: {', '.join(sorted(fields))})" if fields else " (it has no options)")
-                )
-            opts[field] = value
+    """``--method-opt`` pairs plus the generated method-option flags, typed and checked against the method."""
+    cls = method_class(args.method)
+    specs = {s.name: s for s in cls.options()}
+    given = {k[len(METHOD_OPT_PREFIX):]: v for k, v in vars(args).items()
+             if k.startswith(METHOD_OPT_PREFIX) and v is not None}
+    opts: dict[str, Any] = {}
+    for name, value in given.items():
+        flag = "--" + name.replace("_", "-")
+        if name not in specs:
+            raise ConfigError(f"{flag} is not an option of method {args.method!r}"
+                              + (f" (its options: {', '.join(sorted(specs))})" if specs else " (it has no options)"))
+        opts[name] = parse_option_value(specs[name], value, flag)
+    for name, value in parse_kv(args.method_opt, "--method-opt").items():
+        opts[name] = parse_option_value(specs[name], value, f"--method-opt {name}") if name in specs else value
     return opts
 
 

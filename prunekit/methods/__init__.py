@@ -1,8 +1,20 @@
 """Pruning methods, one file each; ``create(name, **options)`` builds one by name."""
 
 from prunekit.methods import baselines, bridgeout, crisp, dpp, growing, l0, sdprun  # noqa: F401  (registers)
-from prunekit.methods.base import Method, create_method, list_methods, register_method
+from prunekit.methods.base import (
+    Method,
+    OptionSpec,
+    create_method,
+    list_methods,
+    loss_help,
+    method_class,
+    metric_help,
+    option,
+    register_method,
+    run_target,
+)
 
 create = create_method
 
-__all__ = ["Method", "create", "create_method", "list_methods", "register_method"]
+__all__ = ["Method", "OptionSpec", "create", "create_method", "list_methods", "loss_help", "method_class", "metric_help",
+           "option", "register_method", "run_target"]

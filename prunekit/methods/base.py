@@ -38,14 +38,140 @@ numbers say how much of the result the method itself decided (``prunekit.methods
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from prunekit._registry import Registry
+from prunekit.errors import ConfigError
+from prunekit.validate import check_choice, check_range, interval_text
 
 _METHODS: Registry[type[Method]] = Registry("method")
+
+
+# -- options: what a method's Config declares about each of its fields ------------------------------------
+@dataclass(frozen=True)
+class Option:
+    """A Config field's description: help, unit, range, choices, the paper's value. Made by :func:`option`."""
+
+    help: str
+    unit: str = ""
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[Any, ...] = ()
+    paper: Any = None  # the paper's value where it differs from prunekit's default (None: same or not stated)
+
+
+def option(default: Any, help: str, **info: Any) -> Any:
+    """A method Config field with its description (keyword arguments of :class:`Option`).
+
+    Example: ``target_macs: float = option(0.5, "MACs kept", unit="fraction of dense MACs", low=0, high=1,
+    low_open=True)``. The range and choices are checked when the method is built (``prunekit.validate``), and
+    the CLI help, the app form, the notebook widgets and ``prunekit list methods -v`` show the rest.
+    """
+    return dataclasses.field(default=default, metadata={"option": Option(help, **info)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptionSpec(Option):
+    """One option of a method as its consumers (CLI, app form, widgets, benches) see it: its :class:`Option`
+    description plus name, default, a widget kind and whether None is allowed (e.g. "derive it from the run")."""
+
+    name: str
+    default: Any
+    kind: str  # "bool" | "int" | "float" | "choice" | "text" (JSON or plain string)
+    nullable: bool = False
+
+    @property
+    def range_text(self) -> str:
+        return interval_text(self.low, self.high, self.low_open, self.high_open)
+
+    def describe(self) -> str:
+        """One line: help, unit, range or choices, the paper's value."""
+        bits = [self.help] if self.help else []
+        if self.unit:
+            bits.append(f"unit: {self.unit}")
+        if self.choices:
+            bits.append("one of " + ", ".join(map(str, self.choices)))
+        elif self.low is not None or self.high is not None:
+            bits.append(self.range_text)
+        if self.paper is not None:
+            bits.append(f"paper: {self.paper}")
+        return "; ".join(bits)
+
+    def check(self, value: Any) -> None:
+        """ConfigError naming the option and the value when it is out of range or not a choice."""
+        if self.choices:
+            check_choice(self.name, value, self.choices, allow_none=self.nullable)
+        elif self.low is not None or self.high is not None:
+            check_range(self.name, value, self.low, self.high, low_open=self.low_open, high_open=self.high_open,
+                        allow_none=self.nullable)
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """Trailing ``# comments`` of a dataclass's field lines (help for fields declared without :func:`option`)."""
+    try:
+        src = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    out = {}
+    for line in src.splitlines():
+        m = re.match(r"\s+(\w+)\s*:[^#=]*(?:=[^#]*)?#\s*(.+)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def _kind(default: Any, annotation: Any, choices: tuple[Any, ...]) -> str:
+    ann = str(annotation)
+    if choices:
+        return "choice"
+    if isinstance(default, bool) or ann == "bool":
+        return "bool"
+    if ann == "int" and (default is None or isinstance(default, int)):
+        return "int"
+    if ann == "float" and (default is None or isinstance(default, (int, float))):
+        return "float"
+    return "text"
+
+
+def option_specs(config_cls: type) -> list[OptionSpec]:
+    """The options of a method Config class, in declaration order."""
+    comments = _field_comments(config_cls)
+    own = config_cls.__dict__.get("__annotations__", {})
+    fields = sorted(dataclasses.fields(config_cls), key=lambda f: f.name not in own)  # its own first, then inherited
+    specs = []
+    for f in fields:
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        info: Option = f.metadata.get("option") or Option(f.metadata.get("help") or comments.get(f.name, ""))
+        ann = str(f.type)
+        specs.append(OptionSpec(**{k.name: getattr(info, k.name) for k in dataclasses.fields(info)}, name=f.name, default=default,
+                                kind=_kind(default, ann.replace(" | None", ""), info.choices),
+                                nullable=default is None or "None" in ann))
+    return specs
+
+
+def check_options(config_cls: type, values: dict[str, Any]) -> None:
+    """Check ``values`` (option name -> value) against the declared ranges and choices of ``config_cls``."""
+    for spec in option_specs(config_cls):
+        if spec.name in values:
+            spec.check(values[spec.name])
+
+
+def validate_options(config: Any) -> None:
+    """Check every declared range and choice of a method Config instance (ConfigError naming option and value)."""
+    check_options(type(config), {spec.name: getattr(config, spec.name) for spec in option_specs(type(config))})
 
 
 class Method:
@@ -55,6 +181,25 @@ class Method:
     """
 
     name: str = "dense"
+    # -- what the method says about itself: the CLI, the app, the notebooks and the benches read these ----------
+    #: one line: what the method does
+    summary: str = "the dense baseline: trains the network as it is, nothing is removed"
+    #: the paper (authors, year) or "" for prunekit's own baselines
+    paper: str = ""
+    #: the option that sets the size target, always a fraction of dense MACs in (0, 1]; None: no target option
+    target_option: str | None = None
+    #: trained once, then pruned after training to any target (benches prune its network per target)
+    post_hoc: bool = False
+    #: the loss terms it adds (logged as ``loss/<name>``) -> what each does, in plain words
+    loss_help: dict[str, str] = {}
+    #: metrics it logs besides the shared ones (``macs_ratio/*``, accuracy ...) -> plain caption
+    metric_help: dict[str, str] = {}
+    #: its own decision rule in plain words (what decides the kept structures, before any calibration)
+    decision_rule: str = "nothing is removed"
+    #: what trains it
+    optimizer_help: str = "the run's optimizer (TrainConfig.optimizer)"
+    #: option variants ``bench pareto`` tries at every target (the best on validation accuracy is reported)
+    bench_variants: tuple[dict[str, Any], ...] = ({},)
     #: After ``finalize`` the loop re-estimates BatchNorm running statistics on training batches (no weight
     #: change): set by methods whose training statistics do not describe the final network (noise removed,
     #: sampled masks frozen).
@@ -65,13 +210,46 @@ class Method:
         pass
 
     def __init__(self, config: Any = None, **options: Any) -> None:
+        # declared ranges are checked before the Config's own __post_init__ (cross-field checks) sees the values
         if config is None:
+            check_options(self.Config, options)
             config = self.Config(**options)
         elif options:
+            check_options(type(config), options)
             config = dataclasses.replace(config, **options)
+        else:
+            validate_options(config)
         self.config = config
         self.steps_per_epoch: int | None = None
         self.epochs: int | None = None
+
+    # -- self-description -----------------------------------------------------------------------------
+    @classmethod
+    def options(cls) -> list[OptionSpec]:
+        """The options of this method's Config (defaults, help, unit, range, the paper's value)."""
+        return option_specs(cls.Config)
+
+    @classmethod
+    def target_options(cls, target_macs: float) -> dict[str, Any]:
+        """The options that ask this method for ``target_macs`` (fraction of dense MACs); {} without a target."""
+        check_range("target_macs", target_macs, 0.0, 1.0, low_open=True)
+        return {cls.target_option: float(target_macs)} if cls.target_option else {}
+
+    @classmethod
+    def target_value(cls, options: dict[str, Any] | None) -> float | None:
+        """The MACs target a run with these options asked for (its default when not given); None without one."""
+        if not cls.target_option:
+            return None
+        opts = options or {}
+        if cls.target_option in opts:
+            value = opts[cls.target_option]
+        else:
+            value = next((s.default for s in cls.options() if s.name == cls.target_option), None)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    def decision_threshold(self) -> float | None:
+        """The gate value its own rule keeps above (keep iff eval gate > threshold; the what-if view starts there)."""
+        return None
 
     # -- model and optimizer -------------------------------------------------------------
     def plan(self, steps_per_epoch: int, epochs: int) -> None:
@@ -142,18 +320,46 @@ def list_methods() -> list[str]:
     return _METHODS.names()
 
 
+def method_class(name: str) -> type[Method]:
+    """The registered Method class ``name`` (ConfigError with close matches when unknown): its options and
+    self-description without building it."""
+    return _METHODS.get(name)
+
+
 def create_method(name: str, config: Any = None, **options: Any) -> Method:
     """Build a method by name; ``options`` are fields of its frozen ``Config``.
 
-    Unknown option names raise a ConfigError naming them.
+    Unknown option names raise a ConfigError naming them; values out of a declared range name option and value.
     """
     cls = _METHODS.get(name)
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     bad = set(options) - fields
     if bad:
-        from prunekit.errors import ConfigError
-
         raise ConfigError(
             f"unknown option(s) for method {name!r}: {', '.join(sorted(bad))}; valid: {', '.join(sorted(fields))}"
         )
     return cls(config, **options)
+
+
+def run_target(method: str | None, options: dict[str, Any] | None) -> float | None:
+    """The MACs target (fraction of dense) of a run of ``method`` with ``options``; None when the method has no
+    target option or is not registered here (a run store may hold runs of methods this install lacks)."""
+    if not method or method not in _METHODS:
+        return None
+    return _METHODS.get(method).target_value(options)
+
+
+def loss_help() -> dict[str, str]:
+    """Every registered method's loss terms -> caption (the Live page explains a term by its logged name)."""
+    out: dict[str, str] = {}
+    for name in list_methods():
+        out.update(_METHODS.get(name).loss_help)
+    return out
+
+
+def metric_help() -> dict[str, str]:
+    """Every registered method's own metrics -> caption."""
+    out: dict[str, str] = {}
+    for name in list_methods():
+        out.update(_METHODS.get(name).metric_help)
+    return out

@@ -35,12 +35,10 @@ from prunekit.methods._gated import (
     GateMethod,
     apply_masks,
     calibrate,
-    check_positive,
-    check_target,
     mask_ratio,
     require_gated,
 )
-from prunekit.methods.base import register_method
+from prunekit.methods.base import option, register_method
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +111,18 @@ def bn_scales(gated: nn.Module) -> list[torch.Tensor]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class PruneSchedule:
+    """When the post-training baselines prune (their Configs inherit these options)."""
+
+    mode: str = option("oneshot", "prune once, or in equal stages up to the prune epoch", choices=MODES)
+    steps: int = option(3, "pruning stages when iterative", low=1)
+    prune_epoch: int | None = option(None, "0-based epoch at whose end the (last) prune happens; None: before the "
+                                     "fine-tune", unit="epochs", low=0)
+    finetune_epochs: int | None = option(None, "epochs of fine-tuning after the prune; None: half of the run",
+                                         unit="epochs", low=0)
+
+
 class _ScheduledPrune(GateMethod):
     """Dense training with fixed mask gates, pruning to the target at the scheduled epochs."""
 
@@ -170,39 +180,24 @@ class _ScheduledPrune(GateMethod):
         self.final_done = bool(state.get("final_done", self.final_done))
 
 
-def _check(cfg: Any) -> None:
-    check_target("target_macs", cfg.target_macs)
-    if cfg.mode not in MODES:
-        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {cfg.mode!r}")
-    if cfg.steps < 1:
-        raise ConfigError(f"steps must be >= 1, got {cfg.steps}")
-    if cfg.prune_epoch is not None and cfg.prune_epoch < 0:
-        raise ConfigError(f"prune_epoch must be >= 0, got {cfg.prune_epoch}")
-    if cfg.finetune_epochs is not None and cfg.finetune_epochs < 0:
-        raise ConfigError(f"finetune_epochs must be >= 0, got {cfg.finetune_epochs}")
-    if not 0 <= cfg.min_keep_fraction < 1:
-        raise ConfigError(f"min_keep_fraction must be in [0, 1), got {cfg.min_keep_fraction}")
-
-
 @register_method
 class L1Method(_ScheduledPrune):
     """Li et al. 2017: prune the filters with the smallest L1 norms to a MACs target, then fine-tune."""
 
     name = "l1"
+    summary = "L1-norm filter pruning: train dense, remove the filters with the smallest L1 norms, fine-tune"
+    paper = "Li et al. 2017 (pruning filters for efficient ConvNets)"
+    target_option = "target_macs"
+    decision_rule = "remove the filters with the smallest L1 norms (per-layer normalised) until the target is met"
+    bench_variants = ({}, {"mode": "iterative"})
 
     @dataclasses.dataclass(frozen=True)
-    class Config:
-        target_macs: float = 0.5
-        mode: str = "oneshot"  # or "iterative"
-        steps: int = 3  # pruning stages when iterative
-        prune_epoch: int | None = None  # 0-based epoch at whose end the (last) prune happens
-        finetune_epochs: int | None = None  # None: half of the run
-        norm: float = 1.0  # 1: L1 (Li et al.), 2: L2
-        min_keep_fraction: float = 0.0  # share of every group always kept (scores are per-layer normalised already)
-
-        def __post_init__(self) -> None:
-            _check(self)
-            check_positive(self, "norm", strict=True)
+    class Config(PruneSchedule):
+        target_macs: float = option(0.5, "the MACs to keep", unit="fraction of dense MACs", low=0, high=1,
+                                    low_open=True)
+        norm: float = option(1.0, "1: L1 (Li et al.), 2: L2", low=0, low_open=True)
+        min_keep_fraction: float = option(0.0, "share of every group always kept (scores are per-layer normalised "
+                                          "already)", low=0, high=1, high_open=True)
 
     def scores(self, gated: nn.Module) -> list[torch.Tensor]:
         return [s / s.mean().clamp_min(1e-12) for s in filter_norms(gated, self.config.norm)]
@@ -213,22 +208,22 @@ class SlimmingMethod(_ScheduledPrune):
     """Liu et al. 2017: L1 on BatchNorm γ while training, prune the smallest γ globally, fine-tune."""
 
     name = "slimming"
+    summary = "network slimming: L1 on BatchNorm scales while training, remove the smallest scales, fine-tune"
+    paper = "Liu et al. 2017 (network slimming)"
+    target_option = "target_macs"
+    loss_help = {"bn_l1": "the L1 term on BatchNorm scales makes unimportant channels fade out"}
+    decision_rule = "remove the channels with the smallest BatchNorm scales |γ| (ranked globally) until the target"
+    bench_variants = ({}, {"mode": "iterative"})
 
     @dataclasses.dataclass(frozen=True)
-    class Config:
-        target_macs: float = 0.5
-        lambda_bn: float = 1e-4
-        mode: str = "oneshot"
-        steps: int = 3
-        prune_epoch: int | None = None
-        finetune_epochs: int | None = None
+    class Config(PruneSchedule):
+        target_macs: float = option(0.5, "the MACs to keep", unit="fraction of dense MACs", low=0, high=1,
+                                    low_open=True)
+        lambda_bn: float = option(1e-4, "weight of the L1 term on BatchNorm scales", low=0)
         # γ is ranked across layers: without a floor that ranking empties whole layers at tight budgets
         # (bench pareto, CIFAR-10, 0.5 MACs: 18.8 %); 0 restores the paper's pure global threshold
-        min_keep_fraction: float = 0.1  # share of every group always kept (its largest-γ channels)
-
-        def __post_init__(self) -> None:
-            _check(self)
-            check_positive(self, "lambda_bn")
+        min_keep_fraction: float = option(0.1, "share of every group always kept (its largest-γ channels)", low=0,
+                                          high=1, high_open=True, paper="0")
 
     def regularizer(self, model: nn.Module, step: int, epoch: int) -> dict[str, torch.Tensor]:
         if self.final_done or self.config.lambda_bn == 0:

@@ -32,7 +32,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from prunekit.errors import ConfigError
-from prunekit.methods.base import Method, register_method
+from prunekit.methods.base import Method, option, register_method
+from prunekit.validate import check_range
 
 FilterFn = Callable[[nn.Module, str], bool]
 
@@ -205,12 +206,9 @@ def _sources(model: nn.Module) -> list[_NoiseSource]:
 
 
 def _check(p: float, q: float, targeted_fraction: float | None) -> None:
-    if not 0 <= p < 1:
-        raise ConfigError(f"p must be in [0, 1), got {p}")
-    if not q > 0:
-        raise ConfigError(f"q must be > 0, got {q}")
-    if targeted_fraction is not None and not 0 <= targeted_fraction <= 1:
-        raise ConfigError(f"targeted_fraction must be in [0, 1], got {targeted_fraction}")
+    check_range("p", p, 0, 1, high_open=True)
+    check_range("q", q, 0, low_open=True)
+    check_range("targeted_fraction", targeted_fraction, 0, 1, allow_none=True)
 
 
 @register_method
@@ -232,18 +230,22 @@ class BridgeoutMethod(Method):
     """
 
     name = "bridgeout"
+    summary = ("Batch Bridgeout: structured noise on 3×3 convolutions while training, so filters can be removed "
+               "after training without fine-tuning")
+    paper = "Pruning Convolutional Filters using Batch Bridgeout (2020)"
+    post_hoc = True
+    decision_rule = "none while training; filters are removed afterwards by their norms (prune_curve)"
+    optimizer_help = "the run's optimizer (the paper: SGD, Nesterov momentum 0.9, weight decay 5e-4)"
     recalibrate_bn_after_finalize = True
 
     @dataclasses.dataclass(frozen=True)
     class Config:
-        p: float = 0.3
-        q: float = 1.5
-        targeted: bool = False
-        targeted_fraction: float = 0.75
-        seed: int | None = None  # None: torch.initial_seed() at prepare time (the run seed)
-
-        def __post_init__(self) -> None:
-            _check(self.p, self.q, self.targeted_fraction)
+        p: float = option(0.3, "noise strength: the weights are perturbed with scale ∝ p", low=0, high=1,
+                          high_open=True)
+        q: float = option(1.5, "the norm q of the bridge penalty the noise induces", low=0, low_open=True)
+        targeted: bool = option(False, "noise only on the filters with the smallest norms (targeted Bridgeout)")
+        targeted_fraction: float = option(0.75, "share of filters that get noise when targeted", low=0, high=1)
+        seed: int | None = option(None, "noise seed; None: torch.initial_seed() at prepare time (the run seed)")
 
     def __init__(self, config: Any = None, filter_fn: FilterFn = is_3x3_conv, **options: Any) -> None:
         super().__init__(config, **options)

@@ -53,15 +53,13 @@ from prunekit.errors import ConfigError
 from prunekit.gates.relaxations import prune_basis
 from prunekit.methods._gated import (
     TARGET_KINDS,
+    GateConfig,
     GateMethod,
-    check_positive,
-    check_target,
-    check_threshold,
     cost_ratio,
     cubic_ramp,
     require_gated,
 )
-from prunekit.methods.base import register_method
+from prunekit.methods.base import option, register_method
 
 logger = logging.getLogger(__name__)
 
@@ -137,42 +135,50 @@ class CrispMethod(GateMethod):
     name = "crisp"
     gate_kind = "crisp"
 
+    summary = "CRISP: sigmoid gates after BatchNorm, a structure loss to the MACs target, gates thresholded and collapsed"
+    paper = "A Generalization of Continuous Relaxation in Structured Pruning (2023)"
+    target_option = "target_macs"
+    loss_help = {
+        "struct": "the structure term pulls the relaxed MACs towards the target",
+        "prune_basis": "the prune basis pushes undecided gates to clearly on or off",
+    }
+    decision_rule = "keep a channel whose gate sigmoid(a·s) is above the threshold (0.25) when the search ends"
+    optimizer_help = "the run's optimizer for the weights; Adam at a constant lr for the gate logits"
+    bench_variants = ({},)
+
     @dataclasses.dataclass(frozen=True)
-    class Config:
-        target_macs: float = 0.5  # the target t when target_kind == "macs"
-        target_kind: str = "macs"  # "macs" or "params"
-        target_params: float | None = None  # the target t when target_kind == "params"
-        k_struct: float = 2.0
-        k_pb: float = 1.0  # maximum weight of the prune-basis term
-        sigma: float = 1.0
-        pb_start: int | None = None  # epoch where the ramp starts (None: half-way through the search)
-        a: float = 5.0
-        anneal_a: bool = True  # ramp a from `a` to `a_max` over the search (False: the prune basis instead)
-        a_max: float = 150.0
-        init: float = 1.0
-        threshold: float = 0.25
-        search_epochs: int | None = None
-        rounds: int = 1
-        round_epochs: int = 1
-        finetune_epochs: int | None = None
-        calibrate: bool = True  # after the final prune, meet the target by a global gate ranking
-        tolerance: float = 0.05  # relative: |ratio − t| ≤ tolerance · t
-        gate_lr: float | None = None  # None: 4 logit units of travel over the search (GateMethod.gate_lr)
-        gate_optimizer: str = "adam"  # "adam" or "same" (the training optimizer, own lr, no decay)
+    class Config(GateConfig):
+        target_macs: float = option(0.5, "the MACs to keep when target_kind is macs", unit="fraction of dense MACs",
+                                    low=0, high=1, low_open=True)
+        target_kind: str = option("macs", "what the target counts", choices=TARGET_KINDS)
+        target_params: float | None = option(None, "the parameters to keep when target_kind is params",
+                                             unit="fraction of dense parameters", low=0, high=1, low_open=True)
+        k_struct: float = option(2.0, "weight of the structure term |F̃/F₀ − t|", low=0)
+        k_pb: float = option(1.0, "maximum weight of the prune-basis term (anneal_a=False)", low=0)
+        sigma: float = option(1.0, "width σ of the prune basis G(s)", low=0, low_open=True)
+        pb_start: int | None = option(None, "epoch where the ramp of a (or k_pb) starts; None: half-way through the "
+                                      "search", unit="epochs", low=0)
+        a: float = option(5.0, "scale of the gate logit at the start, g = sigmoid(a·s)", low=0, low_open=True)
+        anneal_a: bool = option(True, "ramp a from a to a_max over the second half of the search (False: the prune "
+                                "basis ramps instead)")
+        a_max: float = option(150.0, "scale of the gate logit at the end of the search", low=0, low_open=True)
+        init: float = option(1.0, "initial gate logit s (every gate starts open)")
+        threshold: float = option(0.25, "a channel whose gate is below this at a prune is removed", low=0, high=1,
+                                  low_open=True, high_open=True, paper="0.25 (the reference CLI uses 0.025)")
+        search_epochs: int | None = option(None, "epochs of gate search; None: what the rounds and fine-tune leave",
+                                           unit="epochs", low=1)
+        rounds: int = option(1, "prune-and-retrain rounds after the search", low=0)
+        round_epochs: int = option(1, "epochs of retraining per round", unit="epochs", low=1)
+        finetune_epochs: int | None = option(None, "epochs of fine-tuning with fixed masks; None: a third of the run",
+                                             unit="epochs", low=0)
 
         def __post_init__(self) -> None:
-            if self.target_kind not in TARGET_KINDS:
-                raise ConfigError(f"target_kind must be one of {', '.join(TARGET_KINDS)}, got {self.target_kind!r}")
-            check_target("target_macs", self.target_macs)
-            check_target("target_params", self.target_params, allow_none=self.target_kind != "params")
-            check_threshold("threshold", self.threshold)
-            check_positive(self, "k_struct", "k_pb", "tolerance")
-            check_positive(self, "a", "a_max", "sigma", "gate_lr", strict=True)
-            if self.gate_optimizer not in ("adam", "same"):
-                raise ConfigError(f"gate_optimizer must be adam or same, got {self.gate_optimizer!r}")
-            if self.pb_start is not None and self.pb_start < 0:
-                raise ConfigError(f"pb_start must be >= 0, got {self.pb_start}")
+            if self.target_kind == "params" and self.target_params is None:
+                raise ConfigError("target_params must be set when target_kind is 'params', got None")
             crisp_schedule(10**6, self.search_epochs, self.rounds, self.round_epochs, self.finetune_epochs)
+
+    def decision_threshold(self) -> float:
+        return float(self.config.threshold)
 
     def __init__(self, config: Any = None, **options: Any) -> None:
         super().__init__(config, **options)

@@ -73,6 +73,7 @@ and ``macs_ratio/relaxation``. After ``finalize`` the loop re-estimates BatchNor
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from typing import Any
@@ -83,8 +84,9 @@ from torch.nn.utils import parametrize
 
 from prunekit._device import model_device
 from prunekit.errors import ConfigError
-from prunekit.gates.dpp import DPPGate, DPPMask, _DPPState
-from prunekit.methods.base import Method, register_method
+from prunekit.gates.dpp import DPPGate, DPPMask, _DPPState, keep_count
+from prunekit.methods._gated import mask_ratio
+from prunekit.methods.base import Method, option, register_method
 from prunekit.metrics import gate_layer_rows, nm_structure
 from prunekit.quant import bake_, model_size_bits, quantize_
 
@@ -114,6 +116,27 @@ def dpp_states(model: nn.Module) -> list[_DPPState]:
     return [m for m in model.modules() if isinstance(m, _DPPState)]
 
 
+def keep_for_target(model: nn.Module, example_input: torch.Tensor, target: float) -> tuple[float, float]:
+    """The ``keep`` fraction whose exactly-k masks (k = keep_count(keep, N) in every group) give ``target`` MACs.
+
+    Returns:
+        (keep, the MACs ratio those masks give), nearest to ``target`` over a bisection of ``keep``.
+    """
+    from prunekit.augment import augment
+
+    gated = augment(copy.deepcopy(model), example_input, gate="mask")
+
+    def ratio(keep: float) -> float:
+        return mask_ratio(gated, [torch.arange(h.size) < keep_count(keep, h.size) for h in gated.groups])
+
+    lo, hi = 1e-3, 1.0
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if ratio(mid) < target else (lo, mid)
+    best = min((lo, hi), key=lambda k: abs(ratio(k) - target))
+    return best, ratio(best)
+
+
 @register_method
 class DPPMethod(Method):
     """DPP: exactly-k Gumbel top-k masks with a sequential-softmax straight-through gradient."""
@@ -123,46 +146,49 @@ class DPPMethod(Method):
     #: is frozen to top-k(Φ) they no longer describe the network, so the loop re-estimates them after finalize
     recalibrate_bn_after_finalize = True
 
+    summary = ("DPP: exactly-k Gumbel top-k masks per layer from learned logits Φ, a sequential-softmax "
+               "straight-through gradient")
+    paper = ("Dynamic Probabilistic Pruning: a general framework for hardware-constrained pruning at different "
+             "granularities (2021)")
+    target_option = "target_macs"
+    loss_help = {"entropy": "the entropy term makes each mask row confident (one clear choice instead of a spread)"}
+    metric_help = {
+        "mask_moved": "share of the final kept structures that were not in the top-k of the initial Φ",
+        "confidence": "1 − Σ h(p) / (N·h(k/N)) over the k-of-N inclusion probabilities p: 1 decided, 0 uniform",
+    }
+    decision_rule = "keep the top-k of the logits Φ per mask row (the noiseless k-of-N mask)"
+    optimizer_help = "the run's optimizer for the weights; Adam (lr 0.03) for the logits Φ"
+
     @dataclasses.dataclass(frozen=True)
     class Config:
-        granularity: str = "filter"
-        keep: float = 0.5  # fraction of candidates kept per row
-        epsilon: float | None = None  # Gumbel noise scale; None: 0.03 conv/filter, 0.1 linear
-        tau_start: float = 5.0
-        tau_end: float = 0.5
-        lambda_h: float | None = None  # entropy weight; None: 5e-3 conv/filter, 5e-5 linear
-        banks: int = 1  # tiled DPP: candidates split into banks with k/banks each
-        quant_bits: int | None = None  # joint k-bit fake quantisation of Conv/Linear weights
-        gate_lr: float | None = GATE_LR  # lr of the logits Φ (None: the training lr); never weight decay
-        gate_optimizer: str = "adam"  # "adam": Adam for Φ whatever trains the weights; "same": the training one
-        init: str = "norm"  # "norm": standardised filter/kernel/weight norms × init_std; "random": N(0, init_std²)
-        init_std: float | None = None  # spread of the initial Φ; None: ε/3 (ε: the layer's Gumbel noise scale)
-        bake: bool = True  # finalize: fold kernel/weight masks and quantisation into plain weights
+        granularity: str = option("filter", "what a mask row chooses among: filters of a layer, kernels of a "
+                                  "filter, weights of a kernel", choices=GRANULARITIES)
+        keep: float = option(0.5, "fraction of candidates kept per row (ignored when target_macs is set)",
+                             unit="fraction of a row", low=0, high=1, low_open=True)
+        target_macs: float | None = option(None, "the MACs to keep: sets keep (the same in every group) so that the "
+                                           "exactly-k masks give it; granularity filter only",
+                                           unit="fraction of dense MACs", low=0, high=1, low_open=True)
+        epsilon: float | None = option(None, "Gumbel noise scale; None: 0.03 for conv filters, 0.1 for linear",
+                                       low=0, paper="0.03 conv, 0.1 linear")
+        tau_start: float = option(5.0, "softmax temperature at the start", low=0, low_open=True)
+        tau_end: float = option(0.5, "softmax temperature at the end", low=0, low_open=True)
+        lambda_h: float | None = option(None, "entropy weight; None: 5e-3 conv/filter, 5e-5 linear", low=0,
+                                        paper="5e-3 conv, 5e-5 linear")
+        banks: int = option(1, "tiled DPP: candidates split into banks with k/banks each", low=1)
+        quant_bits: int | None = option(None, "joint k-bit fake quantisation of Conv/Linear weights", low=2, high=16)
+        gate_lr: float | None = option(GATE_LR, "Adam lr of the logits Φ (None: the training lr); never weight decay",
+                                       low=0, low_open=True)
+        gate_optimizer: str = option("adam", "adam: Adam for Φ whatever trains the weights; same: the training one",
+                                     choices=GATE_OPTIMIZERS)
+        init: str = option("norm", "norm: standardised filter/kernel/weight norms × init_std; random: "
+                           "N(0, init_std²)", choices=INITS)
+        init_std: float | None = option(None, "spread of the initial Φ; None: ε/3 (ε: the layer's Gumbel noise)",
+                                        low=0)
+        bake: bool = option(True, "finalize: fold kernel/weight masks and quantisation into plain weights")
 
         def __post_init__(self) -> None:
-            if self.granularity not in GRANULARITIES:
-                raise ConfigError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {self.granularity!r}")
-            if not 0 < self.keep <= 1:
-                raise ConfigError(f"keep must be in (0, 1], got {self.keep}")
-            if self.epsilon is not None and self.epsilon < 0:
-                raise ConfigError(f"epsilon must be >= 0, got {self.epsilon}")
-            if not (self.tau_start > 0 and self.tau_end > 0):
-                raise ConfigError(f"tau_start and tau_end must be > 0, got {self.tau_start} and {self.tau_end}")
-            if self.lambda_h is not None and self.lambda_h < 0:
-                raise ConfigError(f"lambda_h must be >= 0, got {self.lambda_h}")
-            if self.banks < 1:
-                raise ConfigError(f"banks must be >= 1, got {self.banks}")
-            if self.quant_bits is not None and not 2 <= self.quant_bits <= 16:
-                raise ConfigError(f"quant_bits must be in [2, 16], got {self.quant_bits}")
-            if self.gate_lr is not None and not self.gate_lr > 0:
-                raise ConfigError(f"gate_lr must be > 0, got {self.gate_lr}")
-            if self.init_std is not None and self.init_std < 0:
-                raise ConfigError(f"init_std must be >= 0, got {self.init_std}")
-            if self.init not in INITS:
-                raise ConfigError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
-            if self.gate_optimizer not in GATE_OPTIMIZERS:
-                raise ConfigError(f"gate_optimizer must be one of {', '.join(GATE_OPTIMIZERS)}, "
-                                  f"got {self.gate_optimizer!r}")
+            if self.target_macs is not None and self.granularity != "filter":
+                raise ConfigError(f"target_macs needs granularity 'filter', got granularity={self.granularity!r}")
 
     def __init__(self, config: Any = None, **options: Any) -> None:
         super().__init__(config, **options)
@@ -181,8 +207,12 @@ class DPPMethod(Method):
 
             eps = EPSILON_CONV if cfg.epsilon is None else cfg.epsilon
             std = INIT_SPREAD * eps if cfg.init_std is None else cfg.init_std
+            keep = cfg.keep
+            if cfg.target_macs is not None:
+                keep, ratio = keep_for_target(model, example_input, cfg.target_macs)
+                self.report.update(keep=keep, keep_macs_ratio=ratio)
             model = augment(model, example_input, gate="dpp", gate_options={
-                "keep": cfg.keep, "epsilon": eps, "tau": self.tau, "banks": cfg.banks, "init_std": std})
+                "keep": keep, "epsilon": eps, "tau": self.tau, "banks": cfg.banks, "init_std": std})
             for h in model.groups:
                 h.gate.dpp.lambda_h = LAMBDA_CONV if cfg.lambda_h is None else cfg.lambda_h
                 if cfg.init == "norm":
@@ -276,8 +306,6 @@ class DPPMethod(Method):
             out["mask_moved"] = self.mask_moved(model)
         if self.config.granularity == "filter" and hasattr(model, "groups"):
             from prunekit.cost import macs_ratio
-            from prunekit.methods._gated import mask_ratio
-
             out["macs_ratio/expected"] = float(macs_ratio(model, "expected"))
             out["macs_ratio/hard"] = float(macs_ratio(model, "hard"))
             out["macs_ratio/relaxation"] = mask_ratio(model, self.decision_masks(model), "macs")

@@ -9,9 +9,13 @@ only filters are grown and pruned.
 * **Seed architecture**: in every group a random ``seed_fraction`` of the units starts on
   (s = ``init_on``), the rest off (s = ``init_off`` < 0); a unit whose logit rises above 0 joins.
 * **Budget-aware L1** *(reconstructed)*: ``lambda_channel · b · mean σ(βs)`` over filters plus
-  ``lambda_layer · b · mean σ(βs)`` over blocks, with b = clamp((F̃/F₀ − t)/t, −1, 1) from the relaxed
-  MACs (detached): above the budget the masks are pushed down, below it up, and the task gradient decides
-  which units move first.
+  ``lambda_layer · b · mean σ(βs)`` over blocks. The multiplier b ∈ [0, 1] reads the *own rule's* MACs
+  (s > 0, blocks included), not the relaxed ones (``_gated.BudgetController``, a PI controller with gain
+  ``budget_gain`` and integral rate ``budget_rate``): off units (β ≈ 1, s = −0.5) count σ(βs) ≈ 0.38 each in the
+  relaxed MACs, so a relaxed budget was "met" by the seed and the rule undershot (0.30 of dense at target 0.5,
+  ResNet-20 / Fashion-MNIST effects run). b never goes below 0: the budget only prunes and the task gradient grows
+  (with b < 0 below the budget every unit was pushed up, seeded noise channels locked on as their β grew and the
+  planted test kept a noise channel for a signal one).
 * **β schedule** *(reconstructed)*: every ``beta_interval`` (T) steps each unit's β becomes
   min(β_max, β₀ · γ^{(n/T)^p}), n the number of steps the unit was sampled (q = 1).
 * **Training MACs**: after every step the cost model is evaluated at the sampled q (skipped units cost
@@ -35,17 +39,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.cost import macs_ratio
-from prunekit.errors import ConfigError
 from prunekit.methods._gated import (
+    BudgetController,
+    GateConfig,
     GateMethod,
-    check_positive,
-    check_target,
     finetune_epochs,
     freeze_gates,
+    mask_ratio,
     require_gated,
 )
-from prunekit.methods.base import register_method
+from prunekit.methods.base import option, register_method
 
 logger = logging.getLogger(__name__)
 
@@ -80,44 +83,43 @@ class GrowingMethod(GateMethod):
     recalibrate_bn_after_finalize = True
     gate_kind = "bernoulli"
 
-    @dataclasses.dataclass(frozen=True)
-    class Config:
-        target_macs: float = 0.5
-        lambda_channel: float = 1.0
-        lambda_layer: float = 1.0
-        seed_fraction: float = 0.25  # filters on at the start, per group
-        seed_blocks: float = 0.5  # residual blocks on at the start, a share of all blocks (the others can join)
-        init_on: float = 1.0
-        init_off: float = -0.5
-        beta0: float = 1.0
-        beta_max: float = 100.0
-        beta_gamma: float = 2.0
-        beta_power: float = 1.0
-        beta_interval: int = 20  # T, steps between β updates
-        blocks: bool = True  # residual-block gates when augment supports them
-        finetune_epochs: int | None = None  # None: 1 when the run has >= 3 epochs, else 0
-        calibrate: bool = True
-        tolerance: float = 0.05
-        gate_lr: float | None = None  # None: scaled to the search (GateMethod.gate_lr)
-        gate_optimizer: str = "adam"
-        seed: int = 0  # which units form the seed architecture
+    summary = ("growing: start from a seed of filters and blocks, Bernoulli-sampled sigmoid masks grow units the "
+               "task needs and a budget-aware L1 prunes")
+    paper = "Growing Efficient Deep Networks by Structured Continuous Sparsification (ICLR 2021)"
+    target_option = "target_macs"
+    loss_help = {
+        "l1_channel": "the L1 terms shrink the masks of channels the budget cannot afford",
+        "l1_layer": "the L1 term on block gates switches off residual blocks the budget cannot afford",
+    }
+    metric_help = {"macs_ratio/train": "MACs of the sampled networks trained so far, relative to dense training"}
+    decision_rule = "keep a filter (or residual block) whose mask logit s is above 0"
+    optimizer_help = "the run's optimizer for the weights; Adam at a constant lr for the mask logits"
 
-        def __post_init__(self) -> None:
-            check_target("target_macs", self.target_macs)
-            if not 0 < self.seed_fraction <= 1:
-                raise ConfigError(f"seed_fraction must be in (0, 1], got {self.seed_fraction}")
-            if not 0 <= self.seed_blocks <= 1:
-                raise ConfigError(f"seed_blocks must be in [0, 1], got {self.seed_blocks}")
-            if self.init_off >= 0 or self.init_on <= 0:
-                raise ConfigError(f"init_on must be > 0 and init_off < 0, got {self.init_on} and {self.init_off}")
-            check_positive(self, "lambda_channel", "lambda_layer", "tolerance")
-            check_positive(self, "beta0", "beta_max", "beta_gamma", "beta_power", "gate_lr", strict=True)
-            if self.beta_interval < 1:
-                raise ConfigError(f"beta_interval must be >= 1, got {self.beta_interval}")
-            if self.finetune_epochs is not None and self.finetune_epochs < 0:
-                raise ConfigError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
-            if self.gate_optimizer not in ("adam", "same"):
-                raise ConfigError(f"gate_optimizer must be adam or same, got {self.gate_optimizer!r}")
+    @dataclasses.dataclass(frozen=True)
+    class Config(GateConfig):
+        target_macs: float = option(0.5, "the MACs to keep", unit="fraction of dense MACs", low=0, high=1,
+                                    low_open=True)
+        lambda_channel: float = option(1.0, "weight of the budget-aware L1 on filter masks", low=0)
+        lambda_layer: float = option(1.0, "weight of the budget-aware L1 on block masks", low=0)
+        seed_fraction: float = option(0.25, "share of filters on at the start, per group", low=0, high=1,
+                                      low_open=True)
+        seed_blocks: float = option(0.5, "share of residual blocks on at the start (the others can join)", low=0,
+                                    high=1)
+        init_on: float = option(1.0, "initial logit of a seeded unit", low=0, low_open=True)
+        init_off: float = option(-0.5, "initial logit of a unit outside the seed", high=0, high_open=True)
+        beta0: float = option(1.0, "initial temperature β of every unit", low=0, low_open=True)
+        beta_max: float = option(100.0, "largest β", low=0, low_open=True)
+        beta_gamma: float = option(2.0, "β = β₀ · γ^((n/T)^p), n: the times the unit was sampled", low=0,
+                                   low_open=True)
+        beta_power: float = option(1.0, "p of the β schedule", low=0, low_open=True)
+        beta_interval: int = option(20, "T: steps between β updates", unit="steps", low=1)
+        blocks: bool = option(True, "gate residual blocks too, when augment supports it")
+        finetune_epochs: int | None = option(None, "epochs with fixed masks at the end; None: 1 when the run has "
+                                             ">= 3 epochs", unit="epochs", low=0, paper="0 (no fine-tune)")
+        seed: int = option(0, "random seed of the seed architecture")
+        budget_gain: float = option(1.0, "the budget's push b = clamp(gain · miss + I, 0, 1), miss relative to the "
+                                    "target", low=0)
+        budget_rate: float = option(20.0, "I += rate · miss per search: keeps a pressure on at the target", low=0)
 
     def __init__(self, config: Any = None, **options: Any) -> None:
         super().__init__(config, **options)
@@ -125,6 +127,9 @@ class GrowingMethod(GateMethod):
         self.train_macs_sum = 0.0
         self.train_steps = 0
         self._counts: list[torch.Tensor] | None = None
+        # lower = 0: the budget only prunes, the task gradient grows (planted test: with b < 0 allowed below the
+        # budget, every unit was pushed up, seeded noise channels locked on as their β grew, and 1 of 4 was kept)
+        self.budget = BudgetController(self.config.budget_gain, self.config.budget_rate, lower=0.0)
 
     def gate_options(self) -> dict[str, Any]:
         return {"init": self.config.init_off, "beta0": self.config.beta0}
@@ -169,8 +174,10 @@ class GrowingMethod(GateMethod):
         if self.frozen:
             return {}
         c = self.config
-        ratio = float(macs_ratio(model, "expected").detach())
-        b = max(-1.0, min(1.0, (ratio - c.target_macs) / c.target_macs))
+        # b comes from the own rule (s > 0, blocks included), not the relaxation: off units (β ≈ 1, s = −0.5)
+        # count σ(βs) ≈ 0.38 each in the relaxed cost, so the seed alone "met" a 0.5 budget (_gated.BudgetController)
+        ratio = mask_ratio(model, self.decision_masks(model))
+        b = self.budget.update(ratio, c.target_macs, self.search_steps()) if model.training else self.budget.b
         chan = torch.cat([h.gate.expected() for h in model.groups]).mean()
         terms = {"l1_channel": c.lambda_channel * b * chan}
         blocks = _block_gates(model)
@@ -247,7 +254,8 @@ class GrowingMethod(GateMethod):
     # -- resume ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"frozen": self.frozen, "train_macs_sum": self.train_macs_sum, "train_steps": self.train_steps,
-                "counts": [n.cpu() for n in self._counts] if self._counts is not None else None}
+                "counts": [n.cpu() for n in self._counts] if self._counts is not None else None,
+                "budget": self.budget.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.frozen = bool(state.get("frozen", self.frozen))
@@ -255,3 +263,4 @@ class GrowingMethod(GateMethod):
         self.train_steps = int(state.get("train_steps", self.train_steps))
         counts = state.get("counts")
         self._counts = [torch.as_tensor(n) for n in counts] if counts is not None else None
+        self.budget.load_state_dict(state.get("budget"))

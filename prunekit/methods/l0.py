@@ -6,7 +6,10 @@ log α below ≈ −2.4, so the eval network has true zeros. The penalty uses P(
 sigmoid(log α − β log(−γ/ζ)), the expected L0 norm:
 
 * ``target_macs=None``: λ · mean_c P(z_c ≠ 0) (the paper's λ·Σ, normalised by the number of gates);
-* a target t (default 0.5): budget-aware, λ · |F̃/F₀ − t| with F̃ the expected MACs under P(z ≠ 0).
+* a target t (default 0.5): budget-aware, value λ · |r_own − t| with r_own the MACs ratio of the eval rule's
+  mask, gradient λ · b · ∂(F̃/F₀) with F̃ the expected MACs under P(z ≠ 0) and b ∈ [−1, 1] a PI controller on the
+  rule's miss (``_gated.BudgetController``, gain ``budget_gain``, integral ``budget_rate``): the expected-L0
+  budget alone is met by gates with P(z ≠ 0) ≈ 0.3–0.7 that the eval rule all keeps.
 
 **How the relaxation itself reaches the target** (defaults chosen by measurement). The expected-L0 budget is
 met by *fractional* gates: every P(z ≠ 0) ≈ 0.7 meets a 0.5 MACs target while every eval gate stays above 0
@@ -36,19 +39,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit.errors import ConfigError
 from prunekit.methods._gated import (
+    BudgetController,
+    GateConfig,
     GateMethod,
-    check_positive,
-    check_target,
     cost_ratio,
     cubic_ramp,
     finetune_epochs,
     fold_gate_values,
     freeze_gates,
+    mask_ratio,
+    own_rule_budget,
     require_gated,
 )
-from prunekit.methods.base import register_method
+from prunekit.methods.base import option, register_method
 
 logger = logging.getLogger(__name__)
 
@@ -67,36 +71,34 @@ class L0Method(GateMethod):
     # useless gate cross that with room to spare (planted test: with 4 the noise gates stalled at −1.55)
     gate_travel = 8.0
 
-    @dataclasses.dataclass(frozen=True)
-    class Config:
-        target_macs: float | None = 0.5  # None: plain expected-L0 penalty
-        lambda_l0: float | None = None  # None: 2.0 with a target, 0.1 without
-        init_keep: float = 0.9
-        finetune_epochs: int | None = None  # None: 1 when the run has >= 3 epochs, else 0
-        calibrate: bool = True
-        tolerance: float = 0.05
-        gate_lr: float | None = None  # None: scaled to the search (GateMethod.gate_lr)
-        gate_optimizer: str = "adam"
-        scale_max: float = 20.0  # log α = scale · s, scale ramped cubically 1 → scale_max over the search (1: off)
+    summary = "L0: hard-concrete gates, an expected-L0 budget; a gate whose eval value is exactly 0 is removed"
+    paper = "Louizos, Welling, Kingma 2018 (L0 regularisation)"
+    target_option = "target_macs"
+    loss_help = {"l0": "the L0 term lowers the expected number of open gates towards the budget"}
+    decision_rule = "keep a channel whose deterministic test-time gate clamp(sigmoid(log α)·1.2 − 0.1, 0, 1) is above 0"
+    optimizer_help = "the run's optimizer for the weights; Adam at a constant lr for log α"
 
-        def __post_init__(self) -> None:
-            check_target("target_macs", self.target_macs, allow_none=True)
-            if not self.scale_max >= 1:
-                raise ConfigError(f"scale_max must be >= 1, got {self.scale_max}")
-            if not 0 < self.init_keep < 1:
-                raise ConfigError(f"init_keep must be in (0, 1), got {self.init_keep}")
-            check_positive(self, "lambda_l0", "tolerance")
-            check_positive(self, "gate_lr", strict=True)
-            if self.finetune_epochs is not None and self.finetune_epochs < 0:
-                raise ConfigError(f"finetune_epochs must be >= 0, got {self.finetune_epochs}")
-            if self.gate_optimizer not in ("adam", "same"):
-                raise ConfigError(f"gate_optimizer must be adam or same, got {self.gate_optimizer!r}")
+    @dataclasses.dataclass(frozen=True)
+    class Config(GateConfig):
+        target_macs: float | None = option(0.5, "the MACs to keep; None: the plain expected-L0 penalty of the paper",
+                                           unit="fraction of dense MACs", low=0, high=1, low_open=True, paper="None")
+        lambda_l0: float | None = option(None, "weight of the L0 term; None: 2.0 with a target, 0.1 without", low=0)
+        init_keep: float = option(0.9, "initial probability that a gate is open", low=0, high=1, low_open=True,
+                                  high_open=True)
+        finetune_epochs: int | None = option(None, "epochs with fixed masks at the end; None: 1 when the run has "
+                                             ">= 3 epochs", unit="epochs", low=0)
+        scale_max: float = option(20.0, "log α = scale · s, scale ramped cubically 1 → scale_max over the second "
+                                  "half of the search (1: off)", low=1, paper="1 (no ramp)")
+        budget_gain: float = option(10.0, "the budget's push b = clamp(gain · miss + I, −1, 1) saturates at a "
+                                    "1/gain relative miss of the own rule", low=0)
+        budget_rate: float = option(20.0, "I += rate · miss per search: keeps a pressure on at the target", low=0)
 
     def __init__(self, config: Any = None, **options: Any) -> None:
         super().__init__(config, **options)
         self.frozen = False
         self.scale = 1.0
         self.t = 0.0  # training time in epochs at the last scale update (resume-safe)
+        self.budget = BudgetController(self.config.budget_gain, self.config.budget_rate)
 
     # decision_masks: GateMethod's default (eval gate not exactly 0) is L0's own rule, Louizos et al.'s
     # test-time gate
@@ -139,7 +141,10 @@ class L0Method(GateMethod):
         if self.config.target_macs is None:
             p = torch.cat([h.gate.expected()[h.gate.keep] for h in model.groups])
             return {"l0": self.lam * p.mean()}
-        return {"l0": self.lam * (cost_ratio(model, "expected") - self.config.target_macs).abs()}
+        c = self.config
+        own = mask_ratio(model, self.decision_masks(model))
+        b = self.budget.update(own, c.target_macs, self.search_steps()) if model.training else self.budget.b
+        return {"l0": self.lam * own_rule_budget(own, cost_ratio(model, "expected"), c.target_macs, b)}
 
     def on_epoch_end(self, model: nn.Module, epoch: int, num_epochs: int) -> None:
         ft = finetune_epochs(self.config.finetune_epochs, num_epochs, "L0 training")
@@ -173,9 +178,10 @@ class L0Method(GateMethod):
         return gated
 
     def state_dict(self) -> dict[str, Any]:
-        return {"frozen": self.frozen, "scale": self.scale, "t": self.t}
+        return {"frozen": self.frozen, "scale": self.scale, "t": self.t, "budget": self.budget.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.frozen = bool(state.get("frozen", self.frozen))
         self.scale = float(state.get("scale", self.scale))
         self.t = float(state.get("t", self.t))
+        self.budget.load_state_dict(state.get("budget"))

@@ -93,7 +93,7 @@ from prunekit.methods._sdprun_groups import (
     sdprun_param_groups,
     zero_channel_keep_mask,
 )
-from prunekit.methods.base import Method, register_method
+from prunekit.methods.base import Method, option, register_method
 
 logger = logging.getLogger(__name__)
 
@@ -328,39 +328,37 @@ class SDPrunMethod(Method):
     """
 
     name = "sdprun"
+    summary = ("sDprun: a dual-averaging optimizer with group soft-thresholds zeroes whole channels while "
+               "training; the exactly-zero groups are removed")
+    paper = "Structured Directional Pruning via Perturbation Orthogonal Projection (2021)"
+    target_option = "target_macs"
+    metric_help = {"threshold": "the soft-threshold τ of the dual averaging (the controller moves it to the target)"}
+    decision_rule = "remove a channel whose group of parameters (filters, BN γ/β, biases) is exactly zero"
+    optimizer_help = "its own SDPrun optimizer (generalised regularised dual averaging) at a constant lr"
+    bench_variants = ({"lr": 0.3},)
     # the running statistics were gathered while the threshold moved the channels' scales
     recalibrate_bn_after_finalize = True
 
     @dataclasses.dataclass(frozen=True)
     class Config:
-        c: float = 5e-4  # the paper's c (used with target_macs=None)
-        mu: float = 0.51
-        group_size_factor: bool = False  # True: τ·sqrt(|G|) (reconstructed); False: bare τ (see the docstring)
-        coupled: bool = True  # share one norm across the engine's coupled channels (and their BN γ/β)
-        target_macs: float | None = 0.5  # MACs of the non-zero structure ÷ dense; None: fixed c (the paper)
-        ramp: float = 0.25  # share of the epochs over which the controller's target goes from 1 to target_macs
-        gain: float = 1.0  # controller: log τ += gain · (MACs ratio − target) every step ...
-        max_rate: float = 0.01  # ... by at most this much (τ grows by at most ~1 % a step)
-        start: float = 0.8  # τ after the first step: this fraction of the smallest structure's zero point
-        lr: float | None = None  # γ, constant, of the sparsified parameters; None: TrainConfig.lr
-
-        def __post_init__(self) -> None:
-            if self.c < 0:
-                raise ConfigError(f"c must be >= 0, got {self.c}")
-            if not 0 < self.mu < 1:
-                raise ConfigError(f"mu must be in (0, 1), got {self.mu}")
-            if self.target_macs is not None and not 0 < float(self.target_macs) <= 1:
-                raise ConfigError(f"target_macs must be in (0, 1] or None, got {self.target_macs}")
-            if not 0 <= self.ramp <= 1:
-                raise ConfigError(f"ramp must be in [0, 1], got {self.ramp}")
-            if not self.gain > 0:
-                raise ConfigError(f"gain must be > 0, got {self.gain}")
-            if not self.max_rate > 0:
-                raise ConfigError(f"max_rate must be > 0, got {self.max_rate}")
-            if not 0 < self.start <= 1:
-                raise ConfigError(f"start must be in (0, 1], got {self.start}")
-            if self.lr is not None and not self.lr > 0:
-                raise ConfigError(f"lr must be > 0, got {self.lr}")
+        c: float = option(5e-4, "the paper's c of τ = c·γ^(1/2)·t^μ (used with target_macs=None)", low=0)
+        mu: float = option(0.51, "the paper's μ: how fast τ grows with the steps t", low=0, high=1, low_open=True,
+                           high_open=True)
+        group_size_factor: bool = option(False, "True: τ·sqrt(|G|) (reconstructed); False: bare τ (see the module "
+                                         "docstring)")
+        coupled: bool = option(True, "share one norm across the engine's coupled channels (and their BN γ/β)")
+        target_macs: float | None = option(0.5, "MACs of the non-zero structure; None: the paper's fixed c",
+                                           unit="fraction of dense MACs", low=0, high=1, low_open=True, paper="None")
+        ramp: float = option(0.25, "share of the epochs over which the controller's target goes from 1 to "
+                             "target_macs", low=0, high=1)
+        gain: float = option(1.0, "controller: log τ += gain · (MACs ratio − target) every step ...", low=0,
+                             low_open=True)
+        max_rate: float = option(0.01, "... by at most this much (τ grows by at most ~1 % a step)", low=0,
+                                 low_open=True)
+        start: float = option(0.8, "τ after the first step: this fraction of the smallest structure's zero point",
+                              low=0, high=1, low_open=True)
+        lr: float | None = option(None, "γ, constant, of the sparsified parameters; None: TrainConfig.lr", low=0,
+                                  low_open=True)
 
     def __init__(self, config: Any = None, **options: Any) -> None:
         super().__init__(config, **options)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prunekit.errors import ConfigError
+from prunekit.methods import create_method, run_target
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "sdprun")
 SCHEDULES = ("cosine", "step", "constant")
@@ -96,6 +97,18 @@ class RunConfig:
             raise ConfigError(f"num_classes must be >= 1, got {self.num_classes}")
         if isinstance(self.train, dict):
             object.__setattr__(self, "train", TrainConfig(**self.train))
+        object.__setattr__(self, "method_options", dict(self.method_options or {}))
+        self.method_config  # noqa: B018  (validated once, here: unknown names and values out of range fail now)
+
+    @property
+    def method_config(self) -> Any:
+        """The method's own frozen Config for ``method_options`` (validated; serialised as name + options)."""
+        return create_method(self.method, **self.method_options).config
+
+    @property
+    def target_macs(self) -> float | None:
+        """The MACs target (fraction of dense MACs) the method was asked for; None when it has no target option."""
+        return run_target(self.method, self.method_options)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
