@@ -111,7 +111,7 @@ def _text_value(text: str) -> Any:
 
 def _option_widget(spec: OptionSpec) -> widgets.Widget:
     """One option as a widget: checkbox, dropdown, bounded number box or text (None-able numbers as text)."""
-    common = {"description": spec.name, "description_tooltip": spec.describe(),
+    common = {"description": spec.name, "tooltip": spec.describe(),
               "style": {"description_width": "initial"},
               "layout": widgets.Layout(width="420px")}
     if spec.kind == "bool":

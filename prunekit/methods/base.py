@@ -155,7 +155,8 @@ def option_specs(config_cls: type) -> list[OptionSpec]:
         else:
             default = None
         info: Option = f.metadata.get("option") or Option(f.metadata.get("help") or comments.get(f.name, ""))
-        ann = str(f.type)
+        ann = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))  # without __future__
+        ann = str(ann)
         specs.append(OptionSpec(**{k.name: getattr(info, k.name) for k in dataclasses.fields(info)}, name=f.name, default=default,
                                 kind=_kind(default, ann.replace(" | None", ""), info.choices),
                                 nullable=default is None or "None" in ann))
