@@ -1,4 +1,5 @@
-"""Shared fixtures: RNG isolation for every test and the location of the shared real datasets."""
+"""Shared fixtures: RNG isolation for every test, one torch thread for tiny models, tiny CNNs, and the location of
+the shared real datasets."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,3 +36,30 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"shared test data not found at {path}")
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread for the test (tiny models: more threads only add synchronisation cost on a shared
+    machine); restored afterwards. Modules use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def make_tiny_cnn(widths: tuple[int, ...] = (8, 12, 16), in_channels: int = 3, classes: int = 4,
+                  bias: bool = True) -> nn.Module:
+    """conv3×3–BN–ReLU per width, global pooling, a linear head: the smallest net with coupled channel groups."""
+    layers: list[nn.Module] = []
+    c = in_channels
+    for w in widths:
+        layers += [nn.Conv2d(c, w, 3, padding=1, bias=bias), nn.BatchNorm2d(w), nn.ReLU()]
+        c = w
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, classes))
+
+
+@pytest.fixture
+def tiny_cnn():
+    """The :func:`make_tiny_cnn` builder as a fixture."""
+    return make_tiny_cnn

@@ -18,14 +18,7 @@ from prunekit.methods.bridgeout import (
     remove_bridgeout_,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: extra intra-op threads only add synchronisation cost on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.one_thread)
 
 
 def _net() -> nn.Module:

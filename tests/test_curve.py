@@ -11,14 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from prunekit.errors import ConfigError
 from prunekit.models import create_model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: extra intra-op threads only add synchronisation cost on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest.one_thread)
 
 
 def _data(n: int = 24, size: int = 8, classes: int = 4):

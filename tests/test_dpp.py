@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_tiny_cnn
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, TensorDataset
@@ -32,11 +33,7 @@ from prunekit.methods.dpp import GATE_LR, DPPMethod, dpp_states, temperature
 
 
 def _tiny_cnn() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
-    )
+    return make_tiny_cnn((8, 16), bias=False)
 
 
 # -- sampler --------------------------------------------------------------------------------------------

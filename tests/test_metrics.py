@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+from conftest import make_tiny_cnn
 from torch import nn
 
 from prunekit.errors import ConfigError
@@ -146,9 +147,7 @@ def test_sparsity_flip_rate_histogram_and_nm_structure():
 
 
 def _tiny() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    return make_tiny_cnn((8, 8), classes=3)
 
 
 @pytest.mark.parametrize("kind", list_gates())
