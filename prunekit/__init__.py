@@ -15,7 +15,7 @@ from prunekit.bn import recalibrate_bn_
 from prunekit.collapse import collapse
 from prunekit.compare import compare, layer_widths
 from prunekit.cost import count_macs, count_params, macs_ratio, params_ratio, relaxed_macs, relaxed_params
-from prunekit.curve import prune_curve, recalibrate_bn
+from prunekit.curve import prune_curve
 from prunekit.data import DataInfo, Loaders, create_dataset, dataset_info, list_datasets, make_loaders, register_dataset
 from prunekit.errors import (
     CheckpointError,
@@ -25,7 +25,7 @@ from prunekit.errors import (
     PrunekitError,
     UnsupportedModelError,
 )
-from prunekit.gates import create_gate, list_gates
+from prunekit.gates import create_gate, list_gates, register_gate
 from prunekit.io import export_onnx, load_slim, save_slim
 from prunekit.latency import measure_latency, measure_latency_interleaved
 from prunekit.methods import create_method, list_methods, register_method
@@ -75,6 +75,7 @@ __all__ = [
     "model_task",
     "quantize_",
     "register_dataset",
+    "register_gate",
     "register_method",
     "register_model",
     "run_sweep",
@@ -102,7 +103,6 @@ __all__ = [
     "methods",
     "params_ratio",
     "prune_curve",
-    "recalibrate_bn",
     "recalibrate_bn_",
     "relaxed_macs",
     "relaxed_params",

@@ -1,6 +1,6 @@
 """Modules that replace removed layers in a collapsed network, and the shared resize rule.
 
-``resize_module`` is the one mechanism that changes a layer's widths: collapse calls it with the kept
+``resize_module_`` is the one mechanism that changes a layer's widths: collapse calls it with the kept
 indices, ``load_slim`` with ``arange(n)`` before loading the saved weights over them.
 """
 
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import UnsupportedModelError
-from prunekit.graph import _BN, _CONV, _CONVT, is_depthwise
+from prunekit.graph import BN_TYPES, CONV_TYPES, CONVT_TYPES, is_depthwise
 
 
 def _take(p: torch.Tensor | None, dim: int, keep: torch.Tensor | None) -> torch.Tensor | None:
@@ -30,9 +30,9 @@ def _set_param(module: nn.Module, name: str, value: torch.Tensor | None) -> None
 
 
 @torch.no_grad()
-def resize_module(module: nn.Module, out_keep: torch.Tensor | None, in_keep: torch.Tensor | None) -> None:
+def resize_module_(module: nn.Module, out_keep: torch.Tensor | None, in_keep: torch.Tensor | None) -> None:
     """Keep only ``out_keep`` output and ``in_keep`` input channels (LongTensors, sorted) of a layer, in place."""
-    if isinstance(module, _BN) or isinstance(module, nn.PReLU):
+    if isinstance(module, BN_TYPES) or isinstance(module, nn.PReLU):
         keep = out_keep if out_keep is not None else in_keep
         if keep is None:
             return
@@ -49,7 +49,7 @@ def resize_module(module: nn.Module, out_keep: torch.Tensor | None, in_keep: tor
         _set_param(module, "bias", _take(module.bias, 0, out_keep))
         module.out_features, module.in_features = module.weight.shape
         return
-    if isinstance(module, _CONV):
+    if isinstance(module, CONV_TYPES):
         if is_depthwise(module):
             keep = out_keep if out_keep is not None else in_keep
             if keep is None:
@@ -62,7 +62,7 @@ def resize_module(module: nn.Module, out_keep: torch.Tensor | None, in_keep: tor
         _set_param(module, "bias", _take(module.bias, 0, out_keep))
         module.out_channels, module.in_channels = module.weight.shape[0], module.weight.shape[1]
         return
-    if isinstance(module, _CONVT):
+    if isinstance(module, CONVT_TYPES):
         # transposed conv weight is [C_in, C_out / groups, k...]
         _set_param(module, "weight", _take(_take(module.weight, 1, out_keep), 0, in_keep))
         _set_param(module, "bias", _take(module.bias, 0, out_keep))
@@ -177,7 +177,7 @@ def build_slim_module(spec: dict) -> nn.Module:
     return SLIM_MODULES[kind](**args)
 
 
-def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+def set_submodule_(root: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, module)

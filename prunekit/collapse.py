@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit._slim_modules import ConstantMap, EmptyChannels, Removed, resize_module, set_submodule
+from prunekit._slim_modules import ConstantMap, EmptyChannels, Removed, resize_module_, set_submodule_
 from prunekit.augment import GatedModel, is_gate_hook
 from prunekit.errors import CollapseError, ConfigError
-from prunekit.graph import _BN, _CONVT, is_depthwise
+from prunekit.graph import BN_TYPES, CONVT_TYPES, dim_size, is_depthwise
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +48,20 @@ def _scale(module: nn.Module, attr: str, v: torch.Tensor, inplace: bool) -> None
 
 
 @torch.no_grad()
-def fold_into(module: nn.Module, v: torch.Tensor, name: str, *, inplace: bool = False) -> None:
+def fold_into_(module: nn.Module, v: torch.Tensor, name: str, *, inplace: bool = False) -> None:
     """Multiply a gate point's output channels by ``v`` inside its parameters (BN γ/β, or weight/bias)."""
-    if isinstance(module, _BN):
+    if isinstance(module, BN_TYPES):
         if not module.affine:
             raise CollapseError(f"cannot fold a gate into non-affine BatchNorm {name!r}")
         _scale(module, "weight", v, inplace)
         _scale(module, "bias", v, inplace)
         return
-    out_dim = 1 if isinstance(module, _CONVT) else 0
+    out_dim = 1 if isinstance(module, CONVT_TYPES) else 0
     shape = [1] * module.weight.dim()
     shape[out_dim] = -1
     _scale(module, "weight", v.view(shape), inplace)
     if module.bias is not None:
         _scale(module, "bias", v, inplace)
-
-
-_fold = fold_into
 
 
 def _share_copy(model: nn.Module, owner: nn.Module) -> nn.Module:
@@ -95,11 +92,9 @@ def _keep_masks(gated: GatedModel, keep: list[torch.Tensor]) -> dict[tuple[str, 
     masks: dict[tuple[str, str], torch.Tensor] = {}
     for h in gated.groups:
         for m in h.group.members:
-            from prunekit.graph import _dim_size
-
-            key = (m.name, "out" if isinstance(m.module, _BN) else m.dim)
+            key = (m.name, "out" if isinstance(m.module, BN_TYPES) else m.dim)
             if key not in masks:
-                masks[key] = torch.ones(_dim_size(m.module, key[1]), dtype=torch.bool)
+                masks[key] = torch.ones(dim_size(m.module, key[1]), dtype=torch.bool)
             masks[key][m.idxs] = keep[h.index][m.root_idxs.to(keep[h.index].device)].cpu()
     return masks
 
@@ -114,7 +109,7 @@ def _plan(gated: GatedModel, keep: list[torch.Tensor]) -> dict[str, dict[str, An
         mod = modules[name]
         out_m = masks.get((name, "out"))
         in_m = masks.get((name, "in"))
-        if isinstance(mod, _BN) or isinstance(mod, nn.PReLU) or is_depthwise(mod):
+        if isinstance(mod, BN_TYPES) or isinstance(mod, nn.PReLU) or is_depthwise(mod):
             m = out_m if out_m is not None else in_m
             if in_m is not None and out_m is not None:
                 m = out_m & in_m
@@ -143,17 +138,17 @@ def _apply(slim: nn.Module, plan: dict[str, dict[str, Any]]) -> dict[str, dict[s
     for name, step in plan.items():
         if "replace" in step:
             rep = step["replace"]
-            set_submodule(slim, name, rep)
+            set_submodule_(slim, name, rep)
             layers[name] = rep.spec()
         else:
             mod = modules[name]
-            resize_module(mod, step["out"], step["in"])
+            resize_module_(mod, step["out"], step["in"])
             layers[name] = {"type": "resize", **_widths(mod)}
     return layers
 
 
 def _widths(mod: nn.Module) -> dict[str, int]:
-    if isinstance(mod, _BN):
+    if isinstance(mod, BN_TYPES):
         return {"out": mod.num_features}
     if isinstance(mod, nn.PReLU):
         return {"out": mod.num_parameters}
@@ -255,10 +250,10 @@ def _build(
     _strip_gate_hooks(slim)
     modules = dict(slim.named_modules())
     for name in gated.gate_points:
-        _fold(modules[name], gated.point_mask(name, values), name)
+        fold_into_(modules[name], gated.point_mask(name, values), name)
     for b, bv in zip(gated.branches, block_values):
         # the block gate scales the branch's last BN; 0 makes the branch add exactly nothing
-        _fold(modules[b.end.name], bv.expand(_width(modules[b.end.name])), b.end.name)
+        fold_into_(modules[b.end.name], bv.expand(_width(modules[b.end.name])), b.end.name)
     layers = _apply(slim, _plan(gated, keep))
     _unshare(slim, gated.model)
     slim.eval()
@@ -266,7 +261,7 @@ def _build(
 
 
 def _width(mod: nn.Module) -> int:
-    if isinstance(mod, _BN):
+    if isinstance(mod, BN_TYPES):
         return mod.num_features
     return mod.out_features if isinstance(mod, nn.Linear) else mod.out_channels
 

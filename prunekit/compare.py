@@ -11,14 +11,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.augment import GatedModel
 from prunekit.cost import count_macs, count_params
+from prunekit.errors import ConfigError
 from prunekit.latency import measure_latency
+from prunekit.train.evaluate import evaluate
 
 
 def layer_widths(original: nn.Module, slim: nn.Module) -> dict[str, list[int]]:
     """``{layer: [channels before, after]}`` for every layer collapse resized or removed (after = 0)."""
-    from prunekit.augment import GatedModel
-
     base = original.model if isinstance(original, GatedModel) else original
     modules = dict(base.named_modules())
     out: dict[str, list[int]] = {}
@@ -62,8 +63,6 @@ def compare(
     if example_input is None:
         example_input = getattr(original, "example_input", None)
         if example_input is None:
-            from prunekit.errors import ConfigError
-
             raise ConfigError("compare needs example_input for a model that is not a GatedModel")
     task = task or getattr(original, "pk_task", None) or getattr(slim, "pk_task", None) or "classification"
     x = example_input[:1]
@@ -76,8 +75,6 @@ def compare(
             "latency_ms": measure_latency(model, x, batch_sizes, device=device, repeats=repeats),
         }
         if loader is not None:
-            from prunekit.train.evaluate import evaluate
-
             res = evaluate(model, loader, task, device, max_batches=max_batches)
             side.update({k: v for k, v in res.items() if k in ("acc", "miou", "pixel_acc", "loss")})
             if "acc" in res:

@@ -17,12 +17,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from prunekit.graph import _BN, _CONV, _CONVT, is_depthwise
+from prunekit.augment import GatedModel
+from prunekit.errors import ConfigError
+from prunekit.graph import BN_TYPES, CONV_TYPES, CONVT_TYPES, is_depthwise
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    from prunekit.augment import GatedModel
-
     return model.model if isinstance(model, GatedModel) else model
 
 
@@ -73,7 +73,7 @@ class CostModel:
         shapes: dict[str, tuple[torch.Size, torch.Size]] = {}
         hooks = []
         for name, mod in net.named_modules():
-            if isinstance(mod, _CONV + _CONVT + (nn.Linear,)):
+            if isinstance(mod, CONV_TYPES + CONVT_TYPES + (nn.Linear,)):
                 hooks.append(mod.register_forward_hook(lambda m, i, o, n=name: shapes.__setitem__(n, (i[0].shape, o.shape))))
         was = net.training
         net.eval()
@@ -91,7 +91,7 @@ class CostModel:
             n = oshape[0]
             if isinstance(mod, nn.Linear):
                 macs = oshape.numel() / n * mod.in_features
-            elif isinstance(mod, _CONVT):
+            elif isinstance(mod, CONVT_TYPES):
                 # flop counter: transposed conv costs in_numel · (C_out/groups) · k
                 macs = ishape.numel() / n * (mod.out_channels // mod.groups) * _prod(mod.kernel_size)
             else:
@@ -102,7 +102,7 @@ class CostModel:
                 _LayerCost(name, float(macs), float(mod.weight.numel()), int(mod.bias is not None), c_in, c_out, is_depthwise(mod), False)
             )
         for name, mod in net.named_modules():
-            if isinstance(mod, _BN) and mod.affine:
+            if isinstance(mod, BN_TYPES) and mod.affine:
                 self.layers.append(_LayerCost(name, 0.0, 0.0, 2, mod.num_features, mod.num_features, False, True))
         self.other_params = sum(p.numel() for p in net.parameters()) - sum(
             lc.weight + lc.bias * lc.c_out for lc in self.layers
@@ -161,7 +161,8 @@ def _prod(t) -> int:
     return out
 
 
-def _cost_model(gated: nn.Module) -> CostModel:
+def cost_model(gated: nn.Module) -> CostModel:
+    """The :class:`CostModel` of a GatedModel, built once and kept on it."""
     cm = getattr(gated, "_cost_model", None)
     if cm is None:
         cm = CostModel(gated)
@@ -183,27 +184,25 @@ def gate_values(gated: nn.Module, mode: str = "expected") -> list[torch.Tensor]:
     elif mode == "eval":
         f = lambda g: g.values()  # noqa: E731
     else:
-        from prunekit.errors import ConfigError
-
         raise ConfigError(f"mode must be expected, hard or eval, got {mode!r}")
     return gated.effective_values([f(g) for g in gates], [f(b) for b in blocks])
 
 
 def relaxed_macs(gated: nn.Module, mode: str = "expected") -> torch.Tensor:
     """Relaxed MACs per sample of a GatedModel; with ``mode="hard"`` equals the collapsed net's MACs."""
-    return _cost_model(gated).macs(gate_values(gated, mode))
+    return cost_model(gated).macs(gate_values(gated, mode))
 
 
 def relaxed_params(gated: nn.Module, mode: str = "expected") -> torch.Tensor:
-    return _cost_model(gated).params(gate_values(gated, mode))
+    return cost_model(gated).params(gate_values(gated, mode))
 
 
 def macs_ratio(gated: nn.Module, mode: str = "expected") -> torch.Tensor:
     """Relaxed MACs / dense MACs (F̃/F₀ of the CRISP structure loss)."""
-    cm = _cost_model(gated)
+    cm = cost_model(gated)
     return cm.macs(gate_values(gated, mode)) / cm.dense_macs
 
 
 def params_ratio(gated: nn.Module, mode: str = "expected") -> torch.Tensor:
-    cm = _cost_model(gated)
+    cm = cost_model(gated)
     return cm.params(gate_values(gated, mode)) / cm.dense_params

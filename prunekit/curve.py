@@ -24,8 +24,16 @@ import torch
 from torch import nn
 
 from prunekit._device import resolve_device
+from prunekit.augment import GatedModel, augment
 from prunekit.bn import DEFAULT_BN_BATCHES, recalibrate_bn_
+from prunekit.collapse import collapse
+from prunekit.cost import count_macs, count_params
 from prunekit.errors import ConfigError
+from prunekit.gates import mask_gate_name
+from prunekit.graph import CONV_TYPES, is_depthwise
+from prunekit.latency import measure_latency
+from prunekit.methods.bridgeout import remove_bridgeout_
+from prunekit.train.evaluate import evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +42,7 @@ CRITERIA = ("l2", "l1")
 RULES = ("group", "per_layer")
 COLUMNS = ("fraction", "macs", "params", "accuracy", "latency_ms_b1", "max_diff", "macs_ratio", "params_ratio",
            "loss", "channels")
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_WEIGHTED = _CONVS + (nn.Linear,)
+_WEIGHTED = CONV_TYPES + (nn.Linear,)
 
 
 def _member_dim(member: Any) -> str:
@@ -95,13 +102,12 @@ def layer_filter_scores(group: Any, criterion: str = "l2") -> torch.Tensor | Non
     """
     if criterion not in CRITERIA:
         raise ConfigError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
-    from prunekit.graph import is_depthwise
 
     total = torch.zeros(int(group.size), dtype=torch.float64)
     count = torch.zeros(int(group.size), dtype=torch.float64)
     for mem in group.members:
         # a depthwise conv only carries each channel through (its producer is the conv before it)
-        if _member_dim(mem) != "out" or not isinstance(mem.module, _CONVS) or is_depthwise(mem.module):
+        if _member_dim(mem) != "out" or not isinstance(mem.module, CONV_TYPES) or is_depthwise(mem.module):
             continue
         root = mem.root_idxs.cpu().long()
         total.index_add_(0, root, _row_norms(mem.module.weight, mem.idxs, criterion))
@@ -123,61 +129,23 @@ def keep_mask_for_fraction(scores: torch.Tensor, fraction: float) -> torch.Tenso
 
 
 def _latency_ms_b1(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
-    from prunekit.latency import measure_latency
-
     return float(measure_latency(model, x[:1], batch_sizes=(1,), repeats=max(1, repeats))[1])
 
 
 def _evaluate(model: nn.Module, loader: Iterable[Any], task: str, device: torch.device,
               max_batches: int | None) -> tuple[float, float]:
-    from prunekit.train.evaluate import evaluate
-
     m = evaluate(model, loader, task, device, max_batches=max_batches)
     return (m["acc"] if task == "classification" else m["miou"]), m["loss"]
-
-
-def recalibrate_bn(model: nn.Module, data_loader: Iterable[Any], batches: int | None = 20,
-                   device: str | torch.device | None = None) -> nn.Module:
-    """Re-estimate a (pruned) network's BatchNorm statistics, then leave it in eval mode; returns ``model``.
-
-    The original name, kept for existing callers (also ``prunekit.recalibrate_bn``): it runs
-    :func:`prunekit.bn.recalibrate_bn_` (no weight changes; see there) with this function's old default of 20
-    batches, and then puts the whole model in eval mode, as it always did.
-
-    Removing filters changes what every later layer receives, so the running means and variances stored for
-    the unpruned network no longer match and accuracy collapses even where the weights are still good;
-    forwarding a few training batches restores them ("adaptive BN", Li et al., EagleEye, ECCV 2020).
-
-    Args:
-        model: the (collapsed) network; modified in place and left in eval mode.
-        data_loader: yields ``(images [N, C, H, W], targets)`` from the training distribution.
-        batches: how many batches to forward; >= 1 (``None``: the whole loader).
-        device: where to run (default: the model's device).
-    """
-    recalibrate_bn_(model, data_loader, batches, device)
-    model.eval()
-    return model
 
 
 def _plain_copy(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
     """A plain copy: Bridgeout noise removed (its parametrization holds the clean weight), a gated model
     (e.g. sDprun's finalized one) collapsed to the slim network its masks define."""
-    from prunekit.augment import GatedModel
-    from prunekit.collapse import collapse
-    from prunekit.methods.bridgeout import remove_bridgeout_
-
     if isinstance(model, GatedModel):
         return collapse(model, example_input.to(model.example_input.device))
     twin = copy.deepcopy(model)
     remove_bridgeout_(twin)
     return twin
-
-
-def _mask_gate() -> str:
-    # A gate whose eval value is exactly 1 × keep: the curve must not rescale the kept channels.
-    from prunekit.gates import list_gates
-
-    return "mask" if "mask" in list_gates() else "bernoulli"
 
 
 def prune_curve(
@@ -246,10 +214,6 @@ def prune_curve(
         ``rule``, ``criterion``, ``bn_recalibrated`` (bool) and ``bn_source`` (``"bn_loader"``,
         ``"data_loader"`` or None).
     """
-    from prunekit.augment import augment
-    from prunekit.collapse import collapse
-    from prunekit.cost import count_macs, count_params
-
     if criterion not in CRITERIA:
         raise ConfigError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
     if rule not in RULES:
@@ -282,7 +246,7 @@ def prune_curve(
 
     base = _plain_copy(model, x).to(dev).eval()
     dense_macs, dense_params = count_macs(base, x), count_params(base)
-    gated = augment(base, x, gate=_mask_gate(), filter_fn=filter_fn, inplace=True).eval()
+    gated = augment(base, x, gate=mask_gate_name(), filter_fn=filter_fn, inplace=True).eval()
     if rule == "group":
         scores: list[torch.Tensor | None] = [group_filter_scores(g, criterion) for g in gated.groups]
     else:

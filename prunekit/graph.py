@@ -25,10 +25,11 @@ from prunekit.errors import UnsupportedModelError
 
 log = logging.getLogger(__name__)
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CONVT = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_WEIGHTED = _CONV + _CONVT + (nn.Linear,)
+# The layer types whose channels groups name (read by collapse, cost, io and the methods).
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONVT_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_WEIGHTED = CONV_TYPES + CONVT_TYPES + (nn.Linear,)
 # Layers whose output on a zeroed channel is not zero and which mix channels: removing a channel
 # would change the other channels' values, so groups touching them stay fixed.
 _CHANNEL_MIXING_NORMS = (nn.LayerNorm, nn.GroupNorm)
@@ -55,7 +56,7 @@ class Member:
     @property
     def covers_all(self) -> bool:
         """True when the member spans the whole dim in group order (the common, fast case)."""
-        n = _dim_size(self.module, self.dim)
+        n = dim_size(self.module, self.dim)
         return len(self.idxs) == n and bool(
             torch.equal(self.idxs, torch.arange(n)) and torch.equal(self.root_idxs, torch.arange(n))
         )
@@ -102,12 +103,13 @@ class ChannelGroup:
         return sorted({m.name for m in self.members})
 
 
-def _dim_size(module: nn.Module, dim: str) -> int:
-    if isinstance(module, _BN):
+def dim_size(module: nn.Module, dim: str) -> int:
+    """Channels of ``module`` along ``dim`` (``"out"`` or ``"in"``)."""
+    if isinstance(module, BN_TYPES):
         return module.num_features
     if isinstance(module, nn.Linear):
         return module.out_features if dim == "out" else module.in_features
-    if isinstance(module, _CONV + _CONVT):
+    if isinstance(module, CONV_TYPES + CONVT_TYPES):
         return module.out_channels if dim == "out" else module.in_channels
     if isinstance(module, nn.PReLU):
         return module.num_parameters
@@ -115,21 +117,21 @@ def _dim_size(module: nn.Module, dim: str) -> int:
 
 
 def is_depthwise(module: nn.Module) -> bool:
-    return isinstance(module, _CONV) and module.groups > 1 and module.groups == module.in_channels == module.out_channels
+    return isinstance(module, CONV_TYPES) and module.groups > 1 and module.groups == module.in_channels == module.out_channels
 
 
 def _member_problem(m: Member) -> str | None:
     mod = m.module
-    if isinstance(mod, _CONV):
+    if isinstance(mod, CONV_TYPES):
         if mod.groups > 1 and not is_depthwise(mod):
             return (
                 f"layer {m.name!r} is a grouped conv (groups={mod.groups}); pruning its channels exactly needs "
                 "balanced per-group masks, which prunekit does not do yet"
             )
         return None
-    if isinstance(mod, _CONVT):
+    if isinstance(mod, CONVT_TYPES):
         return None if mod.groups == 1 else f"layer {m.name!r} is a grouped transposed conv"
-    if isinstance(mod, _BN + (nn.Linear,)):
+    if isinstance(mod, BN_TYPES + (nn.Linear,)):
         return None
     if isinstance(mod, nn.PReLU):
         return None  # one slope per channel: sliced like a BatchNorm
@@ -230,7 +232,7 @@ def analyze(
             mod = item.dep.target.module
             if _is_internal(mod):
                 continue
-            dim = "out" if (isinstance(mod, _BN + (nn.PReLU,)) or dg.is_out_channel_pruning_fn(item.dep.handler)) else "in"
+            dim = "out" if (isinstance(mod, BN_TYPES + (nn.PReLU,)) or dg.is_out_channel_pruning_fn(item.dep.handler)) else "in"
             members.append(
                 Member(
                     name=names.get(mod, "?"),
@@ -255,7 +257,7 @@ def analyze(
         group.critical = (
             len(producers) > 1
             or any(m.module is stem for m in producers)
-            or any(isinstance(m.module, _CONV + _CONVT) and max(_tuple(m.module.stride)) > 1 for m in producers)
+            or any(isinstance(m.module, CONV_TYPES + CONVT_TYPES) and max(_tuple(m.module.stride)) > 1 for m in producers)
         )
         groups.append(group)
     groups.sort(key=lambda g: order.get(g.members[0].module, 0))
@@ -292,12 +294,12 @@ def _unique_first(idxs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _gate_points(dg, group: ChannelGroup) -> list[Member]:
-    bns = {id(m.module): m for m in group.members if isinstance(m.module, _BN)}
+    bns = {id(m.module): m for m in group.members if isinstance(m.module, BN_TYPES)}
     points: list[Member] = []
     for m in group.members:
         if m.dim != "out":
             continue
-        if isinstance(m.module, _BN):
+        if isinstance(m.module, BN_TYPES):
             points.append(m)
         elif isinstance(m.module, _WEIGHTED):
             node = dg.module2node.get(m.module)
@@ -347,7 +349,7 @@ def residual_branches(groups: list[ChannelGroup]) -> list[Branch]:
             continue
         for p in producers:
             end = g.point_of.get(p.name)
-            if end is None or not isinstance(end.module, _BN):
+            if end is None or not isinstance(end.module, BN_TYPES):
                 continue
             inner: list[int] = []
             sources: set[int] = set()

@@ -17,8 +17,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit._slim_modules import build_slim_module, resize_module, set_submodule
+from prunekit._slim_modules import build_slim_module, resize_module_, set_submodule_
 from prunekit.errors import CheckpointError, ConfigError
+from prunekit.graph import BN_TYPES, is_depthwise
+from prunekit.models import create_model
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +86,6 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
 
 def build_from_spec(spec: dict[str, Any]) -> nn.Module:
     """Rebuild the (uninitialised) slim architecture described by ``spec``."""
-    from prunekit.models import create_model
-
     base = dict(spec["base"])
     kwargs = dict(base.pop("kwargs", {}) or {})
     model = create_model(**base, **kwargs)
@@ -97,13 +97,13 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
             mod = modules[name]
             out = layer.get("out")
             inn = layer.get("in")
-            resize_module(
+            resize_module_(
                 mod,
                 torch.arange(out) if out is not None else None,
                 torch.arange(inn) if inn is not None and not _single_dim(mod) else None,
             )
         else:
-            set_submodule(model, name, build_slim_module(layer))
+            set_submodule_(model, name, build_slim_module(layer))
     model.pk_spec = spec["base"]
     model.pk_collapse = {"layers": spec.get("layers", {})}
     if spec.get("task"):
@@ -112,9 +112,7 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
 
 
 def _single_dim(mod: nn.Module) -> bool:
-    from prunekit.graph import _BN, is_depthwise
-
-    return isinstance(mod, _BN) or isinstance(mod, nn.PReLU) or is_depthwise(mod)
+    return isinstance(mod, BN_TYPES) or isinstance(mod, nn.PReLU) or is_depthwise(mod)
 
 
 def load_slim(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:

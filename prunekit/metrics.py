@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError
+from prunekit.gates.base import Gate
 
 HIST_BINS = 20
 MAX_VALUES = 4096  # gate_values rows carry the full vector only up to this many entries
@@ -288,8 +289,6 @@ def _is_selection(module: nn.Module) -> bool:
 
 def _selectors(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(layer name, gate or mask module) for every gate and DPP weight mask in ``model``, in order."""
-    from prunekit.gates.base import Gate
-
     names: dict[int, str] = {}
     for h in getattr(model, "groups", None) or []:
         gate = getattr(h, "gate", None)

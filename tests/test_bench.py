@@ -23,11 +23,11 @@ def _tiny_resnet20(in_channels: int = 1) -> torch.nn.Module:
 # -- Torch-Pruning baseline ------------------------------------------------------------------------------
 @pytest.mark.parametrize("pruner", ["groupnorm", "magnitude"])
 def test_tp_baseline_reaches_macs_target_on_resnet20(pruner):
-    from prunekit.bench._tp import prune_to_macs
+    from prunekit.bench.torch_pruning import prune_to_macs_
 
     model = _tiny_resnet20()
     x = torch.randn(1, 1, 16, 16)
-    report = prune_to_macs(model, x, 0.5, pruner, iterative_steps=50)
+    report = prune_to_macs_(model, x, 0.5, pruner, iterative_steps=50)
     ratio = pk.count_macs(model, x) / report["macs_before"]
     assert report["macs_ratio"] == pytest.approx(ratio)
     assert 0.45 <= ratio <= 0.5  # Torch-Pruning's rule: the first step at or under the target
@@ -35,7 +35,7 @@ def test_tp_baseline_reaches_macs_target_on_resnet20(pruner):
 
 
 def test_conv_linear_macs_agrees_with_flop_counter():
-    from prunekit.bench._tp import conv_linear_macs
+    from prunekit.bench.torch_pruning import conv_linear_macs
 
     model = _tiny_resnet20(3)
     x = torch.randn(2, 3, 16, 16)
@@ -43,7 +43,7 @@ def test_conv_linear_macs_agrees_with_flop_counter():
 
 
 def test_tp_method_prunes_mid_run_and_keeps_training():
-    from prunekit.bench._tp import TPMethod
+    from prunekit.bench.torch_pruning import TPMethod
     from prunekit.train.config import TrainConfig
     from prunekit.train.loop import Trainer
 
@@ -66,7 +66,7 @@ def test_tp_method_prunes_mid_run_and_keeps_training():
 
 
 def test_tp_method_refuses_bad_options():
-    from prunekit.bench._tp import TPMethod
+    from prunekit.bench.torch_pruning import TPMethod
 
     with pytest.raises(ConfigError, match="target_macs"):
         TPMethod(target_macs=1.5)
@@ -76,12 +76,13 @@ def test_tp_method_refuses_bad_options():
 
 # -- meeting targets without training --------------------------------------------------------------------
 def test_dpp_keep_and_l2_prune_meet_the_target():
-    from prunekit.bench.pareto import dpp_keep_for_target, l2_prune_to_macs
+    from prunekit.bench.pareto.targets import l2_prune_to_macs
+    from prunekit.methods.dpp import keep_for_target
 
     model = _tiny_resnet20()
     x = torch.randn(1, 1, 16, 16)
     dense = pk.count_macs(model, x)
-    keep, ratio = dpp_keep_for_target(model, x, 0.5)
+    keep, ratio = keep_for_target(model, x, 0.5)
     assert 0.5 < keep < 0.9 and abs(ratio - 0.5) < 0.05
     slim, frac = l2_prune_to_macs(model, x, int(0.5 * dense))
     assert 0 < frac < 1
@@ -97,7 +98,7 @@ def _row(method, target, acc, seed=0, macs=0.5, val=None):
 
 
 def test_summary_selects_on_val_and_averages_seeds():
-    from prunekit.bench.pareto import summarize
+    from prunekit.bench.pareto.report import summarize
 
     rows = [_row("l1", 0.5, 0.80, seed=0), _row("l1", 0.5, 0.90, seed=1),
             {**_row("sdprun", 0.5, 0.99, val=0.1), "options": {"c": 1}},  # best test, worst val: not chosen
@@ -109,7 +110,8 @@ def test_summary_selects_on_val_and_averages_seeds():
 
 
 def test_markdown_says_when_prunekit_loses_and_latency_ratios():
-    from prunekit.bench.pareto import PRESETS, latency_rows, pareto_markdown, summarize
+    from prunekit.bench.pareto import PRESETS
+    from prunekit.bench.pareto.report import latency_rows, pareto_markdown, summarize
 
     summary = summarize([_row("dense", None, 0.9, macs=1.0), _row("l1", 0.5, 0.7), _row("tp-groupnorm", 0.5, 0.8, macs=0.25)])
     md = pareto_markdown(summary, PRESETS["smoke"], "smoke")
@@ -165,7 +167,7 @@ def test_interleaved_latency_ranks_networks_and_restores_state():
 
 
 def test_pareto_journal_resumes_and_extends_only_on_the_same_budget(tmp_path):
-    from prunekit.bench._pareto_journal import JOURNAL, journal, open_journal
+    from prunekit.bench.pareto.journal import JOURNAL, journal, open_journal
 
     grid = (("l1", ((), (("mode", "iterative"),))),)
     settings = {"epochs": 1, "methods": ("l1", "l0"), "datasets": ("d",), "seeds": (0,), "grid": grid}
@@ -221,7 +223,7 @@ def test_pareto_smoke_tiny_writes_rows_and_reports(tmp_path, monkeypatch):
     assert [row["options"].get("mode") for row in l1] == [None, "iterative"]
     assert sum(row["selected"] for row in l1) == 1
     # an interrupted run resumes from its journal: nothing is trained again
-    monkeypatch.setattr("prunekit.bench.pareto._rows_for", lambda *a, **k: pytest.fail("retrained on resume"))
+    monkeypatch.setattr("prunekit.bench.pareto.suite._rows_for", lambda *a, **k: pytest.fail("retrained on resume"))
     again = bench_pareto(tmp_path, "smoke", methods=("l1", "tp-magnitude", "bridgeout"), datasets=("fashion-mnist",), limit=64,
                          max_steps_per_epoch=1, latency_repeats=1, latency_min_seconds=0.0, resume=True)
     assert [x["acc_test"] for x in again["rows"]] == [x["acc_test"] for x in r["rows"]]
@@ -302,7 +304,8 @@ def test_effects_quick_judges_each_row_from_its_own_numbers(tmp_path):
 
 
 def test_pareto_table_shows_what_the_method_decided_itself():
-    from prunekit.bench.pareto import PRESETS, pareto_markdown, summarize
+    from prunekit.bench.pareto import PRESETS
+    from prunekit.bench.pareto.report import pareto_markdown, summarize
 
     crisp = {**_row("crisp", 0.5, 0.8), "relaxation_macs_ratio": 0.62, "calibration_flips": 0.125}
     summary = summarize([_row("dense", None, 0.9, macs=1.0), crisp, _row("l1", 0.5, 0.7)])

@@ -153,7 +153,7 @@ def test_collapse_refuses_wrong_network(monkeypatch) -> None:
     gated = pk.augment(model, torch.randn(1, 3, 32, 32))
     _random_masks(gated)
     # sabotage folding: a collapse that forgets the gate values must be refused, not returned
-    monkeypatch.setattr(C, "_fold", lambda module, v, name: None)
+    monkeypatch.setattr(C, "fold_into_", lambda module, v, name: None)
     with pytest.raises(pk.CollapseError, match="differs"):
         pk.collapse(gated)
 

@@ -130,7 +130,7 @@ def test_bridgeout_model_is_accepted_and_bad_arguments_raise():
 
 
 def test_recalibrate_bn_re_estimates_statistics_and_leaves_weights_alone():
-    from prunekit.curve import recalibrate_bn
+    from prunekit.bn import recalibrate_bn_
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5, momentum=0.3), nn.ReLU()).eval()
@@ -140,7 +140,7 @@ def test_recalibrate_bn_re_estimates_statistics_and_leaves_weights_alone():
         bn.running_var.fill_(9.0)
     weights = {k: v.clone() for k, v in model.named_parameters()}
     loader = _data(n=24, size=8)
-    recalibrate_bn(model, loader, batches=2)
+    recalibrate_bn_(model, loader, batches=2)
     with torch.no_grad():
         out = model[0](torch.cat([x for x, _ in loader]))  # 2 equal batches: the cumulative mean is the overall mean
     assert torch.allclose(bn.running_mean, out.mean((0, 2, 3)), atol=1e-5)
@@ -149,9 +149,9 @@ def test_recalibrate_bn_re_estimates_statistics_and_leaves_weights_alone():
     for k, v in model.named_parameters():
         assert torch.equal(v, weights[k]), k
     with pytest.raises(ConfigError, match="batches"):
-        recalibrate_bn(model, loader, batches=0)
+        recalibrate_bn_(model, loader, batches=0)
     with pytest.raises(ConfigError, match="empty"):
-        recalibrate_bn(model, DataLoader(TensorDataset(torch.zeros(0, 3, 8, 8), torch.zeros(0)), batch_size=4))
+        recalibrate_bn_(model, DataLoader(TensorDataset(torch.zeros(0, 3, 8, 8), torch.zeros(0)), batch_size=4))
 
 
 def test_prune_curve_with_bn_loader_evaluates_re_estimated_networks():
@@ -303,13 +303,3 @@ def test_recalibrate_bn_in_place_restores_every_module_mode_and_ignores_training
         recalibrate_bn_(one, ["not a tensor"])
     assert torch.equal(one[1].running_mean, before)  # a failed re-estimation leaves the statistics as they were
     assert recalibrate_bn_(nn.Linear(3, 2), []) == {"layers": 0, "batches": 0, "samples": 0}
-
-
-def test_recalibrate_bn_names_are_aliases_of_the_in_place_function():
-    import prunekit
-    from prunekit.bn import recalibrate_bn_
-    from prunekit.curve import recalibrate_bn
-
-    assert prunekit.recalibrate_bn is recalibrate_bn and prunekit.recalibrate_bn_ is recalibrate_bn_
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).train()
-    assert recalibrate_bn(model, _data(), batches=1) is model and not model.training  # old contract: eval mode

@@ -28,8 +28,8 @@ from prunekit.gates.dpp import (
     soft_marginals,
 )
 from prunekit.methods import create_method
-from prunekit.methods._gated import SplitOptimizer
 from prunekit.methods.dpp import GATE_LR, DPPMethod, dpp_states, temperature
+from prunekit.optim import SplitOptimizer
 
 
 def _tiny_cnn() -> nn.Module:

@@ -22,10 +22,11 @@ from prunekit.gates.relaxations import (
     hard_concrete_sample,
     prune_basis,
 )
-from prunekit.methods._gated import SplitOptimizer, calibrate, mask_ratio
+from prunekit.methods._gated import calibrate, mask_ratio
 from prunekit.methods.baselines import filter_norms, prune_plan
 from prunekit.methods.crisp import crisp_schedule, cubic_ramp, prune_basis_loss, structure_loss
 from prunekit.methods.growing import beta_schedule
+from prunekit.optim import SplitOptimizer
 from prunekit.train.config import RunConfig, TrainConfig
 
 

@@ -14,9 +14,9 @@ from types import SimpleNamespace
 import pytest
 
 from prunekit.errors import CheckpointError, ConfigError
-from prunekit.train import _store_schema as schema_mod
 from prunekit.train import store as store_mod
 from prunekit.train.store import MIGRATIONS, RunStore, StoreCallback
+from prunekit.train.store import schema as schema_mod
 
 CFG = {"model": "resnet20", "dataset": "shapes", "method": "crisp", "name": "t", "train": {"epochs": 1}}
 

@@ -43,7 +43,6 @@ from prunekit.app_support._form import (
     method_help,
     option_text,
     parse_option,
-    run_target,
     target_field,
 )
 from prunekit.app_support._live import (
@@ -104,6 +103,7 @@ from prunekit.app_support._runs import (
     stop,
 )
 from prunekit.errors import ConfigError, PrunekitError
+from prunekit.methods import run_target
 from prunekit.train.config import RunConfig, TrainConfig
 
 __all__ = [

@@ -28,6 +28,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from prunekit import app_support as sup
+from prunekit.train.runner import start_run
+
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -158,8 +161,6 @@ def load_average() -> list[float] | None:
 
 
 def _bench_config(epochs: int, steps: int) -> Any:
-    from prunekit import app_support as sup
-
     return sup.build_run_config(
         method="dense",
         data_options={"num_samples": 512},
@@ -171,8 +172,6 @@ def _bench_config(epochs: int, steps: int) -> Any:
 
 
 def _throughput(workspace: Path, cfg: Any, timeout: float) -> float:
-    from prunekit.train.runner import start_run
-
     info = start_run(cfg, workspace=workspace).wait(timeout)
     if info.status != "done":
         raise RuntimeError(f"benchmark run ended {info.status}: {info.error}")
@@ -209,7 +208,6 @@ def bench_app(
             page.wait_for_selector(".js-plotly-plot .main-svg", state="visible", timeout=30000)
             firsts.append(time.perf_counter() - t0)
         # Throughput with the Live page open and refreshing on the training run.
-        from prunekit.train.runner import start_run
 
         handle = start_run(cfg, workspace=ws)
         live = browser.new_page(viewport={"width": 1400, "height": 1000})

@@ -19,7 +19,11 @@ from typing import Any
 
 import torch
 
+import prunekit as pk
 from prunekit.bench import error_reason, md_table, write_report
+from prunekit.errors import ConfigError
+from prunekit.latency import measure_latency_interleaved
+from prunekit.models import list_models
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +41,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def _models(preset: dict[str, Any]) -> list[str]:
-    from prunekit.models import list_models
-
     return preset["models"] or list_models(include_torchvision=True)
 
 
@@ -51,8 +53,6 @@ def _half_masks(gated, seed: int = 0) -> None:
 
 
 def _prunekit_row(name: str, x: torch.Tensor, nets: dict[str, torch.nn.Module]) -> dict[str, Any]:
-    import prunekit as pk
-
     kwargs = {"aux_logits": False, "init_weights": False} if name in ("tv:googlenet", "tv:inception_v3") else {}
     model = pk.create_model(name, num_classes=10, **kwargs).eval()
     t0 = time.perf_counter()
@@ -82,8 +82,6 @@ def _prunekit_row(name: str, x: torch.Tensor, nets: dict[str, torch.nn.Module]) 
 def _torch_pruning_row(name: str, x: torch.Tensor, nets: dict[str, torch.nn.Module]) -> dict[str, Any]:
     import torch_pruning as tp
 
-    import prunekit as pk
-
     kwargs = {"aux_logits": False, "init_weights": False} if name in ("tv:googlenet", "tv:inception_v3") else {}
     model = pk.create_model(name, num_classes=10, **kwargs).eval()
     macs0 = pk.count_macs(model, x)
@@ -112,8 +110,6 @@ def _torch_pruning_row(name: str, x: torch.Tensor, nets: dict[str, torch.nn.Modu
 
 def _add_latency(row: dict[str, Any], nets: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int) -> None:
     """Time dense, prunekit-slim and Torch-Pruning networks of one model interleaved; speed-ups into the rows."""
-    from prunekit.latency import measure_latency_interleaved
-
     if "dense" not in nets:
         return
     lat = measure_latency_interleaved(nets, x, (1, 64), rounds=repeats, repeats=2)
@@ -145,8 +141,6 @@ def bench_collapse(
         models: override the model list.
         torch_pruning: also prune each model with Torch-Pruning's MagnitudePruner at the same ratio.
     """
-    from prunekit.errors import ConfigError
-
     if preset not in PRESETS:
         raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     cfg = PRESETS[preset]

@@ -29,8 +29,18 @@ from typing import Any
 
 import torch
 
+from prunekit._device import resolve_device, torch_threads
+from prunekit.curve import prune_curve
+from prunekit.data import make_loaders
 from prunekit.errors import ConfigError
+from prunekit.methods import create_method
+from prunekit.models import create_model
 from prunekit.train.callbacks import Callback
+from prunekit.train.config import RunConfig, TrainConfig
+from prunekit.train.evaluate import evaluate
+from prunekit.train.experiment import run_experiment
+from prunekit.train.loop import Trainer
+from prunekit.train.seed import seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +120,6 @@ class _BNSnapshot(Callback):
 
 
 def _method_and_train(variant: str, preset: CurvePreset, device: str) -> tuple[str, dict[str, Any], Any]:
-    from prunekit.train.config import TrainConfig
-
     common = dict(epochs=preset.epochs, batch_size=preset.batch_size, seed=preset.seed, device=device, log_every=50)
     if variant == "sgd":
         return "dense", {}, TrainConfig(lr=preset.lr, momentum=0.9, nesterov=True, weight_decay=5e-4, **common)
@@ -126,15 +134,6 @@ def _method_and_train(variant: str, preset: CurvePreset, device: str) -> tuple[s
 
 
 def _train(variant: str, preset: CurvePreset, device: str) -> tuple[torch.nn.Module, Any, dict[str, Any], _BNSnapshot]:
-    from prunekit.data import make_loaders
-    from prunekit.methods import create_method
-    from prunekit.models import create_model
-    from prunekit.train.config import RunConfig
-    from prunekit.train.evaluate import evaluate
-    from prunekit.train.experiment import run_experiment
-    from prunekit.train.loop import Trainer
-    from prunekit.train.seed import seed_everything
-
     name, options, cfg = _method_and_train(variant, preset, device)
     snap = _BNSnapshot()
     data_options = {**dict(preset.data_options), **({"limit": preset.limit} if preset.limit is not None else {})}
@@ -185,8 +184,6 @@ def curve_key(rule: str, bn: bool) -> str:
 
 
 def _run_variant(variant: str, cfg: CurvePreset, dev: str) -> dict[str, Any]:
-    from prunekit.curve import prune_curve
-
     t = time.perf_counter()
     model, loaders, summary, snap = _train(variant, cfg, dev)
     logger.info("bench curve: %s trained, test acc %.4f", variant, summary["acc/test"])
@@ -226,8 +223,6 @@ def bench_curve(
         "curve": the first curve}}, "seconds", "markdown"}``; keys as :func:`curve_key` (``"per_layer+bn"``,
         ``"per_layer"``, ``"group+bn"``, ...), rows as :func:`prunekit.curve.prune_curve` columns.
     """
-    from prunekit._device import resolve_device, torch_threads
-
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")

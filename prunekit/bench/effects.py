@@ -26,8 +26,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prunekit.bench import md_table, write_report
+from prunekit.bench import error_reason, md_table, write_report
+from prunekit.curve import prune_curve
+from prunekit.data import make_loaders
 from prunekit.errors import ConfigError
+from prunekit.train.config import RunConfig, TrainConfig
+from prunekit.train.experiment import run_experiment
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +61,6 @@ def _options(method: str, preset: dict[str, Any]) -> dict[str, Any]:
 
 
 def _train(method: str, preset: dict[str, Any], seed: int) -> dict[str, Any]:
-    from prunekit.train.config import RunConfig, TrainConfig
-    from prunekit.train.experiment import run_experiment
-
     train = TrainConfig(epochs=preset["epochs"], batch_size=preset["batch_size"], lr=preset["lr"], seed=seed,
                         nesterov=True, max_steps_per_epoch=preset["max_steps_per_epoch"],
                         num_threads=preset["threads"], device="cpu", log_every=10)
@@ -73,9 +74,6 @@ def _train(method: str, preset: dict[str, Any], seed: int) -> dict[str, Any]:
 
 def _curve(result: dict[str, Any], preset: dict[str, Any], seed: int) -> dict[float, float]:
     """Accuracy (test split) at each fraction of filters removed, BN re-estimated, no fine-tuning."""
-    from prunekit.curve import prune_curve
-    from prunekit.data import make_loaders
-
     loaders = make_loaders(preset["dataset"], preset["batch_size"], seed=seed, **preset["data_options"])
     df = prune_curve(result["model"], loaders.test, preset["fractions"], device="cpu", rule="per_layer",
                      bn_loader=loaders.train, bn_batches=preset["bn_batches"], latency_repeats=1)
@@ -118,8 +116,6 @@ def bench_effects(out_dir: str | Path, preset: str = "quick", methods: tuple[str
         {acc, wall_s, method_report}}, "markdown"}``.
     """
     import torch
-
-    from prunekit.bench import error_reason
 
     if preset not in PRESETS:
         raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")

@@ -21,7 +21,14 @@ from typing import Any
 
 import torch
 
+from prunekit.augment import GatedModel
+from prunekit.collapse import collapse
+from prunekit.cost import count_macs, count_params
+from prunekit.errors import ConfigError
+from prunekit.latency import measure_latency
 from prunekit.train.callbacks import Callback
+from prunekit.train.config import RunConfig, TrainConfig
+from prunekit.train.experiment import run_experiment
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +57,6 @@ class _Keep(Callback):
 
 
 def _run_one(method: str, preset: dict[str, Any], seed: int, threads: int) -> dict[str, Any]:
-    from prunekit.augment import GatedModel
-    from prunekit.collapse import collapse
-    from prunekit.cost import count_macs, count_params
-    from prunekit.latency import measure_latency
-    from prunekit.train.config import RunConfig, TrainConfig
-    from prunekit.train.experiment import run_experiment
-
     options = {} if method == "dense" else {"target_macs": preset["target_macs"]}
     train = TrainConfig(epochs=preset["epochs"], batch_size=preset["batch_size"], lr=preset["lr"], seed=seed,
                         max_steps_per_epoch=preset["max_steps_per_epoch"], num_threads=threads, device="cpu",
@@ -107,8 +107,6 @@ def bench_methods(out_dir: str | Path, preset: str = "quick", methods: tuple[str
     Returns:
         ``{"preset", "settings", "counter", "rows": [per-method dicts], "markdown"}``.
     """
-    from prunekit.errors import ConfigError
-
     if preset not in PRESETS:
         raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     settings = PRESETS[preset]

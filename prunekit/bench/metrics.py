@@ -32,6 +32,9 @@ import torch
 from torch import nn
 
 from prunekit._device import torch_threads
+from prunekit.gates import create_gate
+from prunekit.gates.dpp import DPPGate, DPPMask
+from prunekit.metrics import confidence_diversity, flip_rate, gate_layer_rows, selection_probabilities, sparsity
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +61,6 @@ def _time(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
 
 @torch.no_grad()
 def _cases(shapes: list[tuple[int, int, int, int]]) -> dict[str, Callable[[], Any]]:
-    from prunekit.gates import create_gate
-    from prunekit.gates.dpp import DPPGate, DPPMask
-    from prunekit.metrics import confidence_diversity, flip_rate, gate_layer_rows, selection_probabilities, sparsity
-
     torch.manual_seed(0)
     dpp = nn.ModuleList(DPPGate(s[0]) for s in shapes)
     crisp = nn.ModuleList(create_gate("crisp", s[0]) for s in shapes)

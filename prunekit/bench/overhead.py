@@ -15,7 +15,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+import prunekit as pk
 from prunekit.bench import md_table, write_report
+from prunekit.errors import ConfigError
 
 PRESETS = {
     "quick": {"models": ["resnet20", "resnet56"], "batch": 128, "steps": 8},
@@ -34,9 +36,6 @@ def _step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y
 
 def bench_overhead(out_dir: str | Path, preset: str = "quick", *, gates: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Measure gated/plain step-time ratios; write ``overhead.json`` / ``overhead.md``."""
-    import prunekit as pk
-    from prunekit.errors import ConfigError
-
     if preset not in PRESETS:
         raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     cfg = PRESETS[preset]

@@ -18,6 +18,8 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from prunekit.viz import anchor_points, tradeoff_figure
+
 logger = logging.getLogger(__name__)
 
 _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -35,8 +37,6 @@ def _frame(summary: Sequence[dict[str, Any]], dataset: str) -> pd.DataFrame:
 
 def accuracy_figure(summary: Sequence[dict[str, Any]], dataset: str, model: str | None = None) -> go.Figure:
     """Test accuracy (%) vs kept MACs fraction, coloured by method, Pareto front dashed, paper anchors as stars."""
-    from prunekit.viz import anchor_points, tradeoff_figure
-
     df = _frame(summary, dataset)
     fig = tradeoff_figure(df, x="macs_ratio", y="acc_test", anchors=anchor_points(model, dataset))
     fig.update_layout(title=f"{dataset}: accuracy vs MACs")

@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prunekit.train.runner import thread_env
+from prunekit.train.store import RunStore, StoreCallback
+
 logger = logging.getLogger(__name__)
 
 _TRAIN_SNIPPET = textwrap.dedent("""
@@ -116,8 +119,6 @@ def _train_steps(steps: int, callback: Any = None) -> tuple[list[float], float]:
 def bench_logging(workspace: Path, steps: int = 60) -> dict[str, Any]:
     import torch
 
-    from prunekit.train.store import RunStore, StoreCallback
-
     torch.set_num_threads(1)  # what a background run gets on a 2-core machine (runner.default_threads)
     store = RunStore(workspace)
     res: dict[str, Any] = {"steps": steps}
@@ -156,9 +157,6 @@ def _ui_task(store: Any, run_id: str) -> float:
 
 
 def bench_threads(workspace: Path, seconds: float = 3.0) -> dict[str, Any]:
-    from prunekit.train.runner import thread_env
-    from prunekit.train.store import RunStore
-
     store = RunStore(workspace)
     rid = store.create_run({"model": "bench", "dataset": "random", "method": "dense"})
     store.log_scalars(rid, 1, 0, {"loss": 1.0})

@@ -17,6 +17,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from prunekit import __version__
 from prunekit.cli._common import HelpFormatter, Parser, fail
 from prunekit.errors import CheckpointError, ConfigError, PrunekitError
 
@@ -27,8 +28,6 @@ COMMANDS = ["train", "eval", "list", "collapse", "compare", "bench", "runs", "sw
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every available subcommand registered."""
-    from prunekit import __version__
-
     parser = Parser(
         prog="prunekit",
         description="Structured pruning for PyTorch CNNs: train, prune, collapse and compare models.",

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from prunekit.augment import GatedModel
+from prunekit.cost import count_macs, relaxed_macs
 from prunekit.errors import ConfigError
 from prunekit.train.callbacks import Callback
 
@@ -117,9 +119,6 @@ def human(n: float) -> str:
 def model_macs(model: Any, example_input: Any) -> float | None:
     """MACs of one sample: of the network collapse would give for a gated model (its hard masks), else of
     ``model`` itself (``prunekit.cost``); None when they cannot be counted."""
-    from prunekit.augment import GatedModel
-    from prunekit.cost import count_macs, relaxed_macs
-
     try:
         if isinstance(model, GatedModel):
             return float(relaxed_macs(model, "hard"))

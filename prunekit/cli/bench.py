@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from prunekit.bench import SUITES, run_suite
 from prunekit.cli._common import HelpFormatter, out
+from prunekit.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from prunekit.bench import SUITES
-
     p = sub.add_parser(
         "bench",
         help="run a benchmark suite (JSON + markdown table)",
@@ -47,8 +47,6 @@ def _value(text: str) -> Any:
 
 def options(args: argparse.Namespace) -> dict[str, Any]:
     """The suite options given on the command line (``--methods``, ``--datasets``, ``--seeds``, ``--set``)."""
-    from prunekit.errors import ConfigError
-
     opts: dict[str, Any] = {}
     for key in ("methods", "datasets"):
         if getattr(args, key):
@@ -67,8 +65,6 @@ def options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prunekit.bench import run_suite
-
     folder = Path(args.out)
     result = run_suite(args.suite, folder, args.preset, resume=args.resume, **options(args))
     md = folder / f"{args.suite}.md"

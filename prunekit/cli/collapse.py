@@ -13,10 +13,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prunekit.augment import GatedModel
 from prunekit.cli._common import add_data_root_arg, add_parser, data_root, human, out, to_json
+from prunekit.collapse import collapse
+from prunekit.cost import count_macs, count_params
 from prunekit.errors import CheckpointError, ConfigError
-
-CHECKPOINT_NAME = "last.pt"
+from prunekit.io import save_slim
+from prunekit.latency import measure_latency
+from prunekit.train.checkpoint import check_state_dict, read_checkpoint
+from prunekit.train.config import RunConfig
+from prunekit.train.evaluate import evaluate
+from prunekit.train.experiment import build_experiment
+from prunekit.train.loop import CHECKPOINT_NAME
 
 
 def register(subparsers: Any) -> None:
@@ -45,11 +53,7 @@ def _resolve(source: str) -> Path:
     return path
 
 
-def _latency_ms(model: Any, x: Any) -> float | None:
-    try:
-        from prunekit.latency import measure_latency
-    except ImportError:
-        return None
+def _latency_ms(model: Any, x: Any) -> float:
     return float(measure_latency(model, x[:1], batch_sizes=(32,), device="cpu", warmup=2, repeats=5)[32])
 
 
@@ -57,14 +61,6 @@ def collapse_checkpoint(source: str, threshold: float | None = None, evaluate_sp
                         root: str | None = None) -> dict[str, Any]:
     """Load, finalise, collapse and measure a run; returns the numbers and the slim model (key ``slim``)."""
     import torch
-
-    from prunekit.augment import GatedModel
-    from prunekit.collapse import collapse
-    from prunekit.cost import count_macs, count_params
-    from prunekit.train.checkpoint import check_state_dict, read_checkpoint
-    from prunekit.train.config import RunConfig
-    from prunekit.train.evaluate import evaluate
-    from prunekit.train.experiment import build_experiment
 
     if threshold is not None and not 0 < threshold < 1:
         raise ConfigError(f"--threshold must be in (0, 1), got {threshold}")
@@ -133,7 +129,6 @@ def run(args: argparse.Namespace) -> int:
     slim = r.pop("slim")
     if not args.no_save:
         target = Path(args.out) if args.out else Path(r["checkpoint"]).parent / "slim.pt"
-        from prunekit.io import save_slim
 
         save_slim(slim, target)
         r["saved"] = str(target)

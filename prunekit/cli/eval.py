@@ -6,7 +6,12 @@ import argparse
 from typing import Any
 
 from prunekit.cli._common import add_data_root_arg, add_parser, data_root, format_table, out, to_json
+from prunekit.cost import count_params
 from prunekit.errors import CheckpointError
+from prunekit.train.checkpoint import check_state_dict, read_checkpoint
+from prunekit.train.config import RunConfig
+from prunekit.train.evaluate import evaluate
+from prunekit.train.experiment import build_experiment
 
 
 def register(subparsers: Any) -> None:
@@ -23,11 +28,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prunekit.train.checkpoint import check_state_dict, read_checkpoint
-    from prunekit.train.config import RunConfig
-    from prunekit.train.evaluate import evaluate
-    from prunekit.train.experiment import build_experiment, count_params
-
     ckpt = read_checkpoint(args.checkpoint)
     cfg_dict = ckpt.get("config") or {}
     if "model" not in cfg_dict:

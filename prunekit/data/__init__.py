@@ -9,33 +9,20 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from prunekit._registry import Registry
+from prunekit.data import imagefolder, shapes, vision  # noqa: F401  (importing them registers their datasets)
 from prunekit.data._base import ArrayDataset, DataInfo, DataSource
 from prunekit.data._locate import search_roots
+from prunekit.data.registry import _DATASETS, register_dataset
 from prunekit.errors import ConfigError
 
 IMAGEFOLDER_PREFIX = "imagefolder:"
 SPLITS = ("train", "val", "test")
-
-_DATASETS: Registry[DataSource] = Registry("dataset")
-
-
-def register_dataset(name: str) -> Callable[[type[DataSource]], type[DataSource]]:
-    """Class decorator registering a :class:`DataSource` subclass (an instance of it) under ``name``."""
-
-    def deco(cls: type[DataSource]) -> type[DataSource]:
-        _DATASETS.add(name, cls())
-        return cls
-
-    return deco
-
 
 def list_datasets() -> list[str]:
     """Registered dataset names, plus the ``imagefolder:PATH`` form."""
@@ -189,11 +176,6 @@ def make_loaders(
     test = DataLoader(splits["test"], batch_size=batch_size, shuffle=False, **extra)
     return Loaders(train, val, test, splits["train"].info)
 
-
-# Importing the modules registers their datasets.
-from prunekit.data import imagefolder as _imagefolder  # noqa: E402,F401
-from prunekit.data import shapes as _shapes  # noqa: E402,F401
-from prunekit.data import vision as _vision  # noqa: E402,F401
 
 __all__ = [
     "ArrayDataset",

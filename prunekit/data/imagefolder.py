@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from prunekit.data import register_dataset
 from prunekit.data._base import DataInfo, DataSource
+from prunekit.data.registry import register_dataset
 from prunekit.errors import ConfigError, DataNotFoundError
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from prunekit.data import register_dataset
 from prunekit.data._base import DataInfo, DataSource
+from prunekit.data.registry import register_dataset
 from prunekit.errors import ConfigError
 
 CLASS_NAMES = ("circle", "square", "triangle", "cross", "ring", "diamond", "star", "ellipse", "bar", "L-shape")

@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from prunekit.data import _locate, register_dataset
+from prunekit.data import _locate
 from prunekit.data._base import DataInfo, DataSource
 from prunekit.data._locate import not_found, search_roots, try_download, writable_cache_for
+from prunekit.data.registry import register_dataset
 from prunekit.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Gates: the relaxations (pure functions) and one module per gate kind, by registry."""
 
 from prunekit.gates import bernoulli, crisp, dpp, hard_concrete  # noqa: F401  (register the kinds)
-from prunekit.gates.base import Gate, create_gate, list_gates, register_gate
+from prunekit.gates.base import Gate, create_gate, list_gates, mask_gate_name, register_gate
 from prunekit.gates.relaxations import (
     bernoulli_gate,
     crisp_gate,
@@ -20,6 +20,7 @@ __all__ = [
     "hard_concrete_prob_nonzero",
     "hard_concrete_sample",
     "list_gates",
+    "mask_gate_name",
     "prune_basis",
     "register_gate",
 ]

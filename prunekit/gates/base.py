@@ -34,7 +34,7 @@ class Gate(nn.Module):
         critical: the group must never close completely (stem, stride-2, residual sums).
     """
 
-    kind = "base"
+    name = "base"  #: the registry name (set by :func:`register_gate`), as ``Method.name`` for methods
 
     def __init__(self, size: int, critical: bool = False) -> None:
         super().__init__()
@@ -111,10 +111,10 @@ class Gate(nn.Module):
 
 
 def register_gate(name: str) -> Callable[[type[Gate]], type[Gate]]:
-    """Class decorator: register a gate kind under ``name`` (duplicates refused)."""
+    """Class decorator: register a gate kind under ``name`` (duplicates refused); sets ``cls.name``."""
 
     def deco(cls: type[Gate]) -> type[Gate]:
-        cls.kind = name
+        cls.name = name
         _GATES.add(name, cls)
         return cls
 
@@ -125,10 +125,16 @@ def list_gates() -> list[str]:
     return _GATES.names()
 
 
-def create_gate(kind: str, size: int, critical: bool = False, **options: Any) -> Gate:
-    """Build a gate of a registered ``kind`` for a group of ``size`` structures."""
-    cls = _GATES.get(kind)
+def create_gate(name: str, size: int, critical: bool = False, **options: Any) -> Gate:
+    """Build a gate of the kind registered as ``name`` for a group of ``size`` structures."""
+    cls = _GATES.get(name)
     try:
         return cls(size, critical=critical, **options)
     except TypeError as e:
-        raise ConfigError(f"bad options for gate {kind!r}: {e}") from None
+        raise ConfigError(f"bad options for gate {name!r}: {e}") from None
+
+
+def mask_gate_name() -> str:
+    """The registered gate whose eval value is exactly 1 × keep, for pruning by fixed masks without rescaling the
+    kept channels: ``mask`` (registered by ``prunekit.methods.baselines``) when it is loaded, else ``bernoulli``."""
+    return "mask" if "mask" in _GATES else "bernoulli"

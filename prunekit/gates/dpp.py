@@ -197,7 +197,7 @@ def keep_count(keep: float, n: int, banks: int = 1) -> int:
 
 
 # -- modules -------------------------------------------------------------------------------------------
-class _DPPState(nn.Module):
+class DPPState(nn.Module):
     """Logits Φ [M, N], the temperature buffer and the last two samples (for the flip rate)."""
 
     def __init__(self, rows: int, n: int, k: int, epsilon: float, tau: float, banks: int, init_std: float) -> None:
@@ -329,7 +329,7 @@ class DPPGate(Gate):
         init_std: float = 0.5,
     ) -> None:
         super().__init__(size, critical)
-        self.dpp = _DPPState(1, size, keep_count(keep, size, banks), epsilon, tau, banks, init_std)
+        self.dpp = DPPState(1, size, keep_count(keep, size, banks), epsilon, tau, banks, init_std)
 
     @property
     def k(self) -> int:
@@ -359,7 +359,7 @@ class DPPGate(Gate):
         return f"{super().extra_repr()}, k={self.k}, tau={float(self.dpp.tau):g}, epsilon={self.dpp.epsilon:g}"
 
 
-class DPPMask(_DPPState):
+class DPPMask(DPPState):
     """Parametrization W ↦ W ⊙ A of a Conv/Linear weight (kernel or weight granularity).
 
     Register with ``torch.nn.utils.parametrize.register_parametrization(layer, "weight", mask)``; the layer

@@ -4,7 +4,7 @@ masks, the global calibration of masks to a MACs/params target, and the common m
 Gate logits always live in their own optimizer parameter group, without weight decay (weight decay
 would pull the logits towards 0, the undecided middle). When a method asks for a gate optimizer
 different from the training one (CRISP: Adam for the gates, SGD for the weights), the two are wrapped in
-one :class:`SplitOptimizer` so that the loop's lr schedule, checkpoints and AMP scaler see one object.
+one :class:`~prunekit.optim.SplitOptimizer` so that the loop's lr schedule, checkpoints and AMP scaler see one object.
 
 **Calibration** (documented behaviour of crisp, growing, l0, l1, slimming): a method that must land on a
 cost target ranks every structure of the network by a per-method score (CRISP: the gate value; growing:
@@ -25,6 +25,7 @@ from torch import nn
 
 from prunekit.errors import ConfigError
 from prunekit.methods.base import Method, option
+from prunekit.optim import split_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -40,46 +41,6 @@ def require_gated(model: nn.Module, method: str) -> Any:
 
 
 # -- optimizer ---------------------------------------------------------------------------------------
-class SplitOptimizer(torch.optim.Optimizer):
-    """Several optimizers stepped as one (weights: SGD; gate logits: Adam, say).
-
-    ``param_groups`` is the concatenation of the inner optimizers' group dicts (the same objects), so an
-    lr scheduler scaling ``param_groups[i]["lr"]`` drives the inner optimizers directly.
-    """
-
-    def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
-        self.optimizers = list(optimizers)
-        params = [p for o in self.optimizers for g in o.param_groups for p in g["params"]]
-        super().__init__(params, {})
-        self.param_groups = [g for o in self.optimizers for g in o.param_groups]
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        loss = closure() if closure is not None else None
-        for o in self.optimizers:
-            o.step()
-        return loss
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for o in self.optimizers:
-            o.zero_grad(set_to_none=set_to_none)
-
-    def state_dict(self) -> dict[str, Any]:
-        split = [o.state_dict() for o in self.optimizers]
-        # the concatenated group dicts too, as a plain optimizer has them: checkpoint checks compare group sizes
-        return {"split": split, "param_groups": [g for s in split for g in s["param_groups"]]}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        states = state_dict.get("split")
-        if not isinstance(states, list) or len(states) != len(self.optimizers):
-            raise ConfigError("optimizer state does not match this method's split optimizer")
-        for o, s in zip(self.optimizers, states):
-            o.load_state_dict(s)
-        # torch's load_state_dict gives every inner optimizer new group dicts: point ours (which the lr scheduler
-        # drives) at them again, or the schedule would stop reaching the inner optimizers after a resume
-        self.param_groups[:] = [g for o in self.optimizers for g in o.param_groups]
-
-
 # Adam moves a logit by about its lr per step while the logit's gradient keeps its sign; a gate whose lr is
 # ``travel / steps`` can cross ``travel`` logit units within ``steps``, whatever the length of the run.
 DEFAULT_GATE_LR = 1e-2
@@ -128,24 +89,13 @@ def gate_optimizer(model: nn.Module, train_cfg: Any, gate_lr: float | None, kind
     return split_optimizer(gate_param_groups(model, train_cfg, gate_lr), train_cfg)
 
 
-def split_optimizer(groups: list[dict[str, Any]], train_cfg: Any) -> torch.optim.Optimizer | None:
-    """The training optimizer for ``groups[0]`` (weights) plus Adam without weight decay for the other groups
-    (gate logits, at their own ``lr``), as one :class:`SplitOptimizer`; None when there is no second group."""
-    from prunekit.train.loop import build_optimizer
-
-    if len(groups) == 1:
-        return None
-    weights = build_optimizer(groups[:1], train_cfg)
-    return SplitOptimizer([weights, torch.optim.Adam(groups[1:], lr=groups[1]["lr"], weight_decay=0.0)])
-
-
 # -- cost of masks and calibration ---------------------------------------------------------------------
 def mask_ratio(gated: nn.Module, masks: list[torch.Tensor], kind: str = "macs") -> float:
     """Hard cost ratio (collapsed / dense) if every group kept exactly ``masks`` (bool [size] per group), with the
     block gates' current hard masks (if any) applied."""
-    from prunekit.cost import _cost_model
+    from prunekit.cost import cost_model
 
-    cm = _cost_model(gated)
+    cm = cost_model(gated)
     # block gates (growing) close whole branches: their current hard masks apply on top of the group masks
     blocks = [b.hard_mask().float() for b in getattr(gated, "block_gates", ())]
     values = gated.effective_values([m.float() for m in masks], blocks) if blocks else [m.float() for m in masks]
@@ -431,8 +381,8 @@ def fold_gate_values(gated: nn.Module, values: list[torch.Tensor]) -> None:
     After folding the current eval values and setting every gate to 1, the network computes the same
     function with plain 0/1 masks (used before the fixed-mask fine-tune of l0).
     """
-    from prunekit.collapse import fold_into
+    from prunekit.collapse import fold_into_
 
     modules = dict(gated.model.named_modules())
     for name in gated.gate_points:
-        fold_into(modules[name], gated.point_mask(name, values), name, inplace=True)
+        fold_into_(modules[name], gated.point_mask(name, values), name, inplace=True)

@@ -30,7 +30,7 @@ from torch import nn
 
 from prunekit.errors import ConfigError
 from prunekit.gates.base import Gate, register_gate
-from prunekit.graph import _BN, _CONVT
+from prunekit.graph import BN_TYPES, CONVT_TYPES
 from prunekit.methods._gated import (
     GateMethod,
     apply_masks,
@@ -82,10 +82,10 @@ def filter_norms(gated: nn.Module, p: float = 1.0) -> list[torch.Tensor]:
     for h in gated.groups:
         s = torch.zeros(h.size)
         for m in h.members:
-            if m.dim != "out" or isinstance(m.module, _BN) or not hasattr(m.module, "weight"):
+            if m.dim != "out" or isinstance(m.module, BN_TYPES) or not hasattr(m.module, "weight"):
                 continue
             w = m.module.weight.detach().float()
-            if isinstance(m.module, _CONVT):
+            if isinstance(m.module, CONVT_TYPES):
                 w = w.transpose(0, 1)
             w = w[m.idxs.to(w.device)].flatten(1).abs().pow(p).sum(1).pow(1.0 / p).cpu()
             s.index_add_(0, m.root_idxs.cpu(), w)
@@ -101,7 +101,7 @@ def bn_scales(gated: nn.Module) -> list[torch.Tensor]:
     for i, h in enumerate(gated.groups):
         s, n = torch.zeros(h.size), torch.zeros(h.size)
         for m in h.members:
-            if isinstance(m.module, _BN) and m.module.affine:
+            if isinstance(m.module, BN_TYPES) and m.module.affine:
                 s.index_add_(0, m.root_idxs.cpu(), m.module.weight.detach().abs().float()[m.idxs.to(m.module.weight.device)].cpu())
                 n.index_add_(0, m.root_idxs.cpu(), torch.ones(len(m.idxs)))
         if not bool((n > 0).all()):
@@ -228,7 +228,7 @@ class SlimmingMethod(_ScheduledPrune):
     def regularizer(self, model: nn.Module, step: int, epoch: int) -> dict[str, torch.Tensor]:
         if self.final_done or self.config.lambda_bn == 0:
             return {}
-        gammas = [m.weight.abs().sum() for m in model.model.modules() if isinstance(m, _BN) and m.affine]
+        gammas = [m.weight.abs().sum() for m in model.model.modules() if isinstance(m, BN_TYPES) and m.affine]
         return {"bn_l1": self.config.lambda_bn * torch.stack(gammas).sum()} if gammas else {}
 
     def scores(self, gated: nn.Module) -> list[torch.Tensor]:

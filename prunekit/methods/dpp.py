@@ -84,7 +84,7 @@ from torch.nn.utils import parametrize
 
 from prunekit._device import model_device
 from prunekit.errors import ConfigError
-from prunekit.gates.dpp import DPPGate, DPPMask, _DPPState, keep_count
+from prunekit.gates.dpp import DPPGate, DPPMask, DPPState, keep_count
 from prunekit.methods._gated import mask_ratio
 from prunekit.methods.base import Method, option, register_method
 from prunekit.metrics import gate_layer_rows, nm_structure
@@ -111,9 +111,9 @@ def temperature(epoch: int, num_epochs: int, start: float = 5.0, end: float = 0.
     return float(start + (end - start) * t)
 
 
-def dpp_states(model: nn.Module) -> list[_DPPState]:
+def dpp_states(model: nn.Module) -> list[DPPState]:
     """Every DPP logit holder in ``model`` (filter gates' states and weight masks), in module order."""
-    return [m for m in model.modules() if isinstance(m, _DPPState)]
+    return [m for m in model.modules() if isinstance(m, DPPState)]
 
 
 def keep_for_target(model: nn.Module, example_input: torch.Tensor, target: float) -> tuple[float, float]:
@@ -273,7 +273,7 @@ class DPPMethod(Method):
         """
         if self.config.gate_optimizer == "same" or getattr(train_cfg, "optimizer", "sgd") != "sgd":
             return None
-        from prunekit.methods._gated import split_optimizer
+        from prunekit.optim import split_optimizer
 
         return split_optimizer(self.param_groups(model, train_cfg), train_cfg)
 
@@ -426,7 +426,7 @@ def _group_norms(handle: Any) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def _set_logits(state: _DPPState, scores: torch.Tensor | None, std: float) -> None:
+def _set_logits(state: DPPState, scores: torch.Tensor | None, std: float) -> None:
     """Φ ← std · (scores standardised per row); left as drawn (N(0, std²)) when the scores do not vary."""
     if scores is None:
         return

@@ -187,9 +187,9 @@ class GrowingMethod(GateMethod):
 
     @torch.no_grad()
     def after_step(self, model: nn.Module, step: int, epoch: int) -> None:
-        from prunekit.cost import _cost_model
+        from prunekit.cost import cost_model
 
-        cm = _cost_model(model)
+        cm = cost_model(model)
         q = [h.gate.last_sample.float() * h.gate.keep.float() for h in model.groups]
         self.train_macs_sum += float(cm.macs(q)) / cm.dense_macs
         self.train_steps += 1

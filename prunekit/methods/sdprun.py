@@ -482,12 +482,12 @@ class SDPrunMethod(Method):
             return model
         try:
             from prunekit.augment import augment
-            from prunekit.curve import _mask_gate
+            from prunekit.gates import mask_gate_name
         except ImportError:
             logger.warning("sdprun.finalize: prunekit.augment unavailable; zero filters left in place")
             return model
         x = self.example_input.to(next(model.parameters()).device)
-        gated = augment(model, x, gate=_mask_gate())
+        gated = augment(model, x, gate=mask_gate_name())
         masks = self.decision_masks(gated)
         removed = 0
         for g, keep in zip(gated.groups, masks):

@@ -10,49 +10,15 @@ Every model returned by :func:`create_model` carries two plain attributes:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from prunekit._registry import Registry
 from prunekit.errors import ConfigError
-
-TV_PREFIX = "tv:"
-
-Builder = Callable[..., nn.Module]
-
-
-@dataclass(frozen=True)
-class _Entry:
-    builder: Builder
-    task: str
-
-
-_MODELS: Registry[_Entry] = Registry("model")
-
-
-def register_model(name: str | None = None, *, task: str = "classification") -> Callable[[Builder], Builder]:
-    """Decorator registering ``builder(num_classes, in_channels, **kwargs) -> nn.Module`` under ``name``.
-
-    Args:
-        name: registry name (default: the builder's ``__name__``).
-        task: ``"classification"`` (output ``[N, num_classes]``) or ``"segmentation"``
-            (output ``[N, num_classes, H, W]``).
-    """
-    if task not in ("classification", "segmentation"):
-        raise ConfigError(f"task must be 'classification' or 'segmentation', got {task!r}")
-
-    def deco(builder: Builder) -> Builder:
-        key = name or builder.__name__
-        if key.startswith(TV_PREFIX):
-            raise ConfigError(f"model names starting with {TV_PREFIX!r} are reserved for torchvision, got {key!r}")
-        _MODELS.add(key, _Entry(builder, task))
-        return builder
-
-    return deco
+from prunekit.models import cifar_resnet, mobilenetv2, unet, vgg  # noqa: F401  (importing them registers their models)
+from prunekit.models._weights import load_weights_
+from prunekit.models.registry import _MODELS, TV_PREFIX, register_model
 
 
 def list_models(include_torchvision: bool = True) -> list[str]:
@@ -125,8 +91,6 @@ def create_model(
         task = entry.task
 
     if weights is not None:
-        from prunekit.models._weights import load_weights_
-
         load_weights_(model, weights, num_classes=num_classes)
 
     model.pk_spec = {"name": name, "num_classes": num_classes, "in_channels": in_channels, "kwargs": opts}
@@ -144,11 +108,5 @@ def _check_tv_name(name: str) -> None:
 def _raise_unknown(name: str) -> Any:
     raise ConfigError(_MODELS.unknown_message(name, list_models(include_torchvision=True)))
 
-
-# Importing the modules registers their models.
-from prunekit.models import cifar_resnet as _cifar_resnet  # noqa: E402,F401
-from prunekit.models import mobilenetv2 as _mobilenetv2  # noqa: E402,F401
-from prunekit.models import unet as _unet  # noqa: E402,F401
-from prunekit.models import vgg as _vgg  # noqa: E402,F401
 
 __all__ = ["TV_PREFIX", "create_model", "list_models", "model_task", "register_model"]

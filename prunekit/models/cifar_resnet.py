@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.models import register_model
+from prunekit.models.registry import register_model
 
 
 class BasicBlock(nn.Module):
@@ -73,7 +73,7 @@ class CifarResNet(nn.Module):
         self.layer1, self.layer2, self.layer3 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, num_classes)
-        _kaiming_init_(self)
+        kaiming_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -81,7 +81,7 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def _kaiming_init_(model: nn.Module) -> None:
+def kaiming_init_(model: nn.Module) -> None:
     """He-normal convs and linears (fan_out for convs, as torchvision), BN γ=1, β=0."""
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):

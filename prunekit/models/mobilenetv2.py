@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.models import register_model
-from prunekit.models.cifar_resnet import _kaiming_init_
+from prunekit.models.cifar_resnet import kaiming_init_
+from prunekit.models.registry import register_model
 
 # (expansion t, output channels c, repeats n, first stride s); strides of the stem and stage 2 are 1 for 32×32.
 CIFAR_SETTING = (
@@ -93,7 +93,7 @@ class CifarMobileNetV2(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, num_classes))
-        _kaiming_init_(self)
+        kaiming_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))

@@ -13,8 +13,8 @@ import torch.fx
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.models import register_model
-from prunekit.models.cifar_resnet import _kaiming_init_
+from prunekit.models.cifar_resnet import kaiming_init_
+from prunekit.models.registry import register_model
 
 
 def _check_divisible(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -67,7 +67,7 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(nn.ConvTranspose2d(chans[i], chans[i - 1], 2, stride=2) for i in range(depth, 0, -1))
         self.dec = nn.ModuleList(DoubleConv(2 * chans[i - 1], chans[i - 1]) for i in range(depth, 0, -1))
         self.head = nn.Conv2d(chans[0], num_classes, 1)
-        _kaiming_init_(self)
+        kaiming_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _check_divisible(x, 2**self.depth)

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.models import register_model
-from prunekit.models.cifar_resnet import _kaiming_init_
+from prunekit.models.cifar_resnet import kaiming_init_
+from prunekit.models.registry import register_model
 
 # Simonyan & Zisserman 2015, configurations A (11 layers) and D (16 layers); "M" = 2×2 max-pool.
 CONFIGS: dict[str, list[int | str]] = {
@@ -49,7 +49,7 @@ class CifarVGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c, num_classes)
-        _kaiming_init_(self)
+        kaiming_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))

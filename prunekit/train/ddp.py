@@ -33,9 +33,14 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from prunekit.cost import count_params
 from prunekit.errors import ConfigError
 from prunekit.train.callbacks import Callback
+from prunekit.train.config import RunConfig
+from prunekit.train.evaluate import evaluate
+from prunekit.train.experiment import build_experiment
 from prunekit.train.loop import Trainer
+from prunekit.train.store import RunStore, StoreCallback
 
 logger = logging.getLogger(__name__)
 
@@ -255,9 +260,6 @@ def run_distributed(
     resume_from: str | Path | None = None,
 ) -> dict[str, Any]:
     """``run_experiment`` for one rank of a torchrun job (the test split is evaluated on every rank)."""
-    from prunekit.train.evaluate import evaluate
-    from prunekit.train.experiment import build_experiment, count_params
-
     info = init_distributed(device=cfg.train.device)
     exp = build_experiment(cfg)
     trainer = DistributedTrainer(exp.model, exp.loaders, cfg.train, exp.method, callbacks, exp.task,
@@ -271,9 +273,6 @@ def run_distributed(
 
 
 def _main(argv: list[str] | None = None) -> int:
-    from prunekit.train.config import RunConfig
-    from prunekit.train.store import RunStore, StoreCallback
-
     p = argparse.ArgumentParser(prog="torchrun ... -m prunekit.train.ddp")
     p.add_argument("--config", required=True, help="RunConfig as JSON (a file path or an inline JSON object)")
     p.add_argument("--workspace", default=None, help="run store folder; rank 0 records the run there")

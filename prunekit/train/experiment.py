@@ -15,8 +15,12 @@ import torch
 from torch import nn
 
 from prunekit._device import resolve_device
+from prunekit.cost import count_params
+from prunekit.data import dataset_info, make_loaders
 from prunekit.errors import ConfigError
+from prunekit.methods import create_method
 from prunekit.methods.base import Method
+from prunekit.models import create_model, model_task
 from prunekit.train.callbacks import Callback
 from prunekit.train.config import RunConfig
 from prunekit.train.evaluate import evaluate
@@ -85,10 +89,6 @@ def build_experiment(cfg: RunConfig) -> Experiment:
             Fashion-MNIST into ``in_channels=3``), fewer classes than the data has, a segmentation model on
             classification data (or the reverse), or a model that cannot run on the data's image size.
     """
-    from prunekit.data import dataset_info, make_loaders
-    from prunekit.methods import create_method
-    from prunekit.models import create_model, model_task
-
     seed_everything(cfg.train.seed)
     # Cheap checks first: device, names, options and shapes, before any image is generated or read.
     resolve_device(cfg.train.device)
@@ -119,11 +119,6 @@ def build_experiment(cfg: RunConfig) -> Experiment:
     if pk_spec is not None and not hasattr(model, "pk_spec"):
         model.pk_spec, model.pk_task = pk_spec, pk_task
     return Experiment(config=cfg, model=model, method=method, loaders=loaders, task=task, example_input=example)
-
-
-def count_params(model: nn.Module) -> int:
-    """Number of parameters (trainable or not)."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def run_experiment(

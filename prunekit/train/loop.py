@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from prunekit._device import resolve_device
 from prunekit.errors import ConfigError, PrunekitError
 from prunekit.methods.base import Method
+from prunekit.optim import build_optimizer
 from prunekit.train.callbacks import Callback
 from prunekit.train.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.train.config import TrainConfig
@@ -71,18 +72,6 @@ def lr_factor(schedule: str, epoch: int, epochs: int, milestones: Sequence[int] 
 def _constant_factor(epoch: int) -> float:
     """The lr factor of a param group that opted out of the schedule (``"lr_schedule": False``)."""
     return 1.0
-
-
-def build_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (momentum, Nesterov), Adam or AdamW over ``groups``; a group's own ``lr``/``weight_decay`` win."""
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ConfigError(f"optimizer {cfg.optimizer!r} must be built by its method (--method {cfg.optimizer})")
 
 
 def _split_loaders(loaders: Any) -> tuple[Iterable[Any], Iterable[Any] | None]:

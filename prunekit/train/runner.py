@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from prunekit.errors import ConfigError
+from prunekit.train.checkpoint import read_checkpoint
 from prunekit.train.config import RunConfig
-from prunekit.train.store import TERMINAL, RunInfo, RunStore
+from prunekit.train.loop import CHECKPOINT_NAME
+from prunekit.train.store import TERMINAL, RunInfo, RunStore, StoreCallback
 
 logger = logging.getLogger(__name__)
 
@@ -140,8 +142,9 @@ def _open(workspace: str | Path | RunStore | None) -> RunStore:
     return workspace if isinstance(workspace, RunStore) else RunStore(workspace)
 
 
-def _launch(store: RunStore, run_id: str, *, resume: bool, threads: int | None, experiment: str,
-            nice: int = 0) -> subprocess.Popen:
+def spawn_run(store: RunStore, run_id: str, *, resume: bool, threads: int | None, experiment: str,
+              nice: int = 0) -> subprocess.Popen:
+    """Start the child process that trains the stored run ``run_id`` (its log goes to the run's folder)."""
     info = store.get_run(run_id)
     if threads is None:
         threads = (info.config.get("train") or {}).get("num_threads") or default_threads()
@@ -192,7 +195,7 @@ def start_run(
         raise ConfigError(f"experiment must be 'module:function', got {experiment!r}")
     store = RunStore(workspace)
     run_id = store.create_run(cfg.to_dict(), sweep_id=sweep_id)
-    proc = _launch(store, run_id, resume=False, threads=threads, experiment=experiment, nice=nice)
+    proc = spawn_run(store, run_id, resume=False, threads=threads, experiment=experiment, nice=nice)
     return RunHandle(run_id, store.workspace, proc)
 
 
@@ -212,8 +215,6 @@ def get_handle(run_id: str, workspace: str | Path | None = None) -> RunHandle:
 
 
 def _checkpoint_step(path: Path) -> int:
-    from prunekit.train.checkpoint import read_checkpoint
-
     return int(read_checkpoint(path)["step"])
 
 
@@ -234,8 +235,6 @@ def resume_run(
         raise ConfigError(f"run {run_id} is {info.status}; only interrupted, stopped or failed runs can be resumed")
     ckpt = store.latest_checkpoint(run_id)
     if ckpt is None:
-        from prunekit.train.loop import CHECKPOINT_NAME
-
         fallback = store.run_dir(run_id) / "checkpoints" / CHECKPOINT_NAME
         ckpt = fallback if fallback.exists() else None
     step = _checkpoint_step(ckpt) if ckpt is not None else -1
@@ -245,7 +244,7 @@ def resume_run(
     threads = threads or runner.get("threads")
     store.set_status(run_id, "queued")
     logger.info("resuming run %s from %s", run_id, ckpt or "scratch")
-    proc = _launch(store, run_id, resume=ckpt is not None, threads=threads, experiment=experiment,
+    proc = spawn_run(store, run_id, resume=ckpt is not None, threads=threads, experiment=experiment,
                    nice=int(runner.get("nice", 0)))
     return RunHandle(run_id, store.workspace, proc)
 
@@ -280,8 +279,6 @@ def _child_main(argv: list[str] | None = None) -> int:
     except RuntimeError:  # already set (torch imported and used earlier in this interpreter)
         pass
 
-    from prunekit.train.store import StoreCallback
-
     store = RunStore(args.workspace)
     run_id = args.run
     info = store.get_run(run_id)
@@ -299,8 +296,6 @@ def _child_main(argv: list[str] | None = None) -> int:
         if args.resume:
             resume_from = store.latest_checkpoint(run_id)
             if resume_from is None:
-                from prunekit.train.loop import CHECKPOINT_NAME
-
                 resume_from = ckpt_dir / CHECKPOINT_NAME
         logger.info("run %s: %s on %s with %s, %d threads%s", run_id, cfg.model, cfg.dataset, cfg.method, threads,
                     f", resuming from {resume_from}" if resume_from else "")

@@ -24,7 +24,7 @@ import pandas as pd
 
 from prunekit.errors import ConfigError
 from prunekit.train.config import RunConfig
-from prunekit.train.runner import DEFAULT_EXPERIMENT, _launch, default_threads
+from prunekit.train.runner import DEFAULT_EXPERIMENT, default_threads, spawn_run
 from prunekit.train.store import RunStore
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def run_sweep(
             break
         for run_id in list(queued.id)[: max(0, concurrency - busy)]:
             try:
-                procs.append(_launch(store, run_id, resume=False, threads=threads, experiment=experiment))
+                procs.append(spawn_run(store, run_id, resume=False, threads=threads, experiment=experiment))
             except ConfigError as e:  # claimed by another scheduler meanwhile
                 logger.info("sweep %s: %s", sweep_id, e)
         time.sleep(poll)

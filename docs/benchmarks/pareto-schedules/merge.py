@@ -12,8 +12,8 @@ follow-up (+bn rows), the `hour` run. Latency is dropped: runs under different l
 import json
 from pathlib import Path
 
-from prunekit.bench._pareto_report import pareto_markdown, summarize
 from prunekit.bench.pareto import PRESETS
+from prunekit.bench.pareto.report import pareto_markdown, summarize
 
 HERE = Path(__file__).parent
 RUNS = ["pareto-hour", "pareto-posthoc", "pareto-slimming-floor", "pareto-schedules"]  # oldest first

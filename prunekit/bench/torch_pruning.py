@@ -29,8 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.cost import count_macs
 from prunekit.errors import ConfigError
 from prunekit.methods.base import Method
+from prunekit.optim import build_optimizer
+from prunekit.train.evaluate import evaluate
+from prunekit.train.experiment import build_experiment
+from prunekit.train.loop import Trainer
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +105,7 @@ def make_pruner(
                                          **common)
 
 
-def prune_to_macs(
+def prune_to_macs_(
     model: nn.Module,
     example_input: torch.Tensor,
     target_macs: float,
@@ -121,8 +126,6 @@ def prune_to_macs(
     Returns:
         ``{"macs_before", "macs_after", "macs_ratio", "steps", "prune_s"}`` (MACs per sample, flop counter).
     """
-    from prunekit.cost import count_macs
-
     if not 0 < target_macs <= 1:
         raise ConfigError(f"target_macs must be in (0, 1], got {target_macs}")
     was = model.training
@@ -187,8 +190,6 @@ class TPMethod(Method):
         return model
 
     def make_optimizer(self, model: nn.Module, train_cfg: Any) -> torch.optim.Optimizer:
-        from prunekit.train.loop import build_optimizer
-
         self.optimizer = opt = build_optimizer(self.param_groups(model, train_cfg), train_cfg)
         c = self.config
         if c.pruner == "groupnorm" and c.reg > 0:
@@ -210,7 +211,7 @@ class TPMethod(Method):
 
     def _prune(self, model: nn.Module) -> None:
         c = self.config
-        self.report = prune_to_macs(model, self._x(model), c.target_macs, c.pruner,
+        self.report = prune_to_macs_(model, self._x(model), c.target_macs, c.pruner,
                                     iterative_steps=c.iterative_steps, global_pruning=c.global_pruning)
         self._reg_pruner = None
         opt = self.optimizer
@@ -249,10 +250,6 @@ def run_tp_experiment(cfg: Any, pruner: str, target_macs: float, **options: Any)
         Like ``run_experiment``: ``metrics`` (``acc/val``, ``acc/test``, ``loss/test``), ``model`` (the pruned
         plain network), ``dataset``, ``train_time_s``, plus ``tp`` (the pruning report).
     """
-    from prunekit.train.evaluate import evaluate
-    from prunekit.train.experiment import build_experiment
-    from prunekit.train.loop import Trainer
-
     exp = build_experiment(cfg.replace(method="dense", method_options={}))
     method = TPMethod(pruner=pruner, target_macs=target_macs, **options)
     model = method.prepare(exp.model, exp.example_input)

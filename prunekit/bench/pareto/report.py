@@ -9,15 +9,10 @@ every slim network's latency beside the Torch-Pruning networks' at the same targ
 from __future__ import annotations
 
 import statistics
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prunekit.bench import md_table
-from prunekit.bench._tp import PRUNERS
-
-if TYPE_CHECKING:
-    from prunekit.bench.pareto import ParetoPreset
-
-TP_PRUNERS = {f"tp-{name}": name for name in PRUNERS}  # bench method name -> Torch-Pruning pruner
+from prunekit.bench.pareto.preset import TP_PRUNERS, ParetoPreset
 
 
 def _select(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

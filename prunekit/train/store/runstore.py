@@ -1,15 +1,8 @@
-"""The run store: an embedded SQLite database of runs, their metrics, checkpoints and collapse results.
+"""The :class:`RunStore`: runs, sweeps, checkpoints and collapse results in the workspace's SQLite file.
 
-One file ``<workspace>/runs.sqlite`` (WAL journal, so readers such as the app and notebooks never block the
-training process that writes) plus one folder per run ``<workspace>/runs/<run_id>/`` for checkpoints and logs.
-Metric writes are buffered and flushed in one transaction per batch; every metric row is keyed by
-``(run, name[, layer], step)`` and written with ``INSERT OR REPLACE``, so a resumed run that repeats a step
-overwrites instead of duplicating (:mod:`prunekit.train._store_metrics`).
-
-The schema is versioned: ``meta.schema_version`` counts the entries of :data:`MIGRATIONS` already applied and
-opening a store applies the missing ones in order. A file that is not SQLite, or SQLite written by another
-application, or by a newer prunekit, is refused with :class:`~prunekit.errors.CheckpointError` and left untouched
-(:mod:`prunekit.train._store_schema`). Rows and their JSON encoding live in :mod:`prunekit.train._store_records`.
+Its metric half (buffered writes, reads as long tables) is :class:`~prunekit.train.store.metrics.MetricLog`;
+the file and its versioned schema are :mod:`prunekit.train.store.schema`; rows and their JSON encoding
+:mod:`prunekit.train.store.records`.
 """
 
 from __future__ import annotations
@@ -27,8 +20,8 @@ from typing import Any
 import pandas as pd
 
 from prunekit.errors import ConfigError
-from prunekit.train._store_metrics import MetricLog
-from prunekit.train._store_records import (
+from prunekit.train.store.metrics import MetricLog
+from prunekit.train.store.records import (
     STATUSES,
     TERMINAL,
     RunInfo,
@@ -39,13 +32,7 @@ from prunekit.train._store_records import (
     new_id,
     pid_alive,
 )
-from prunekit.train._store_schema import (  # APPLICATION_ID: re-exported, importable from here as before
-    APPLICATION_ID,  # noqa: F401
-    DB_NAME,
-    MIGRATIONS,
-    open_database,
-    read_version,
-)
+from prunekit.train.store.schema import DB_NAME, open_database, read_version
 
 logger = logging.getLogger(__name__)
 
@@ -353,7 +340,3 @@ class RunStore(MetricLog):
                 "pending": p or 0} for i, n, c, cfg, k, d, p in rows]
         return pd.DataFrame(out, columns=["id", "name", "created", "config", "runs", "done", "pending"])
 
-
-from prunekit.train._store_callback import StoreCallback  # noqa: E402  (re-exported; it imports this module lazily)
-
-__all__ = ["MIGRATIONS", "STATUSES", "TERMINAL", "RunInfo", "RunStore", "StoreCallback", "default_workspace"]

@@ -16,11 +16,11 @@ from typing import Any
 
 import pandas as pd
 
-from prunekit.train._store_records import as_float, jsonable
+from prunekit.train.store.records import as_float, jsonable
 
 
 class MetricLog:
-    """The metric half of :class:`~prunekit.train.store.RunStore` (a mixin: it owns no connection)."""
+    """The metric half of :class:`~prunekit.train.store.runstore.RunStore` (a mixin: it owns no connection)."""
 
     _conn: sqlite3.Connection
     _lock: threading.RLock  # the connection

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from prunekit._viz_common import (
+from prunekit.viz.common import (
     _fig,
     _no_data,
     _pct,

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from prunekit._viz_common import (
+from prunekit.viz.common import (
     _HEIGHT,
     _fig,
     _layer_order,

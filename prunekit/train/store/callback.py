@@ -14,12 +14,11 @@ import math
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prunekit.train.callbacks import Callback
-
-if TYPE_CHECKING:
-    from prunekit.train.store import RunStore
+from prunekit.train.loop import CHECKPOINT_NAME
+from prunekit.train.store.runstore import RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +93,6 @@ class StoreCallback(Callback):
             self.progress = min(1.0, trainer.step / total)
 
     def _beat_loop(self) -> None:
-        from prunekit.train.store import RunStore
-
         own = RunStore(self.store.workspace)  # own connection for the heartbeat
         try:
             while not self._beat_stop.wait(self.heartbeat_interval):
@@ -110,8 +107,6 @@ class StoreCallback(Callback):
     def _ckpt_file(self) -> Path | None:
         if self.checkpoint_dir is None:
             return None
-        from prunekit.train.loop import CHECKPOINT_NAME
-
         return self.checkpoint_dir / CHECKPOINT_NAME
 
     def _sync_checkpoint(self, step: int, epoch: int) -> None:

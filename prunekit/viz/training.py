@@ -1,14 +1,6 @@
-"""Plotly figure builders shared by the Streamlit app and the notebooks.
+"""Training curves of one run: task loss against the regulariser terms, accuracy, MACs kept, temperature.
 
-Every chart is a pure function ``DataFrame -> go.Figure`` plus an ``explain_*`` function that returns one
-plain-language sentence reading the same data, for people learning pruning. Inputs are the run store's
-long tables (``RunStore.metrics``: columns ``step, epoch, name, value``; ``RunStore.layer_metrics``: columns
-``step, epoch, layer, name, value, data``; ``RunStore.list_runs``: one row per run). An empty or partial
-table gives a figure with a "no data yet" note, never an exception, because live views poll runs that
-have only just started.
-
-The builders live in three files: run curves here, per-layer gate views in ``_viz_gates``, views across
-runs (trade-off, widths, comparison) in ``_viz_compare``; every one is importable from here.
+Each builder reads ``RunStore.metrics`` (columns ``step, epoch, name, value``); see :mod:`prunekit.viz`.
 """
 
 from __future__ import annotations
@@ -17,7 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from prunekit._viz_common import (
+from prunekit.viz.common import (
     _fig,
     _first,
     _last,
@@ -28,53 +20,6 @@ from prunekit._viz_common import (
     _series,
     _style,
 )
-from prunekit._viz_compare import (
-    ANCHORS_RESNET56_CIFAR10,
-    anchor_points,
-    comparison_table,
-    explain_comparison,
-    explain_tradeoff,
-    explain_widths,
-    pareto_front,
-    tradeoff_figure,
-    width_figure,
-)
-from prunekit._viz_gates import (
-    explain_gate_distribution,
-    explain_gate_heatmap,
-    explain_layer_trend,
-    gate_distribution_figure,
-    gate_heatmap_figure,
-    layer_trend_figure,
-    mean_by_step,
-)
-
-__all__ = [
-    "loss_figure",
-    "explain_loss",
-    "accuracy_figure",
-    "explain_accuracy",
-    "macs_figure",
-    "explain_macs",
-    "temperature_figure",
-    "explain_temperature",
-    "gate_distribution_figure",
-    "explain_gate_distribution",
-    "gate_heatmap_figure",
-    "explain_gate_heatmap",
-    "layer_trend_figure",
-    "explain_layer_trend",
-    "mean_by_step",
-    "ANCHORS_RESNET56_CIFAR10",
-    "pareto_front",
-    "anchor_points",
-    "tradeoff_figure",
-    "explain_tradeoff",
-    "width_figure",
-    "explain_widths",
-    "comparison_table",
-    "explain_comparison",
-]
 
 
 def loss_figure(metrics: pd.DataFrame) -> go.Figure:

@@ -1,49 +1,9 @@
-"""``prunekit bench pareto``: accuracy vs MACs vs latency of every method and Torch-Pruning on one budget.
-
-Every method trains the same model on the same data (same subset, split, augmentation, epochs, batch,
-lr schedule and seed) and lands on the same MACs targets; the slim network is collapsed
-(``prunekit.collapse``) and measured: MACs per sample (``prunekit.cost.count_macs``: flop counter,
-1 MAC = one multiply-add of a conv/linear layer), parameters, validation and test accuracy, and CPU
-latency (median ms, one thread). Methods and how they meet a target:
-
-* ``crisp``, ``growing``, ``l0``, ``l1``, ``slimming``: ``target_macs`` in their Config (calibrated).
-* ``sdprun``: ``target_macs`` in its Config too, met by its own optimizer (a controller sets the dual-averaging
-  threshold); the channels it zeroed exactly are what collapse removes: no L2 pruning, no calibration. Its
-  dual averaging runs at the constant lr of its grid variant (``SDPRUN_LR``), its classifier at ``sdprun_lr``.
-* ``dpp`` (filter): exactly-k masks; ``keep`` is solved so that k of N per group gives the target MACs.
-* ``bridgeout``: trained once per seed, then the lowest-L2 filters of every group are removed, the same
-  fraction per group, until the target MACs are met, with **no fine-tuning** (the paper's protocol;
-  ``prunekit.curve``'s rule). Each such network is reported twice: as is, and as ``bridgeout+bn`` after its
-  BatchNorm statistics are re-estimated on ``bn_batches`` training batches (weights untouched).
-* ``tp-groupnorm`` / ``tp-magnitude``: Torch-Pruning's ``GroupNormPruner`` (with its sparse regulariser)
-  and ``MagnitudePruner`` (L1), progressive pruning to the target half-way, fine-tuned for the rest
-  (``prunekit.bench._tp``).
-
-Selection on validation: a method with several option variants in the preset's ``grid`` is reported
-with the variant of best validation accuracy; test accuracy is reported, never used to choose. With
-more than one seed, accuracies are mean ± std over seeds. Suite 4 (latency vs MACs of the slim networks
-against the Torch-Pruning networks at the same target) is written beside it as ``latency.json/.md``.
-
-Latency: every network of a dataset is kept until the end and then timed **interleaved**
-(``prunekit.latency.measure_latency_interleaved``: round after round over all of them), so that the
-load of a shared CPU drifting during an hour of training cannot pass for a difference between
-methods. Each row also carries the latency measured right after its training (``latency_inline_*``).
-
-Crash safety and extension: every finished (dataset, method, seed) is appended to ``pareto.partial.jsonl``
-in the output folder; ``resume=True`` (``prunekit bench pareto --resume``) reuses those trainings when the
-budget is the same, so an interrupted run goes on and a finished one can be extended with more seeds,
-methods or variants (``prunekit.bench._pareto_journal``; rows from the earlier process keep their inline
-latency: ``latency_source``).
-
-Presets: ``smoke`` (minutes: 512-image subsets, 4 steps per epoch, one target: proves the plumbing,
-the accuracies mean nothing), ``hour`` (4,000-image subsets, 6 epochs, targets
-0.3/0.5/0.7, about 55–70 s per training on 2 CPU cores: 1 h 17 min measured before L1 and slimming got their
-staged variant, about 1 h 30 min with it) and ``paper`` (ResNet-56, full CIFAR-10, 200 epochs, 3 seeds: for a GPU).
-"""
+"""Running ``bench pareto`` and ``bench latency``: train, collapse and measure every method at every target."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -51,85 +11,44 @@ from typing import Any
 
 import torch
 
+from prunekit.augment import GatedModel
 from prunekit.bench import error_reason, write_report
-from prunekit.bench._pareto_journal import grid_variants, journal, open_journal
-from prunekit.bench._pareto_report import (
+from prunekit.bench.pareto.journal import grid_variants, journal, open_journal
+from prunekit.bench.pareto.preset import (
+    BN_SUFFIX,
+    METHODS,
+    POST_HOC,
+    PRESETS,
+    TARGETED,
     TP_PRUNERS,
-    latency_markdown,
-    latency_rows,
-    pareto_markdown,
-    summarize,
+    ParetoPreset,
 )
-from prunekit.bench._pareto_targets import dpp_keep_for_target, l2_prune_to_macs
-from prunekit.curve import recalibrate_bn
-from prunekit.errors import ConfigError
+from prunekit.bench.pareto.report import latency_markdown, latency_rows, pareto_markdown, summarize
+from prunekit.bench.pareto.targets import l2_prune_to_macs
+from prunekit.bench.plot import write_pareto_plots
+from prunekit.bench.torch_pruning import run_tp_experiment
+from prunekit.bn import recalibrate_bn_
+from prunekit.collapse import collapse
+from prunekit.cost import count_macs, count_params
+from prunekit.data import make_loaders
+from prunekit.errors import ConfigError, DataNotFoundError
+from prunekit.latency import measure_latency, measure_latency_interleaved
+from prunekit.methods.dpp import keep_for_target
+from prunekit.models import create_model
+from prunekit.train.config import RunConfig, TrainConfig
+from prunekit.train.evaluate import evaluate
+from prunekit.train.experiment import run_experiment
 
 logger = logging.getLogger(__name__)
-
-METHODS = ("dense", "crisp", "growing", "dpp", "l0", "l1", "slimming", "bridgeout", "sdprun",
-           "tp-groupnorm", "tp-magnitude")
-BN_SUFFIX = "+bn"  # post-hoc rows whose BatchNorm statistics were re-estimated (prunekit.curve.recalibrate_bn)
-TARGETED = ("crisp", "growing", "l0", "l1", "slimming", "sdprun")  # take target_macs in their Config
-POST_HOC = ("bridgeout",)  # trained once, L2-pruned to every target with no fine-tuning
-# Torch-Pruning prunes per layer or globally ranked, L1 and slimming prune once or in stages (as Torch-Pruning's
-# progressive schedule does): each side's better variant on validation is reported
-_SCHEDULES = ((), (("mode", "iterative"),))
-# sDprun's constant dual-averaging lr (method option ``lr``): plain dual averaging has no momentum, and at the
-# paper's <= 0.05 it learns far slower than the momentum SGD of the other rows (prunekit.methods.sdprun's runs)
-SDPRUN_LR = 0.3
-_GRID = (
-    ("l1", _SCHEDULES),
-    ("slimming", _SCHEDULES),
-    ("tp-groupnorm", ((), (("global_pruning", True),))),
-    ("tp-magnitude", ((), (("global_pruning", True),))),
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class ParetoPreset:
-    """The fixed budget every method gets."""
-
-    model: str = "resnet20"
-    datasets: tuple[str, ...] = ("fashion-mnist", "cifar10")
-    targets: tuple[float, ...] = (0.3, 0.5, 0.7)
-    methods: tuple[str, ...] = METHODS
-    epochs: int = 6
-    batch_size: int = 128
-    lr: float = 0.1
-    max_steps_per_epoch: int | None = None
-    limit: int | None = 4000  # samples per split (seeded subset); None: everything
-    seeds: tuple[int, ...] = (0,)
-    sdprun_lr: float = 0.05  # TrainConfig.lr of sDprun's runs (its classifier); its dual averaging takes the grid's lr
-    grid: tuple[tuple[str, tuple[tuple[tuple[str, Any], ...], ...]], ...] = (
-        ("sdprun", ((("lr", SDPRUN_LR),),)), *_GRID)  # method -> option variants, chosen on validation accuracy
-    latency_batch_sizes: tuple[int, ...] = (1, 32)
-    latency_repeats: int = 10
-    latency_min_seconds: float = 0.5  # keep timing at least this long per batch size (a shared CPU is noisy)
-    latency_threads: int = 1
-    bn_batches: int = 20  # training batches for the BN re-estimation of the post-hoc rows ("bridgeout+bn")
-    latency_rounds: int = 7  # rounds of the final interleaved timing (each times every network once per batch)
-    device: str = "cpu"
-    num_threads: int | None = None  # training threads (None: torch's default)
-
-
-PRESETS: dict[str, ParetoPreset] = {
-    "smoke": ParetoPreset(targets=(0.5,), epochs=2, batch_size=64, lr=0.05, max_steps_per_epoch=4, limit=512,
-                          latency_repeats=5, latency_rounds=3),
-    "hour": ParetoPreset(),
-    "paper": ParetoPreset(model="resnet56", datasets=("cifar10",), epochs=200, batch_size=128, lr=0.1, limit=None,
-                          seeds=(0, 1, 2), device="auto", latency_repeats=50),
-}
 
 
 def _data_root() -> str | None:
     """``../shared/data`` beside the repository when present (the CIFAR-10 JPEG tar), else the default search."""
-    path = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
+    path = (Path(__file__).resolve().parents[3] / ".." / "shared" / "data").resolve()
     return str(path) if path.is_dir() else None
 
 
 def _run_config(p: ParetoPreset, dataset: str, method: str, options: dict[str, Any], seed: int) -> Any:
-    from prunekit.train.config import RunConfig, TrainConfig
-
     common = dict(epochs=p.epochs, batch_size=p.batch_size, seed=seed, max_steps_per_epoch=p.max_steps_per_epoch,
                   device=p.device, num_threads=p.num_threads, log_every=50)
     if method == "sdprun":
@@ -137,15 +56,14 @@ def _run_config(p: ParetoPreset, dataset: str, method: str, options: dict[str, A
     else:
         train = TrainConfig(lr=p.lr, **common)
     data_options = {"limit": p.limit} if p.limit is not None else {}
-    return RunConfig(model=p.model, dataset=dataset, method="dense" if method in TP_PRUNERS else method,
-                     method_options=options, train=train, data_root=_data_root(), data_options=data_options)
+    tp = method in TP_PRUNERS  # a Torch-Pruning row trains "dense"; its options go to run_tp_experiment
+    return RunConfig(model=p.model, dataset=dataset, method="dense" if tp else method,
+                     method_options={} if tp else options, train=train, data_root=_data_root(),
+                     data_options=data_options)
 
 
 # -- one run -------------------------------------------------------------------------------------------------
 def _measure(slim: torch.nn.Module, x: torch.Tensor, p: ParetoPreset) -> dict[str, Any]:
-    from prunekit.cost import count_macs, count_params
-    from prunekit.latency import measure_latency
-
     lat = measure_latency(slim, x, p.latency_batch_sizes, device="cpu", warmup=2, repeats=p.latency_repeats,
                           min_seconds=p.latency_min_seconds, threads=p.latency_threads)
     slim.to(x.device)
@@ -158,8 +76,6 @@ Nets = dict[str, dict[tuple, torch.nn.Module]]  # dataset -> (method, seed, vari
 
 def _interleaved_latency(rows: list[dict[str, Any]], nets: Nets, xs: dict[str, torch.Tensor], p: ParetoPreset) -> None:
     """Re-time every kept network of a dataset interleaved; the rows' ``latency_ms_b*`` become those medians."""
-    from prunekit.latency import measure_latency_interleaved
-
     for dataset, kept in nets.items():
         logger.info("bench pareto: timing %d %s networks interleaved", len(kept), dataset)
         lat = measure_latency_interleaved(kept, xs[dataset].cpu(), p.latency_batch_sizes, device="cpu",
@@ -171,9 +87,6 @@ def _interleaved_latency(rows: list[dict[str, Any]], nets: Nets, xs: dict[str, t
 
 
 def _slim(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.nn.Module, float | None]:
-    from prunekit.augment import GatedModel
-    from prunekit.collapse import collapse
-
     if isinstance(model, GatedModel):
         slim = collapse(model, x)
         return slim.eval(), float(slim.pk_collapse["max_diff"])
@@ -181,24 +94,17 @@ def _slim(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.nn.Module, flo
 
 
 def _loaders(cfg: Any) -> Any:
-    from prunekit.data import make_loaders
-
     t = cfg.train
     return make_loaders(cfg.dataset, t.batch_size, cfg.data_root, seed=t.seed, val_fraction=cfg.val_fraction,
                         **cfg.data_options)
 
 
 def _evaluate(model: torch.nn.Module, loaders: Any) -> dict[str, float]:
-    from prunekit.train.evaluate import evaluate
-
     return {f"acc/{s}": evaluate(model, getattr(loaders, s), "classification", "cpu")["acc"] for s in ("val", "test")}
 
 
 def _train(p: ParetoPreset, dataset: str, method: str, options: dict[str, Any], seed: int,
            target: float | None) -> tuple[torch.nn.Module, dict[str, Any], Any]:
-    from prunekit.bench._tp import run_tp_experiment
-    from prunekit.train.experiment import run_experiment
-
     cfg = _run_config(p, dataset, method, options, seed)
     if method in TP_PRUNERS:
         result = run_tp_experiment(cfg, TP_PRUNERS[method], float(target), **options)
@@ -226,7 +132,8 @@ def _rows_for(p: ParetoPreset, dataset: str, method: str, seed: int, dense_macs:
                 # the papers' protocol as is, then the same network with its BatchNorm statistics re-estimated
                 for name in (method, f"{method}{BN_SUFFIX}"):
                     if name != method:
-                        recalibrate_bn(slim, loaders.train, p.bn_batches, "cpu")
+                        recalibrate_bn_(slim, loaders.train, p.bn_batches, "cpu")
+                        slim.eval()
                     acc = _evaluate(slim, loaders)
                     rows.append({"method": name, "options": options, "target": t, "acc_val": acc["acc/val"],
                                  "acc_test": acc["acc/test"], "fraction_removed": frac, "train_s": train_s,
@@ -239,7 +146,7 @@ def _rows_for(p: ParetoPreset, dataset: str, method: str, seed: int, dense_macs:
             if method in TARGETED:
                 opts["target_macs"] = t
             elif method == "dpp":
-                opts["keep"], _ = dpp_keep_for_target(info["model"], x, float(t))
+                opts["keep"], _ = keep_for_target(info["model"], x, float(t))
             model, result, _ = _train(p, dataset, method, opts, seed, t)
             slim, max_diff = _slim(model, x)
             m = result["metrics"]
@@ -273,9 +180,6 @@ def _guarded_rows(p: ParetoPreset, dataset: str, method: str, seed: int, dense_m
 
 # -- the suite ------------------------------------------------------------------------------------------------
 def _dataset_setup(p: ParetoPreset, dataset: str) -> tuple[torch.Tensor, dict[str, Any]]:
-    from prunekit.data import make_loaders
-    from prunekit.models import create_model
-
     loaders = make_loaders(dataset, p.batch_size, _data_root(), seed=p.seeds[0],
                            **({"limit": p.limit} if p.limit is not None else {}))
     info = loaders.info
@@ -304,9 +208,6 @@ def bench_pareto(out_dir: str | Path, preset: str = "smoke", *, methods: tuple[s
         ``{"preset", "settings", "counter", "rows" (every run), "summary" (selected, over seeds), "latency",
         "markdown"}`` plus the machine description.
     """
-    from prunekit.cost import count_macs
-    from prunekit.errors import DataNotFoundError
-
     if preset not in PRESETS:
         raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
     changes = {k: tuple(v) for k, v in (("methods", methods), ("datasets", datasets), ("seeds", seeds)) if v}
@@ -359,16 +260,12 @@ def bench_pareto(out_dir: str | Path, preset: str = "smoke", *, methods: tuple[s
     out = write_report(out_dir, "pareto", result, md)
     write_report(out_dir, "latency", {"preset": preset, "settings": settings, "rows": lat}, lat_md)
     if plots:
-        from prunekit.bench.plot import write_pareto_plots
-
         out["plots"] = [str(f) for f in write_pareto_plots(summary, out_dir, title=f"{p.model} ({preset})", model=p.model)]
     return out
 
 
 def bench_latency(out_dir: str | Path, preset: str = "smoke") -> dict[str, Any]:
     """Suite 4 alone: the latency table of an existing ``pareto.json`` in ``out_dir`` (else runs the pareto suite)."""
-    import json
-
     path = Path(out_dir) / "pareto.json"
     if path.is_file():
         data = json.loads(path.read_text())
