@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -52,3 +53,29 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (affinity-aware)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def run_threads(requested: int | None = None, concurrency: int = 1) -> int:
+    """The intra-op threads of a training run: ``requested`` (``TrainConfig.num_threads``, ``--threads``) when
+    given, else leave one core to the UI and share the rest among ``concurrency`` runs. The one place a run's
+    thread count is decided (runner, sweeps, the app's runs)."""
+    if requested is not None:
+        if int(requested) < 1:
+            raise ConfigError(f"threads must be >= 1, got {requested}")
+        return int(requested)
+    return max(1, (available_cores() - 1) // max(1, concurrency))
+
+
+def thread_env(threads: int, wait_policy: str = "PASSIVE") -> dict[str, str]:
+    """Environment a training child needs *before* torch loads its OpenMP runtime."""
+    n = str(int(threads))
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n,
+            "OMP_WAIT_POLICY": wait_policy, "KMP_BLOCKTIME": "0"}

@@ -13,9 +13,10 @@ import time
 
 import pytest
 
+from prunekit._device import run_threads, thread_env
 from prunekit.errors import ConfigError
 from prunekit.train.config import RunConfig, TrainConfig
-from prunekit.train.runner import default_threads, resume_run, start_run, stop_run, thread_env
+from prunekit.train.runner import resume_run, start_run, stop_run
 from prunekit.train.store import RunStore
 from prunekit.train.sweep import create_sweep, expand_grid, run_sweep
 
@@ -92,8 +93,10 @@ def _assert_continuous(store: RunStore, run_id: str, last_step: int) -> None:
 def test_thread_settings():
     env = thread_env(3)
     assert env["OMP_NUM_THREADS"] == "3" and env["OMP_WAIT_POLICY"] == "PASSIVE"
-    assert default_threads() == max(1, len(os.sched_getaffinity(0)) - 1)
-    assert default_threads(concurrency=64) == 1
+    assert run_threads() == max(1, len(os.sched_getaffinity(0)) - 1)
+    assert run_threads(concurrency=64) == 1 and run_threads(3) == 3
+    with pytest.raises(ConfigError, match="threads must be >= 1, got 0"):
+        run_threads(0)
 
 
 def test_bad_requests_store_nothing(toy):
@@ -115,15 +118,17 @@ def test_bad_requests_store_nothing(toy):
 
 
 def test_expand_grid():
-    cfgs = expand_grid(RunConfig(method="dense"), {"method_options.target_macs": [0.3, 0.5], "train.lr": [0.1]})
+    cfgs = expand_grid(RunConfig(method="crisp"), {"method_options.target_macs": [0.3, 0.5], "train.lr": [0.1]})
     assert [c.method_options["target_macs"] for c in cfgs] == [0.3, 0.5]
-    assert all(c.train.lr == 0.1 for c in cfgs) and cfgs[0].name == "dense target_macs=0.3 lr=0.1"
+    assert all(c.train.lr == 0.1 for c in cfgs) and cfgs[0].name == "crisp target_macs=0.3 lr=0.1"
     with pytest.raises(ConfigError, match="lr"):
         expand_grid(RunConfig(), {"train.lr": [-1.0]})
     with pytest.raises(ConfigError, match="non-empty"):
         expand_grid(RunConfig(), {"train.lr": []})
     with pytest.raises(ConfigError):
         expand_grid(RunConfig(), {"train.nonsense": [1]})
+    with pytest.raises(ConfigError, match="unknown option.*dense.*target_macs"):  # validated where it is built
+        expand_grid(RunConfig(method="dense"), {"method_options.target_macs": [0.5]})
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prunekit.train.runner import thread_env
+from prunekit._device import thread_env
 from prunekit.train.store import RunStore, StoreCallback
 
 logger = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def _train_steps(steps: int, callback: Any = None) -> tuple[list[float], float]:
 def bench_logging(workspace: Path, steps: int = 60) -> dict[str, Any]:
     import torch
 
-    torch.set_num_threads(1)  # what a background run gets on a 2-core machine (runner.default_threads)
+    torch.set_num_threads(1)  # what a background run gets on a 2-core machine (_device.run_threads)
     store = RunStore(workspace)
     res: dict[str, Any] = {"steps": steps}
     _train_steps(5)  # warm-up

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from prunekit._device import run_threads, thread_env
 from prunekit.errors import ConfigError
 from prunekit.train.checkpoint import read_checkpoint
 from prunekit.train.config import RunConfig
@@ -39,26 +40,6 @@ from prunekit.train.store import TERMINAL, RunInfo, RunStore, StoreCallback
 logger = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "prunekit.train.experiment:run_experiment"
-
-
-def available_cores() -> int:
-    """Cores this process may run on (affinity-aware)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def default_threads(concurrency: int = 1) -> int:
-    """Intra-op threads per run: leave one core to the UI, share the rest among ``concurrency`` runs."""
-    return max(1, (available_cores() - 1) // max(1, concurrency))
-
-
-def thread_env(threads: int, wait_policy: str = "PASSIVE") -> dict[str, str]:
-    """Environment a training child needs *before* torch loads its OpenMP runtime."""
-    n = str(int(threads))
-    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n,
-            "OMP_WAIT_POLICY": wait_policy, "KMP_BLOCKTIME": "0"}
 
 
 def resolve_experiment(path: str) -> Callable[..., dict[str, Any]]:
@@ -146,8 +127,7 @@ def spawn_run(store: RunStore, run_id: str, *, resume: bool, threads: int | None
               nice: int = 0) -> subprocess.Popen:
     """Start the child process that trains the stored run ``run_id`` (its log goes to the run's folder)."""
     info = store.get_run(run_id)
-    if threads is None:
-        threads = (info.config.get("train") or {}).get("num_threads") or default_threads()
+    threads = run_threads(threads or (info.config.get("train") or {}).get("num_threads"))
     run_dir = store.run_dir(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **thread_env(threads)}
@@ -264,7 +244,7 @@ def _child_main(argv: list[str] | None = None) -> int:
     p.add_argument("--nice", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     args = p.parse_args(argv)
-    threads = args.threads or default_threads()
+    threads = run_threads(args.threads)
     for k, v in thread_env(threads).items():
         os.environ.setdefault(k, v)
     if args.nice:

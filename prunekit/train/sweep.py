@@ -22,9 +22,10 @@ from typing import Any
 
 import pandas as pd
 
+from prunekit._device import run_threads
 from prunekit.errors import ConfigError
 from prunekit.train.config import RunConfig
-from prunekit.train.runner import DEFAULT_EXPERIMENT, default_threads, spawn_run
+from prunekit.train.runner import DEFAULT_EXPERIMENT, spawn_run
 from prunekit.train.store import RunStore
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def run_sweep(
         raise ConfigError(f"concurrency must be >= 1, got {concurrency}")
     store = RunStore(workspace)
     store.get_sweep(sweep_id)
-    threads = threads or default_threads(concurrency)
+    threads = run_threads(threads, concurrency)
     deadline = None if timeout is None else time.monotonic() + timeout
     procs: list[subprocess.Popen] = []
     while True:
