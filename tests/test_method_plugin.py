@@ -105,3 +105,17 @@ def test_toy_method_in_the_notebook_widgets(toy_method):
     box.value = 0.5
     assert form.options() == {"wiggle_strength": 0.5}
     assert method_class(toy_method).target_value(form.options()) == 0.5  # its default target
+
+
+@pytest.mark.slow
+def test_toy_method_in_bench_pareto(toy_method, tmp_path):
+    """``bench pareto --methods`` accepts it, trains it at the preset's target through its target option, and the
+    journal row carries the options it got (no table in the bench lists methods by name)."""
+    from prunekit.bench.pareto import bench_pareto
+
+    result = bench_pareto(tmp_path / "p", preset="smoke", methods=(toy_method,), datasets=("shapes",),
+                          latency_repeats=1, latency_rounds=1, latency_min_seconds=0.0, num_threads=1)
+    rows = [r for r in result["rows"] if r["method"] == toy_method]
+    assert rows and all("error" not in r for r in rows), rows
+    assert rows[0]["options"] == {"target_macs": 0.5}
+    assert rows[0]["acc_test"] is not None

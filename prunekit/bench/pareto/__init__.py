@@ -9,7 +9,7 @@ latency (median ms, one thread). Methods and how they meet a target:
 * ``crisp``, ``growing``, ``l0``, ``l1``, ``slimming``: ``target_macs`` in their Config (calibrated).
 * ``sdprun``: ``target_macs`` in its Config too, met by its own optimizer (a controller sets the dual-averaging
   threshold); the channels it zeroed exactly are what collapse removes: no L2 pruning, no calibration. Its
-  dual averaging runs at the constant lr of its grid variant (``SDPRUN_LR``), its classifier at ``sdprun_lr``.
+  dual averaging runs at the constant lr of its bench variant (``SDPrunMethod.bench_variants``), its classifier at ``sdprun_lr``.
 * ``dpp`` (filter): exactly-k masks; ``keep`` is solved so that k of N per group gives the target MACs.
 * ``bridgeout``: trained once per seed, then the lowest-L2 filters of every group are removed, the same
   fraction per group, until the target MACs are met, with **no fine-tuning** (the paper's protocol;

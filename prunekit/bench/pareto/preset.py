@@ -6,26 +6,39 @@ import dataclasses
 from typing import Any
 
 from prunekit.bench.torch_pruning import PRUNERS
+from prunekit.methods import list_methods, method_class
 
-METHODS = ("dense", "crisp", "growing", "dpp", "l0", "l1", "slimming", "bridgeout", "sdprun",
-           "tp-groupnorm", "tp-magnitude")
 BN_SUFFIX = "+bn"  # post-hoc rows whose BatchNorm statistics were re-estimated (prunekit.bn.recalibrate_bn_)
-TARGETED = ("crisp", "growing", "l0", "l1", "slimming", "sdprun")  # take target_macs in their Config
-POST_HOC = ("bridgeout",)  # trained once, L2-pruned to every target with no fine-tuning
-# Torch-Pruning prunes per layer or globally ranked, L1 and slimming prune once or in stages (as Torch-Pruning's
-# progressive schedule does): each side's better variant on validation is reported
-_SCHEDULES = ((), (("mode", "iterative"),))
-# sDprun's constant dual-averaging lr (method option ``lr``): plain dual averaging has no momentum, and at the
-# paper's <= 0.05 it learns far slower than the momentum SGD of the other rows (prunekit.methods.sdprun's runs)
-SDPRUN_LR = 0.3
-_GRID = (
-    ("l1", _SCHEDULES),
-    ("slimming", _SCHEDULES),
-    ("tp-groupnorm", ((), (("global_pruning", True),))),
-    ("tp-magnitude", ((), (("global_pruning", True),))),
-)
+# Torch-Pruning prunes per layer or globally ranked: its better variant on validation is reported (the methods'
+# own variants, e.g. L1/slimming pruning once or in stages and sDprun's constant lr, are their ``bench_variants``)
+_TP_VARIANTS = ((), (("global_pruning", True),))
 
 TP_PRUNERS = {f"tp-{name}": name for name in PRUNERS}  # bench method name -> Torch-Pruning pruner
+
+
+def known_methods() -> tuple[str, ...]:
+    """Every registered prunekit method (dense first) and the Torch-Pruning baselines: what ``--methods`` accepts."""
+    return ("dense", *[m for m in list_methods() if m != "dense"], *TP_PRUNERS)
+
+
+def is_targeted(method: str) -> bool:
+    """Trained once per target through the method's target option (``Method.target_option``)."""
+    return method in list_methods() and method_class(method).target_option is not None
+
+
+def is_post_hoc(method: str) -> bool:
+    """Trained once, then pruned to every target after training (``Method.post_hoc``)."""
+    return method in list_methods() and method_class(method).post_hoc
+
+
+def default_grid() -> tuple[tuple[str, tuple[tuple[tuple[str, Any], ...], ...]], ...]:
+    """method -> option variants, chosen on validation accuracy: each method's ``bench_variants`` and TP's own."""
+    grid = [(m, tuple(tuple(sorted(v.items())) for v in method_class(m).bench_variants)) for m in list_methods()
+            if list(method_class(m).bench_variants) != [{}]]
+    return (*grid, *((name, _TP_VARIANTS) for name in TP_PRUNERS))
+
+
+METHODS = known_methods()  # the registered methods at import (a plugin registered later is accepted too)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +56,8 @@ class ParetoPreset:
     limit: int | None = 4000  # samples per split (seeded subset); None: everything
     seeds: tuple[int, ...] = (0,)
     sdprun_lr: float = 0.05  # TrainConfig.lr of sDprun's runs (its classifier); its dual averaging takes the grid's lr
-    grid: tuple[tuple[str, tuple[tuple[tuple[str, Any], ...], ...]], ...] = (
-        ("sdprun", ((("lr", SDPRUN_LR),),)), *_GRID)  # method -> option variants, chosen on validation accuracy
+    grid: tuple[tuple[str, tuple[tuple[tuple[str, Any], ...], ...]], ...] = dataclasses.field(
+        default_factory=default_grid)  # method -> option variants, chosen on validation accuracy
     latency_batch_sizes: tuple[int, ...] = (1, 32)
     latency_repeats: int = 10
     latency_min_seconds: float = 0.5  # keep timing at least this long per batch size (a shared CPU is noisy)

@@ -16,12 +16,12 @@ from prunekit.bench import error_reason, write_report
 from prunekit.bench.pareto.journal import grid_variants, journal, open_journal
 from prunekit.bench.pareto.preset import (
     BN_SUFFIX,
-    METHODS,
-    POST_HOC,
     PRESETS,
-    TARGETED,
     TP_PRUNERS,
     ParetoPreset,
+    is_post_hoc,
+    is_targeted,
+    known_methods,
 )
 from prunekit.bench.pareto.report import latency_markdown, latency_rows, pareto_markdown, summarize
 from prunekit.bench.pareto.targets import l2_prune_to_macs
@@ -33,7 +33,7 @@ from prunekit.cost import count_macs, count_params
 from prunekit.data import make_loaders
 from prunekit.errors import ConfigError, DataNotFoundError
 from prunekit.latency import measure_latency, measure_latency_interleaved
-from prunekit.methods.dpp import keep_for_target
+from prunekit.methods import method_class
 from prunekit.models import create_model
 from prunekit.train.config import RunConfig, TrainConfig
 from prunekit.train.evaluate import evaluate
@@ -120,7 +120,7 @@ def _rows_for(p: ParetoPreset, dataset: str, method: str, seed: int, dense_macs:
     rows = []
     targets: list[float | None] = [None] if method == "dense" else list(p.targets)
     for variant, options in enumerate(grid_variants(p.grid, method)):
-        if method in POST_HOC:
+        if is_post_hoc(method):
             t0 = time.perf_counter()
             model, result, cfg = _train(p, dataset, method, options, seed, None)
             train_s = time.perf_counter() - t0
@@ -143,10 +143,8 @@ def _rows_for(p: ParetoPreset, dataset: str, method: str, seed: int, dense_macs:
         for t in targets:
             t0 = time.perf_counter()
             opts = dict(options)
-            if method in TARGETED:
-                opts["target_macs"] = t
-            elif method == "dpp":
-                opts["keep"], _ = keep_for_target(info["model"], x, float(t))
+            if is_targeted(method):
+                opts.update(method_class(method).target_options(float(t)))
             model, result, _ = _train(p, dataset, method, opts, seed, t)
             slim, max_diff = _slim(model, x)
             m = result["metrics"]
@@ -215,9 +213,10 @@ def bench_pareto(out_dir: str | Path, preset: str = "smoke", *, methods: tuple[s
     if bad:
         raise ConfigError(f"unknown pareto settings: {', '.join(sorted(bad))}")
     p = dataclasses.replace(PRESETS[preset], **changes, **overrides)
-    unknown = [m for m in p.methods if m not in METHODS]
+    known = known_methods()
+    unknown = [m for m in p.methods if m not in known]
     if unknown:
-        raise ConfigError(f"methods must be among {', '.join(METHODS)}, got {unknown}")
+        raise ConfigError(f"methods must be among {', '.join(known)}, got {unknown}")
     if not p.seeds:
         raise ConfigError(f"seeds must not be empty, got {p.seeds}")
     for t in p.targets:
