@@ -9,6 +9,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from prunekit.methods import loss_help
 from prunekit.viz.common import (
     _fig,
     _first,
@@ -60,19 +61,9 @@ def explain_loss(metrics: pd.DataFrame) -> str:
     return text + f"; the regulariser ({', '.join(terms)}) adds {reg:.3g}, {share:.0%} of the total: " + _role(terms)
 
 
-# What each regulariser term does, for the one-line readings (names as the methods log them).
-_TERM_ROLES = {
-    "entropy": "the entropy term makes each mask row confident (one clear choice instead of a spread)",
-    "struct": "the structure term pulls the relaxed MACs towards the target",
-    "prune_basis": "the prune basis pushes undecided gates to clearly on or off",
-    "l1_channel": "the L1 terms shrink the masks of channels and blocks the budget cannot afford",
-    "l0": "the L0 term lowers the expected number of open gates towards the budget",
-    "bn_l1": "the L1 term on BatchNorm scales makes unimportant channels fade out",
-}
-
-
 def _role(terms: dict[str, float]) -> str:
-    roles = [r for k, r in _TERM_ROLES.items() if any(t.startswith(k) for t in terms)]
+    # each method says what its loss terms do (Method.loss_help, in its own file); a term is logged as loss/<name>
+    roles = [r for k, r in loss_help().items() if any(t.split("/")[-1].startswith(k) for t in terms)]
     return ("; ".join(roles) if roles else "it is what pushes the gates towards the size target") + "."
 
 
