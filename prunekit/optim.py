@@ -9,11 +9,34 @@ checkpoints and AMP scaler still see one object.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from prunekit.errors import ConfigError
+
+BUILT_IN = ("sgd", "adam", "adamw")
+# optimizers that need the whole model (e.g. sDprun's group structure), registered by the module that owns them:
+# name -> builder(model, train_cfg, example_input) -> Optimizer
+_MODEL_OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {}
+
+
+def register_model_optimizer(name: str, builder: Callable[..., torch.optim.Optimizer]) -> None:
+    """Make ``TrainConfig.optimizer = name`` build ``builder(model, train_cfg, example_input)`` for any method."""
+    if name in BUILT_IN or name in _MODEL_OPTIMIZERS:
+        raise ValueError(f"optimizer {name!r} is already registered")
+    _MODEL_OPTIMIZERS[name] = builder
+
+
+def optimizer_names() -> tuple[str, ...]:
+    """Every name ``TrainConfig.optimizer`` accepts: the built-in ones and the registered model optimizers."""
+    return (*BUILT_IN, *sorted(_MODEL_OPTIMIZERS))
+
+
+def model_optimizer(name: str) -> Callable[..., torch.optim.Optimizer] | None:
+    """The registered builder for ``name``, or None for a built-in (per-group) optimizer."""
+    return _MODEL_OPTIMIZERS.get(name)
 
 
 def build_optimizer(groups: list[dict[str, Any]], cfg: Any) -> torch.optim.Optimizer:
@@ -25,7 +48,8 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: Any) -> torch.optim.Optim
         return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ConfigError(f"optimizer {cfg.optimizer!r} must be built by its method (--method {cfg.optimizer})")
+    raise ConfigError(f"optimizer {cfg.optimizer!r} is not a per-group optimizer; one of {', '.join(BUILT_IN)} or a "
+                      f"model optimizer ({', '.join(sorted(_MODEL_OPTIMIZERS)) or 'none registered'})")
 
 
 class SplitOptimizer(torch.optim.Optimizer):

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from prunekit.errors import ConfigError
-from prunekit.methods import OptionSpec, create_method, list_methods, method_class, run_target  # noqa: F401
+from prunekit.methods import OptionSpec, create_method, list_methods, method_class
 from prunekit.train.config import RunConfig, TrainConfig
 
 # The experiment `make run` opens on: small, offline, and it shows every view of the app.

@@ -23,7 +23,8 @@ from prunekit.cli._common import (
 from prunekit.cli.runs import add_background_option, launch_background
 from prunekit.errors import ConfigError
 from prunekit.methods import OptionSpec, list_methods, method_class
-from prunekit.train.config import OPTIMIZERS, SCHEDULES, RunConfig, TrainConfig
+from prunekit.optim import optimizer_names
+from prunekit.train.config import SCHEDULES, RunConfig, TrainConfig
 
 _T = TrainConfig()
 _R = RunConfig()
@@ -97,7 +98,7 @@ def register(subparsers: Any) -> None:
     o.add_argument("--epochs", type=int, default=_T.epochs, help="training epochs")
     o.add_argument("--batch-size", type=int, default=_T.batch_size, help="mini-batch size")
     o.add_argument("--lr", type=float, default=_T.lr, help="base learning rate")
-    o.add_argument("--optimizer", choices=OPTIMIZERS, default=_T.optimizer,
+    o.add_argument("--optimizer", choices=optimizer_names(), default=_T.optimizer,
                    help="optimizer (sdprun only with --method sdprun)")
     o.add_argument("--momentum", type=float, default=_T.momentum, help="SGD momentum")
     o.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")

@@ -94,6 +94,7 @@ from prunekit.methods._sdprun_groups import (
     zero_channel_keep_mask,
 )
 from prunekit.methods.base import Method, option, register_method
+from prunekit.optim import register_model_optimizer
 
 logger = logging.getLogger(__name__)
 
@@ -527,3 +528,7 @@ def sdprun_optimizer(
     if example_input is not None:
         method.prepare(model, example_input)
     return method.make_optimizer(model, train_cfg)
+
+
+
+register_model_optimizer("sdprun", sdprun_optimizer)  # --optimizer sdprun with any method

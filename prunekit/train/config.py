@@ -12,8 +12,9 @@ from typing import Any
 
 from prunekit.errors import ConfigError
 from prunekit.methods import create_method, run_target
+from prunekit.optim import optimizer_names
+from prunekit.validate import check_choice
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "sdprun")
 SCHEDULES = ("cosine", "step", "constant")
 
 
@@ -50,8 +51,7 @@ class TrainConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        check_choice("optimizer", self.optimizer, optimizer_names())
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.weight_decay < 0:

@@ -29,9 +29,10 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
 from prunekit._device import resolve_device
+from prunekit.bn import DEFAULT_BN_BATCHES, recalibrate_bn_
 from prunekit.errors import ConfigError, PrunekitError
 from prunekit.methods.base import Method
-from prunekit.optim import build_optimizer
+from prunekit.optim import build_optimizer, model_optimizer
 from prunekit.train.callbacks import Callback
 from prunekit.train.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.train.config import TrainConfig
@@ -175,11 +176,10 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.method.plan(self.steps_per_epoch, cfg.epochs)
         self.optimizer = self.method.make_optimizer(self.model, cfg)
-        if self.optimizer is None and cfg.optimizer == "sdprun":
-            # --optimizer sdprun with any method: dual averaging with group soft-thresholds on the weights
-            from prunekit.methods.sdprun import sdprun_optimizer
-
-            self.optimizer = sdprun_optimizer(self.model, cfg, getattr(self.model, "example_input", None))
+        builder = model_optimizer(cfg.optimizer)
+        if self.optimizer is None and builder is not None:
+            # e.g. --optimizer sdprun with any method: an optimizer that needs the model (its module registered it)
+            self.optimizer = builder(self.model, cfg, getattr(self.model, "example_input", None))
         if self.optimizer is None:
             self.optimizer = build_optimizer(self.method.param_groups(self.model, cfg), cfg)
         epochs, schedule, milestones, gamma = cfg.epochs, cfg.schedule, cfg.milestones, cfg.gamma
@@ -367,8 +367,6 @@ class Trainer:
                     # re-estimate them for the finalized one on training batches, weights untouched, before
                     # the final evaluation. 50 batches, or one epoch's worth if an epoch is shorter; the
                     # batches are seeded like an extra epoch, so a resumed run sees the same ones.
-                    from prunekit.bn import DEFAULT_BN_BATCHES, recalibrate_bn_
-
                     self._seed_epoch(cfg.epochs)
                     bn = recalibrate_bn_(model, self.train_loader, min(DEFAULT_BN_BATCHES, self.steps_per_epoch
                                                                        or DEFAULT_BN_BATCHES), self.device)
