@@ -213,7 +213,7 @@ def decision_report(gated: nn.Module, own: list[torch.Tensor], final: list[torch
     return {"relaxation_macs_ratio": mask_ratio(gated, own, "macs"), "calibration_flips": flips / max(total, 1)}
 
 
-def apply_masks(gated: nn.Module, masks: list[torch.Tensor]) -> None:
+def apply_masks_(gated: nn.Module, masks: list[torch.Tensor]) -> None:
     for h, m in zip(gated.groups, masks):
         h.set_mask(m)
 
@@ -223,7 +223,7 @@ def within(ratio: float, target: float, tolerance: float) -> bool:
     return abs(ratio - target) <= tolerance * target + 1e-9
 
 
-def freeze_gates(gated: nn.Module) -> None:
+def freeze_gates_(gated: nn.Module) -> None:
     """Stop training the gate logits (fine-tune phases with fixed masks)."""
     for p in gated.gate_parameters():
         p.requires_grad_(False)
@@ -353,7 +353,7 @@ class GateMethod(Method):
                                          "kept": int(sum(int(m.sum()) for m in final))}
             logger.info("%s: own rule gave %s ratio %.4f, calibrated to %.4f (target %.4f)", self.name, kind,
                         own_ratio, ratio, target)
-        apply_masks(gated, final)
+        apply_masks_(gated, final)
         self.report.update(decision_report(gated, own, final), ratio=ratio)
         return ratio
 

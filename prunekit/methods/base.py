@@ -205,6 +205,8 @@ class Method:
     #: change): set by methods whose training statistics do not describe the final network (noise removed,
     #: sampled masks frozen).
     recalibrate_bn_after_finalize: bool = False
+    #: True once the method has fixed its masks (its search is over; the same name in every method's state)
+    masks_fixed: bool = False
 
     @dataclasses.dataclass(frozen=True)
     class Config:

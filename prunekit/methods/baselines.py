@@ -33,7 +33,7 @@ from prunekit.gates.base import Gate, register_gate
 from prunekit.graph import BN_TYPES, CONVT_TYPES
 from prunekit.methods._gated import (
     GateMethod,
-    apply_masks,
+    apply_masks_,
     calibrate,
     mask_ratio,
     require_gated,
@@ -131,7 +131,7 @@ class _ScheduledPrune(GateMethod):
     def __init__(self, config: Any = None, **options: Any) -> None:
         super().__init__(config, **options)
         self.done = 0  # prune events made
-        self.final_done = False
+        self.masks_fixed = False
         self.prune_at: list[int] | None = None  # epochs at whose end a prune event happens
 
     def scores(self, gated: nn.Module) -> list[torch.Tensor]:
@@ -142,7 +142,7 @@ class _ScheduledPrune(GateMethod):
         self.prune_at = prune_plan(num_epochs, c.mode, c.steps, c.prune_epoch, c.finetune_epochs)
 
     def on_epoch_end(self, model: nn.Module, epoch: int, num_epochs: int) -> None:
-        if self.prune_at is None or epoch not in self.prune_at or self.final_done:
+        if self.prune_at is None or epoch not in self.prune_at or self.masks_fixed:
             return
         i = self.prune_at.index(epoch)
         target = self.config.target_macs ** ((i + 1) / len(self.prune_at))
@@ -156,10 +156,10 @@ class _ScheduledPrune(GateMethod):
         masks, _ = calibrate(gated, scores, target, "macs", min_keep_fraction=self.config.min_keep_fraction)
         masks = [m & h.gate.keep.cpu() | (h.critical & ~(m & h.gate.keep.cpu()).any() & (s == s.max()))
                  for m, h, s in zip(masks, gated.groups, scores)]
-        apply_masks(gated, masks)
+        apply_masks_(gated, masks)
         ratio = mask_ratio(gated, masks)
         self.done += 1
-        self.final_done = self.final_done or final
+        self.masks_fixed = self.masks_fixed or final
         # the global ranking *is* this method's rule (not a correction of another one): nothing to flip
         self.report = {"ratio": ratio, "target": target, "events": self.done, "relaxation_macs_ratio": ratio,
                        "calibration_flips": 0.0}
@@ -168,16 +168,16 @@ class _ScheduledPrune(GateMethod):
 
     def finalize(self, model: nn.Module) -> nn.Module:
         gated = require_gated(model, self.name)
-        if not self.final_done:
+        if not self.masks_fixed:
             self.prune(gated, self.config.target_macs)
         return gated
 
     def state_dict(self) -> dict[str, Any]:
-        return {"done": self.done, "final_done": self.final_done}
+        return {"done": self.done, "masks_fixed": self.masks_fixed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.done = int(state.get("done", self.done))
-        self.final_done = bool(state.get("final_done", self.final_done))
+        self.masks_fixed = bool(state.get("masks_fixed", state.get("final_done", self.masks_fixed)))
 
 
 @register_method
@@ -226,7 +226,7 @@ class SlimmingMethod(_ScheduledPrune):
                                           high=1, high_open=True, paper="0")
 
     def regularizer(self, model: nn.Module, step: int, epoch: int) -> dict[str, torch.Tensor]:
-        if self.final_done or self.config.lambda_bn == 0:
+        if self.masks_fixed or self.config.lambda_bn == 0:
             return {}
         gammas = [m.weight.abs().sum() for m in model.model.modules() if isinstance(m, BN_TYPES) and m.affine]
         return {"bn_l1": self.config.lambda_bn * torch.stack(gammas).sum()} if gammas else {}

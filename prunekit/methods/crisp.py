@@ -186,7 +186,7 @@ class CrispMethod(GateMethod):
         self.k_pb_now = 0.0
         self.phase = "search"
         self.pruned = 0  # prune events done
-        self.final_done = False
+        self.masks_fixed = False
         self.schedule: CrispSchedule | None = None
         self.t = 0.0  # training time in epochs at the last ramp update (resume-safe)
 
@@ -213,7 +213,7 @@ class CrispMethod(GateMethod):
         self._ramp(model, max(float(epoch), self.t))  # a run resumed mid-epoch continues where it stopped
 
     def after_step(self, model: nn.Module, step: int, epoch: int) -> None:
-        if self.steps_per_epoch and self.phase == "search" and not self.final_done:
+        if self.steps_per_epoch and self.phase == "search" and not self.masks_fixed:
             self._ramp(model, (step + 1) / self.steps_per_epoch)
 
     def _ramp(self, model: nn.Module, t: float) -> None:
@@ -232,7 +232,7 @@ class CrispMethod(GateMethod):
 
     def on_epoch_end(self, model: nn.Module, epoch: int, num_epochs: int) -> None:
         s = self.schedule
-        if s is None or epoch not in s.prune_epochs or self.final_done:
+        if s is None or epoch not in s.prune_epochs or self.masks_fixed:
             return
         gated = require_gated(model, self.name)
         if epoch == s.prune_epochs[-1]:
@@ -244,7 +244,7 @@ class CrispMethod(GateMethod):
                         float(cost_ratio(gated, "hard")))
 
     def regularizer(self, model: nn.Module, step: int, epoch: int) -> dict[str, torch.Tensor]:
-        if self.phase == "finetune" or self.final_done:
+        if self.phase == "finetune" or self.masks_fixed:
             return {}
         gated = model
         c = self.config
@@ -266,7 +266,7 @@ class CrispMethod(GateMethod):
         scores = [h.gate.deterministic().detach() for h in gated.groups]
         ratio = self.fix_decision(gated, scores, self.target, c.target_kind, c.calibrate, c.tolerance)
         self.pruned += 1
-        self.final_done = True
+        self.masks_fixed = True
         self.phase = "finetune"
         logger.info("crisp final prune: hard %s ratio %.4f (target %.4f), own rule %.4f, calibration flips %.3f",
                     c.target_kind, ratio, self.target, self.report["relaxation_macs_ratio"],
@@ -276,13 +276,13 @@ class CrispMethod(GateMethod):
     def finalize(self, model: nn.Module) -> nn.Module:
         """Make the final prune if the schedule has not yet (idempotent: masks fixed once)."""
         gated = require_gated(model, self.name)
-        if not self.final_done:
+        if not self.masks_fixed:
             self.final_prune(gated)
         return gated
 
     # -- resume ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"a": self.a, "k_pb": self.k_pb_now, "pruned": self.pruned, "final_done": self.final_done, "t": self.t,
+        return {"a": self.a, "k_pb": self.k_pb_now, "pruned": self.pruned, "masks_fixed": self.masks_fixed, "t": self.t,
                 "phase": self.phase}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -290,5 +290,5 @@ class CrispMethod(GateMethod):
         self.t = float(state.get("t", self.t))
         self.k_pb_now = float(state.get("k_pb", self.k_pb_now))
         self.pruned = int(state.get("pruned", self.pruned))
-        self.final_done = bool(state.get("final_done", self.final_done))
+        self.masks_fixed = bool(state.get("masks_fixed", state.get("final_done", self.masks_fixed)))
         self.phase = str(state.get("phase", self.phase))

@@ -44,7 +44,7 @@ from prunekit.methods._gated import (
     GateConfig,
     GateMethod,
     finetune_epochs,
-    freeze_gates,
+    freeze_gates_,
     mask_ratio,
     require_gated,
 )
@@ -120,16 +120,18 @@ class GrowingMethod(GateMethod):
         budget_gain: float = option(1.0, "the budget's push b = clamp(gain · miss + I, 0, 1), miss relative to the "
                                     "target", low=0)
         budget_rate: float = option(20.0, "I += rate · miss per search: keeps a pressure on at the target", low=0)
+        budget_floor: float = option(0.0, "lowest b: 0 lets only the task grow units, < 0 lets the budget push "
+                                     "every unit up while the own rule is below the target", low=-1, high=0)
 
     def __init__(self, config: Any = None, **options: Any) -> None:
         super().__init__(config, **options)
-        self.frozen = False
+        self.masks_fixed = False
         self.train_macs_sum = 0.0
         self.train_steps = 0
         self._counts: list[torch.Tensor] | None = None
         # lower = 0: the budget only prunes, the task gradient grows (planted test: with b < 0 allowed below the
         # budget, every unit was pushed up, seeded noise channels locked on as their β grew, and 1 of 4 was kept)
-        self.budget = BudgetController(self.config.budget_gain, self.config.budget_rate, lower=0.0)
+        self.budget = BudgetController(self.config.budget_gain, self.config.budget_rate, lower=self.config.budget_floor)
 
     def gate_options(self) -> dict[str, Any]:
         return {"init": self.config.init_off, "beta0": self.config.beta0}
@@ -171,7 +173,7 @@ class GrowingMethod(GateMethod):
 
     # -- loss and schedules ------------------------------------------------------------------------
     def regularizer(self, model: nn.Module, step: int, epoch: int) -> dict[str, torch.Tensor]:
-        if self.frozen:
+        if self.masks_fixed:
             return {}
         c = self.config
         # b comes from the own rule (s > 0, blocks included), not the relaxation: off units (β ≈ 1, s = −0.5)
@@ -193,7 +195,7 @@ class GrowingMethod(GateMethod):
         q = [h.gate.last_sample.float() * h.gate.keep.float() for h in model.groups]
         self.train_macs_sum += float(cm.macs(q)) / cm.dense_macs
         self.train_steps += 1
-        if self.frozen:
+        if self.masks_fixed:
             return
         units = self._units(model)
         if self._counts is None or len(self._counts) != len(units):
@@ -209,7 +211,7 @@ class GrowingMethod(GateMethod):
 
     def on_epoch_end(self, model: nn.Module, epoch: int, num_epochs: int) -> None:
         ft = finetune_epochs(self.config.finetune_epochs, num_epochs, "growing")
-        if ft and epoch == num_epochs - ft - 1 and not self.frozen:
+        if ft and epoch == num_epochs - ft - 1 and not self.masks_fixed:
             self.fix_masks(require_gated(model, self.name))
 
     @torch.no_grad()
@@ -224,8 +226,8 @@ class GrowingMethod(GateMethod):
         for g in self._units(gated):
             g.logit.copy_(torch.where(g.keep, g.logit.clamp_min(_MIN_KEPT_LOGIT), g.logit.clamp_max(-_MIN_KEPT_LOGIT)))
             g.beta.fill_(FROZEN_BETA)
-        freeze_gates(gated)
-        self.frozen = True
+        freeze_gates_(gated)
+        self.masks_fixed = True
         self._mean_beta = FROZEN_BETA
         self.report.update(train_macs_ratio=self.train_macs_ratio)
         logger.info("growing: masks fixed at hard MACs ratio %.4f (target %.4f); training MACs so far %.4f",
@@ -247,18 +249,18 @@ class GrowingMethod(GateMethod):
 
     def finalize(self, model: nn.Module) -> nn.Module:
         gated = require_gated(model, self.name)
-        if not self.frozen:
+        if not self.masks_fixed:
             self.fix_masks(gated)
         return gated
 
     # -- resume ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"frozen": self.frozen, "train_macs_sum": self.train_macs_sum, "train_steps": self.train_steps,
+        return {"masks_fixed": self.masks_fixed, "train_macs_sum": self.train_macs_sum, "train_steps": self.train_steps,
                 "counts": [n.cpu() for n in self._counts] if self._counts is not None else None,
                 "budget": self.budget.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.frozen = bool(state.get("frozen", self.frozen))
+        self.masks_fixed = bool(state.get("masks_fixed", state.get("frozen", self.masks_fixed)))
         self.train_macs_sum = float(state.get("train_macs_sum", self.train_macs_sum))
         self.train_steps = int(state.get("train_steps", self.train_steps))
         counts = state.get("counts")

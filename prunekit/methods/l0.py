@@ -47,7 +47,7 @@ from prunekit.methods._gated import (
     cubic_ramp,
     finetune_epochs,
     fold_gate_values,
-    freeze_gates,
+    freeze_gates_,
     mask_ratio,
     own_rule_budget,
     require_gated,
@@ -95,7 +95,7 @@ class L0Method(GateMethod):
 
     def __init__(self, config: Any = None, **options: Any) -> None:
         super().__init__(config, **options)
-        self.frozen = False
+        self.masks_fixed = False
         self.scale = 1.0
         self.t = 0.0  # training time in epochs at the last scale update (resume-safe)
         self.budget = BudgetController(self.config.budget_gain, self.config.budget_rate)
@@ -108,12 +108,12 @@ class L0Method(GateMethod):
         self._ramp(model, max(float(epoch), self.t), num_epochs)  # a run resumed mid-epoch goes on from there
 
     def after_step(self, model: nn.Module, step: int, epoch: int) -> None:
-        if self.steps_per_epoch and self.epochs and not self.frozen:
+        if self.steps_per_epoch and self.epochs and not self.masks_fixed:
             self._ramp(model, (step + 1) / self.steps_per_epoch, self.epochs)
 
     def _ramp(self, model: nn.Module, t: float, num_epochs: int) -> None:
         """scale = 1 + (scale_max − 1)·ramp, ramp cubic from half the search to its end (``t`` in epochs)."""
-        if self.frozen:
+        if self.masks_fixed:
             return
         self.t = t
         search = self.search_epochs(num_epochs)
@@ -136,7 +136,7 @@ class L0Method(GateMethod):
         return 2.0 if c.target_macs is not None else 0.1
 
     def regularizer(self, model: nn.Module, step: int, epoch: int) -> dict[str, torch.Tensor]:
-        if self.frozen:
+        if self.masks_fixed:
             return {}
         if self.config.target_macs is None:
             p = torch.cat([h.gate.expected()[h.gate.keep] for h in model.groups])
@@ -148,7 +148,7 @@ class L0Method(GateMethod):
 
     def on_epoch_end(self, model: nn.Module, epoch: int, num_epochs: int) -> None:
         ft = finetune_epochs(self.config.finetune_epochs, num_epochs, "L0 training")
-        if ft and epoch == num_epochs - ft - 1 and not self.frozen:
+        if ft and epoch == num_epochs - ft - 1 and not self.masks_fixed:
             self.fix_masks(require_gated(model, self.name))
 
     @torch.no_grad()
@@ -163,8 +163,8 @@ class L0Method(GateMethod):
         fold_gate_values(gated, values)
         for h in gated.groups:
             h.gate.log_alpha.fill_(OPEN_LOG_ALPHA)
-        freeze_gates(gated)
-        self.frozen = True
+        freeze_gates_(gated)
+        self.masks_fixed = True
         logger.info("l0: masks fixed at hard MACs ratio %.4f", ratio)
         return ratio
 
@@ -173,15 +173,15 @@ class L0Method(GateMethod):
 
     def finalize(self, model: nn.Module) -> nn.Module:
         gated = require_gated(model, self.name)
-        if not self.frozen:
+        if not self.masks_fixed:
             self.fix_masks(gated)
         return gated
 
     def state_dict(self) -> dict[str, Any]:
-        return {"frozen": self.frozen, "scale": self.scale, "t": self.t, "budget": self.budget.state_dict()}
+        return {"masks_fixed": self.masks_fixed, "scale": self.scale, "t": self.t, "budget": self.budget.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.frozen = bool(state.get("frozen", self.frozen))
+        self.masks_fixed = bool(state.get("masks_fixed", state.get("frozen", self.masks_fixed)))
         self.scale = float(state.get("scale", self.scale))
         self.t = float(state.get("t", self.t))
         self.budget.load_state_dict(state.get("budget"))
