@@ -358,13 +358,14 @@ class GateMethod(Method):
         return ratio
 
 
-def finetune_epochs(requested: int | None, num_epochs: int, phase: str) -> int:
-    """Epochs of fixed-mask fine-tuning at the end of a run (default 1 when the run has ≥ 3 epochs).
+def finetune_epochs(requested: int | None, num_epochs: int, phase: str, share: float = 0.0) -> int:
+    """Epochs of fixed-mask fine-tuning at the end of a run; None: ``share`` of the run, at least 1 when the run
+    has ≥ 3 epochs (0 below).
 
     Raises:
         ConfigError: the fine-tune would leave no ``phase`` epoch.
     """
-    ft = requested if requested is not None else (1 if num_epochs >= 3 else 0)
+    ft = requested if requested is not None else (max(1, int(num_epochs * share)) if num_epochs >= 3 else 0)
     if ft >= num_epochs:
         raise ConfigError(f"finetune_epochs={ft} leaves no {phase} epoch in a run of epochs={num_epochs}")
     return ft
