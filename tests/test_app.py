@@ -472,3 +472,22 @@ def test_bench_markdown_reports_load_and_both_rerender_clocks():
     md = markdown_table(res)
     assert "0.21 s (Playwright wall clock 0.33 s)" in md
     assert "[3.1, 4.0, 5.2]" in md and "0.90×" in md
+
+
+def test_what_if_slider_starts_at_the_methods_own_threshold(workspace):
+    """CRISP keeps gates above its threshold (0.25 by default, 0.3 here), L0 keeps eval gates above 0: the what-if
+    slider starts there, not at an arbitrary 0.5 (which showed a 62 % run at 11 %)."""
+    store = RunStore(workspace)
+    cfg = RunConfig(model="resnet20", dataset="shapes", method="crisp", method_options={"threshold": 0.3},
+                    train=TrainConfig(epochs=1))
+    crisp = store.create_run(cfg.to_dict())
+    store.set_status(crisp, "done", result={"acc/test": 0.6})
+    l0 = store.create_run(cfg.replace(method="l0", method_options={}).to_dict())
+    store.set_status(l0, "done", result={"acc/test": 0.6})
+    store.flush()
+    at = _app("pages/3_Explore.py").run()
+    assert not at.exception, at.exception
+    for rid, own in ((crisp, 0.3), (l0, 0.0)):
+        at.selectbox(key="ex_run").set_value(rid).run()
+        assert at.slider(key=f"ex_threshold_{rid}").value == pytest.approx(own)
+        assert any(f"own rule: keep a channel iff its gate > {own:g}" in c.value for c in at.caption)

@@ -72,7 +72,13 @@ def what_if() -> None:
         st.info("No run has a checkpoint yet.")
         return
     rid = sup.select_run(ready, key="ex_run", remember=False)  # what-if looks around; the page's run stays
-    threshold = st.slider("Threshold", 0.0, 1.0, 0.5, 0.01, key="ex_threshold")
+    run_cfg = store.get_run(rid).config
+    own = sup.own_threshold(run_cfg)
+    # the slider starts at the method's own rule (what the run itself decided), one slider per run
+    threshold = st.slider("Threshold", 0.0, 1.0, 0.5 if own is None else float(own), 0.01, key=f"ex_threshold_{rid}")
+    if own is not None:
+        st.caption(f"Starts at {run_cfg.get('method')}'s own rule: keep a channel iff its gate > {own:g}. "
+                   "Move it to see what a different threshold would have kept.")
     try:
         ckpt = store.latest_checkpoint(rid)
         if ckpt is None:

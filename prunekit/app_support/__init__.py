@@ -42,6 +42,7 @@ from prunekit.app_support._form import (
     method_fields,
     method_help,
     option_text,
+    own_threshold,
     parse_option,
     target_field,
 )
@@ -114,7 +115,7 @@ __all__ = [
     "NO_RUNS", "RUN_KEY", "open_store_or_stop", "page_run_picker", "read_run", "select_run", "show_figures",
     # _form
     "DEFAULT_DATASET", "DEFAULT_METHOD", "DEFAULT_MODEL", "DEFAULT_TARGET", "FieldSpec", "build_run_config",
-    "default_config", "method_fields", "method_help", "run_target", "option_text", "parse_option", "target_field",
+    "default_config", "method_fields", "method_help", "run_target", "option_text", "own_threshold", "parse_option", "target_field",
     # _loaded
     "LoadedRun", "cached_run", "collapse_and_compare", "find_gated", "jsonable", "load_run", "what_if",
     "widths_frame", "zip_files",

@@ -27,6 +27,18 @@ def target_field(method: str) -> str | None:
     return method_class(method).target_option
 
 
+def own_threshold(config: dict[str, Any]) -> float | None:
+    """The gate threshold a stored run's method keeps above by its own rule (``Method.decision_threshold``:
+    CRISP's ``threshold``, 0 for L0/growing's "eval gate not exactly 0"); None for methods without one."""
+    method = config.get("method")
+    if method not in list_methods():
+        return None
+    try:
+        return create_method(method, **(config.get("method_options") or {})).decision_threshold()
+    except ConfigError:
+        return None
+
+
 def method_help(method: str) -> str:
     """One paragraph for the form: the method's summary, its paper, its own decision rule and its optimizer."""
     cls = method_class(method)
