@@ -262,3 +262,28 @@ def test_train_summary_says_what_the_method_decided_itself(capsys):
     assert rows["own rule"].startswith(f"{report['relaxation_macs_ratio']:.3f} of dense MACs")
     flips = report["calibration_flips"]
     assert rows["calibration"] == (f"changed {flips:.1%} of the keep/remove decisions" if flips else "none needed")
+
+
+def test_a_run_that_learned_nothing_or_missed_its_own_target_says_so():
+    """Issue 20 item 1: a 'completed' run at chance, or one whose mask the calibration chose, carries a warning
+    (``result["warnings"]``) that the CLI summary prints."""
+    from prunekit.train.diagnose import run_warnings
+
+    def result(acc, own, method="crisp"):
+        return {"metrics": {"acc/test": acc}, "dataset": {"num_classes": 10},
+                "config": {"method": method, "method_options": {"target_macs": 0.5}},
+                "method_report": {"relaxation_macs_ratio": own}}
+
+    assert run_warnings(result(0.90, 0.50)) == []
+    chance = run_warnings(result(0.10, 0.50))
+    assert len(chance) == 1 and "near chance (1/10 = 10.0%)" in chance[0] and "--epochs" in chance[0]
+    missed = run_warnings(result(0.90, 0.80))
+    assert len(missed) == 1 and "own rule kept 0.80 of the dense MACs against the target 0.5" in missed[0]
+    assert run_warnings(result(0.90, 0.80, method="dense")) == []  # no target, nothing to miss
+    r = {**result(0.10, 0.80), "status": "completed", "epochs": 2, "steps": 8, "params": 1000,
+         "train_time_s": 1.0, "throughput": 10.0}
+    r["config"].update(model="resnet20", dataset="shapes")
+    r["warnings"] = run_warnings(r)
+    rows = dict((k, v) for k, v in summary_rows(r, None) if k != "warning")
+    warnings = [v for k, v in summary_rows(r, None) if k == "warning"]
+    assert rows["status"].startswith("completed") and len(warnings) == 2

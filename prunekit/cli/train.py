@@ -190,6 +190,7 @@ def summary_rows(result: dict[str, Any], macs: float | None) -> list[tuple[str, 
         rows.append(("size", f"{size['bits'] / 8e6:.3f} MB ({size.get('ratio', float('nan')):.3f} of dense fp32)"))
     rows.append(("train time", f"{result['train_time_s']:.1f} s"))
     rows.append(("throughput", f"{result['throughput']:.0f} img/s"))
+    rows += [("warning", w) for w in result.get("warnings") or ()]
     return rows
 
 

@@ -23,6 +23,7 @@ from prunekit.methods.base import Method
 from prunekit.models import create_model, model_task
 from prunekit.train.callbacks import Callback
 from prunekit.train.config import RunConfig
+from prunekit.train.diagnose import run_warnings
 from prunekit.train.evaluate import evaluate
 from prunekit.train.loop import Trainer
 from prunekit.train.seed import seed_everything
@@ -145,6 +146,9 @@ def run_experiment(
     result.update(config=cfg.to_dict(), params=count_params(model), task=exp.task,
                   dataset=exp.info.to_dict(), model=model,
                   method_report=dict(getattr(exp.method, "report", None) or {}))
+    result["warnings"] = run_warnings(result)
+    for w in result["warnings"]:
+        logger.warning("%s: %s", cfg.name or cfg.method, w)
     logger.info("finished %s on %s: %s", cfg.model, cfg.dataset,
                 ", ".join(f"{k}={v:.4g}" for k, v in result["metrics"].items()))
     return result
