@@ -14,7 +14,6 @@ with a full re-send of every widget's state from the calling (foreground) cell.
 from __future__ import annotations
 
 import html
-import json
 import logging
 import threading
 import time
@@ -96,17 +95,10 @@ class MethodForm:
         for name, (spec, w) in self.inputs.items():
             value = w.value
             if isinstance(w, widgets.Text):
-                value = None if value.strip().lower() in ("", "none") and spec.nullable else _text_value(value)
+                value = spec.parse_text(value)
             if value != spec.default:
                 out[name] = value
         return out
-
-
-def _text_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def _option_widget(spec: OptionSpec) -> widgets.Widget:

@@ -52,18 +52,9 @@ def method_help(method: str) -> str:
 
 def parse_option(spec: FieldSpec, value: Any) -> Any:
     """Turn a form value back into the option's type; text fields accept JSON (lists, null) or plain strings."""
-    if spec.kind != "text":
+    if spec.kind != "text" or not isinstance(value, str):
         return value
-    if not isinstance(value, str):
-        return value
-    text = value.strip()
-    if isinstance(spec.default, str):
-        return text
-    try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError:
-        raise ConfigError(f"{spec.name} must be JSON like {json.dumps(spec.default)}, got {value!r}") from None
-    return tuple(parsed) if isinstance(spec.default, tuple) and isinstance(parsed, list) else parsed
+    return spec.parse_text(value)
 
 
 def option_text(value: Any) -> str:

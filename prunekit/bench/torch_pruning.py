@@ -31,7 +31,7 @@ from torch import nn
 
 from prunekit.cost import count_macs
 from prunekit.errors import ConfigError
-from prunekit.methods.base import Method
+from prunekit.methods.base import Method, option
 from prunekit.optim import build_optimizer
 from prunekit.train.evaluate import evaluate
 from prunekit.train.experiment import build_experiment
@@ -159,24 +159,14 @@ class TPMethod(Method):
 
     @dataclasses.dataclass(frozen=True)
     class Config:
-        pruner: str = "groupnorm"
-        target_macs: float = 0.5
-        reg: float = 5e-4  # Torch-Pruning benchmark's --reg for group_sl
-        iterative_steps: int = 100
-        global_pruning: bool = False
-        prune_epoch: int | None = None  # 0-based epoch at whose end it prunes; None: the middle of the run
-
-        def __post_init__(self) -> None:
-            if self.pruner not in PRUNERS:
-                raise ConfigError(f"pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
-            if not 0 < self.target_macs <= 1:
-                raise ConfigError(f"target_macs must be in (0, 1], got {self.target_macs}")
-            if self.reg < 0:
-                raise ConfigError(f"reg must be >= 0, got {self.reg}")
-            if self.iterative_steps < 1:
-                raise ConfigError(f"iterative_steps must be >= 1, got {self.iterative_steps}")
-            if self.prune_epoch is not None and self.prune_epoch < 0:
-                raise ConfigError(f"prune_epoch must be >= 0, got {self.prune_epoch}")
+        pruner: str = option("groupnorm", "Torch-Pruning pruner", choices=tuple(PRUNERS))
+        target_macs: float = option(0.5, "the MACs to keep", unit="fraction of dense MACs", low=0, high=1,
+                                    low_open=True)
+        reg: float = option(5e-4, "Torch-Pruning benchmark's --reg for group_sl", low=0)
+        iterative_steps: int = option(100, "pruning steps of the progressive schedule", low=1)
+        global_pruning: bool = option(False, "rank channels across layers instead of per layer")
+        prune_epoch: int | None = option(None, "0-based epoch at whose end it prunes; None: the middle of the run",
+                                         unit="epochs", low=0)
 
     def __init__(self, config: Any = None, **options: Any) -> None:
         super().__init__(config, **options)

@@ -115,25 +115,25 @@ class BudgetController:
     """The budget's multiplier b, read from the method's *own rule*, not from the relaxation.
 
     The relaxed cost (expected MACs under P(gate on)) and the cost of the mask the method's own rule keeps differ:
-    fractional gates meet a relaxed budget while the rule keeps them all (L0: eval gate > 0) or drops them all
-    (growing: s ≤ 0; measured on ResNet-20 before this controller: own rule 0.65 for L0 and 0.30 for growing at
-    target 0.5). So the direction comes from the rule's relative miss e = (r_own − t) / t, as a PI controller:
+    fractional gates meet a relaxed budget while the rule keeps them all (L0: eval gate > 0; measured on ResNet-20
+    before this controller: own rule 0.65 at target 0.5; growing's variants with it were worse and are documented
+    in ``growing.py``). So the direction comes from the rule's relative miss e = (r_own − t) / t, a PI controller:
     b = clamp(gain · e + I, −1, 1) with I += rate · e / search_steps (clamped to ±1). The integral keeps a
     pressure on at the target (a pure proportional b is 0 there, and the planted test showed that nothing then
     separates a noise channel that is on from a signal channel that is off); it is a dual-ascent multiplier.
     """
 
-    def __init__(self, gain: float, rate: float, lower: float = -1.0) -> None:
-        self.gain, self.rate, self.lower = float(gain), float(rate), float(lower)
+    def __init__(self, gain: float, rate: float) -> None:
+        self.gain, self.rate = float(gain), float(rate)
         self.integral = 0.0
         self.b = 0.0
 
     def update(self, own_ratio: float, target: float, search_steps: int | None) -> float:
-        """The multiplier for this step (``lower`` ≤ b ≤ 1; ``lower = 0``: the budget only ever pushes down)."""
+        """The multiplier for this step, in [−1, 1]."""
         e = (own_ratio - target) / target
         if search_steps:
-            self.integral = max(self.lower, min(1.0, self.integral + self.rate * e / search_steps))
-        self.b = max(self.lower, min(1.0, self.gain * e + self.integral))
+            self.integral = max(-1.0, min(1.0, self.integral + self.rate * e / search_steps))
+        self.b = max(-1.0, min(1.0, self.gain * e + self.integral))
         return self.b
 
     def state_dict(self) -> dict[str, float]:

@@ -38,7 +38,9 @@ numbers say how much of the result the method itself decided (``prunekit.methods
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -105,6 +107,21 @@ class OptionSpec(Option):
             bits.append(f"paper: {self.paper}")
         return "; ".join(bits)
 
+    def parse_text(self, text: str) -> Any:
+        """A value typed as text (app form, notebook widget) in the option's type: None for an empty/"none"
+        entry of a nullable option, the stripped text for a string option, else JSON (a list becomes a tuple
+        where the default is one). ConfigError naming the option for text that is none of these."""
+        stripped = text.strip()
+        if self.nullable and stripped.lower() in ("", "none", "null"):
+            return None
+        if isinstance(self.default, str):
+            return stripped
+        try:
+            parsed = json.loads(stripped)
+        except json.JSONDecodeError:
+            raise ConfigError(f"{self.name} must be JSON like {json.dumps(self.default)}, got {text!r}") from None
+        return tuple(parsed) if isinstance(self.default, tuple) and isinstance(parsed, list) else parsed
+
     def check(self, value: Any) -> None:
         """ConfigError naming the option and the value when it is out of range or not a choice."""
         if self.choices:
@@ -142,12 +159,19 @@ def _kind(default: Any, annotation: Any, choices: tuple[Any, ...]) -> str:
 
 
 def option_specs(config_cls: type) -> list[OptionSpec]:
-    """The options of a method Config class, in declaration order."""
-    comments = _field_comments(config_cls)
+    """The options of a method Config class: its own fields first, then the inherited ones."""
+    return list(_option_specs(config_cls))
+
+
+@functools.cache
+def _option_specs(config_cls: type) -> tuple[OptionSpec, ...]:
+    # computed once per Config class: every Method construction checks its options against these
+    fields = dataclasses.fields(config_cls)
+    # help of fields declared without option(): their trailing comments (reads the source, so only when needed)
+    comments = _field_comments(config_cls) if any("option" not in f.metadata for f in fields) else {}
     own = config_cls.__dict__.get("__annotations__", {})
-    fields = sorted(dataclasses.fields(config_cls), key=lambda f: f.name not in own)  # its own first, then inherited
     specs = []
-    for f in fields:
+    for f in sorted(fields, key=lambda f: f.name not in own):
         if f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
@@ -156,11 +180,10 @@ def option_specs(config_cls: type) -> list[OptionSpec]:
             default = None
         info: Option = f.metadata.get("option") or Option(f.metadata.get("help") or comments.get(f.name, ""))
         ann = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))  # without __future__
-        ann = str(ann)
-        specs.append(OptionSpec(**{k.name: getattr(info, k.name) for k in dataclasses.fields(info)}, name=f.name, default=default,
-                                kind=_kind(default, ann.replace(" | None", ""), info.choices),
-                                nullable=default is None or "None" in ann))
-    return specs
+        specs.append(OptionSpec(**{k.name: getattr(info, k.name) for k in dataclasses.fields(info)}, name=f.name,
+                                default=default, kind=_kind(default, str(ann).replace(" | None", ""), info.choices),
+                                nullable=default is None or "None" in str(ann)))
+    return tuple(specs)
 
 
 def check_options(config_cls: type, values: dict[str, Any]) -> None:

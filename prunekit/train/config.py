@@ -13,7 +13,7 @@ from typing import Any
 from prunekit.errors import ConfigError
 from prunekit.methods import create_method, run_target
 from prunekit.optim import optimizer_names
-from prunekit.validate import check_choice
+from prunekit.validate import check_choice, check_range
 
 SCHEDULES = ("cosine", "step", "constant")
 
@@ -45,25 +45,16 @@ class TrainConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 0:
-            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        check_range("epochs", self.epochs, 0)
+        check_range("batch_size", self.batch_size, 1)
+        check_range("lr", self.lr, 0, low_open=True)
         check_choice("optimizer", self.optimizer, optimizer_names())
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.warmup_epochs < 0:
-            raise ConfigError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        if self.log_every < 1:
-            raise ConfigError(f"log_every must be >= 1, got {self.log_every}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ConfigError(f"num_threads must be >= 1, got {self.num_threads}")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ConfigError(f"max_steps_per_epoch must be >= 1, got {self.max_steps_per_epoch}")
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_range("weight_decay", self.weight_decay, 0)
+        check_range("warmup_epochs", self.warmup_epochs, 0)
+        check_range("log_every", self.log_every, 1)
+        check_range("num_threads", self.num_threads, 1, allow_none=True)
+        check_range("max_steps_per_epoch", self.max_steps_per_epoch, 1, allow_none=True)
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
 
 
