@@ -122,6 +122,18 @@ def test_temperature_reading_direction():
     assert "no temperature" in viz.explain_temperature(EMPTY_M)
 
 
+def test_a_method_without_temperature_gets_a_learning_rate_chart_that_says_so():
+    """CRISP logs no temperature: the reading said "this method has no temperature" above a chart titled
+    "Temperature and learning rate"; now the chart is the learning rate's and the reading says so."""
+    m = _metrics()
+    m = m[m["name"] != "temperature"]
+    fig = viz.temperature_figure(m)
+    assert "no temperature" in fig.layout.title.text and "Temperature and" not in fig.layout.title.text
+    assert [t.name for t in fig.data] == ["lr"] and fig.layout.yaxis.title.text == "learning rate"
+    text = viz.explain_temperature(m)
+    assert "no temperature" in text and "learning rate instead, constant at 0.1" in text
+
+
 def test_gate_views_use_latest_step(rng):
     layers = _layers(rng)
     fig = viz.gate_distribution_figure(layers)
@@ -168,6 +180,25 @@ def test_confidence_reading_names_extremes(rng):
     assert "lowest in layer0 (0.30)" in text and "highest in layer2 (0.40)" in text
 
 
+def test_flip_rate_reading_on_a_settled_mask_gives_the_peak_not_one_layer_twice():
+    """Every layer at 0 at the last step: the reading said "lowest in conv1 (0.00), highest in conv1 (0.00)" while
+    the chart peaks at 0.7."""
+    rows = [(s, 0, layer, "flip_rate", v, None) for s, vals in ((10, (0.7, 0.2)), (20, (0.1, 0.0)), (30, (0.0, 0.0)))
+            for layer, v in zip(("conv1", "layer1.0"), vals)]
+    text = viz.explain_layer_trend(pd.DataFrame(rows, columns=EMPTY_L.columns), "flip_rate")
+    assert "lowest in" not in text and "now 0.00 in every layer" in text
+    assert "peaked at 0.70 in conv1 at step 10" in text and "settled" in text
+
+
+def test_gate_reading_on_a_finished_run_says_the_rule_decided(rng):
+    """A finished run has nothing "still undecided": its method's rule (at its own threshold) decided every gate."""
+    layers = _layers(rng)
+    live = viz.explain_gate_distribution(layers, threshold=0.25)
+    assert "still undecided" in live and "threshold 0.25" in live
+    done = viz.explain_gate_distribution(layers, threshold=0.25, finished=True)
+    assert "undecided" not in done and "run has ended" in done and "keep iff gate > 0.25" in done
+
+
 def test_pareto_front():
     df = pd.DataFrame({"x": [0.3, 0.5, 0.4, 0.9, 0.5], "y": [0.80, 0.90, 0.70, 0.92, 0.85]})
     assert viz.pareto_front(df, "x", "y").tolist() == [True, True, False, True, False]
@@ -193,6 +224,8 @@ def test_tradeoff_figure_with_anchors():
     assert list(front.x) == [0.25, 0.5, 1.0]
     assert max(fig.data[0].y) == pytest.approx(93.0)  # fractions shown as percent beside the anchors
     assert "3 of 3 runs" in viz.explain_tradeoff(runs)
+    assert "keeps 100% of the dense cost" in viz.explain_tradeoff(runs)
+    assert tuple(fig.layout.xaxis.range) == (0, 1.05)  # a fraction: not plotly's -0.5...1.5 around one point
     empty = viz.tradeoff_figure(runs.iloc[:0])
     assert len(empty.data) == 0 and "Finish a few runs" in viz.explain_tradeoff(runs.iloc[:0])
 
@@ -200,9 +233,42 @@ def test_tradeoff_figure_with_anchors():
 def test_width_figure_marks_removed_layers():
     widths = pd.DataFrame({"layer": ["a", "b", "c"], "before": [16, 16, 32], "after": [8, 0, 32]})
     fig = viz.width_figure(widths)
-    assert list(fig.data[1].marker.color) == ["steelblue", "crimson", "steelblue"]
+    names = [t.name for t in fig.data]
+    assert names == ["original", "removed entirely", "slim"]  # the legend names what is red, no "removed = red"
+    removed = fig.data[1]
+    assert list(removed.y) == ["b"] and list(removed.x) == [16] and removed.marker.color == "crimson"
     text = viz.explain_widths(widths)
-    assert "removed 24 of 64" in text and "1 layer(s)" in text
+    assert "removed 24 of 64" in text and "1 layer(s)" in text and "(red)" in text
+    # nothing removed: nothing red is promised
+    kept = viz.width_figure(widths.assign(after=[8, 4, 32]))
+    assert [t.name for t in kept.data] == ["original", "slim"] and "red" not in viz.explain_widths(widths.assign(after=[8, 4, 32]))
+
+
+def test_width_figure_names_every_layer():
+    """48 layers: every one gets its own labelled row (a category axis silently skipped 20 of them)."""
+    layers = [f"layer{i}.{j}.conv{k}" for i in range(1, 4) for j in range(8) for k in (1, 2)]
+    fig = viz.width_figure(pd.DataFrame({"layer": layers, "before": 16, "after": 8}))
+    assert list(fig.layout.yaxis.tickvals) == layers and list(fig.layout.yaxis.ticktext) == layers
+    assert fig.layout.height >= 18 * len(layers)
+    assert "48 layers it changed (all shown" in viz.explain_widths(pd.DataFrame({"layer": layers, "before": 16, "after": 8}))
+
+
+def test_legends_sit_in_their_own_band_below_the_axis_title(rng):
+    """A legend anchored in plot coordinates grew upwards over the "step" title when it wrapped; the legend now sits
+    at the figure's bottom edge with a margin reserved for its rows, so the plot keeps its height."""
+    from prunekit.viz.common import _AXIS_BELOW, _LEGEND_ROW, _legend_rows
+
+    many = pd.DataFrame([(s, 0, f"layer{i}.{j}", "flip_rate", 0.1, None) for s in (10, 20) for i in range(3)
+                         for j in range(7)], columns=["step", "epoch", "layer", "name", "value", "data"])
+    figs = [viz.loss_figure(_metrics()), viz.accuracy_figure(_metrics()), viz.macs_figure(_metrics(), 0.5),
+            viz.temperature_figure(_metrics()), viz.layer_trend_figure(many, "flip_rate")]
+    for fig in figs:
+        leg = fig.layout.legend
+        assert (leg.yref, leg.y, leg.yanchor) == ("container", 0, "bottom"), fig.layout.title.text
+        rows = _legend_rows([t.name for t in fig.data])
+        assert fig.layout.margin.b >= _AXIS_BELOW + _LEGEND_ROW * rows
+        assert fig.layout.height - fig.layout.margin.b >= 320 - _AXIS_BELOW  # the plot did not shrink
+    assert _legend_rows([f"layer{i}.{j}" for i in range(3) for j in range(7)]) >= 5  # 21 names wrap
 
 
 def test_comparison_table_and_reading():
@@ -222,9 +288,20 @@ def test_comparison_table_and_reading():
     ]
     assert t.set_index("metric").loc["MACs", "slim / original"] == pytest.approx(0.25)
     assert t.set_index("metric").loc["accuracy (%)", "slim"] == pytest.approx(90.0)
+    assert np.isnan(t.set_index("metric").loc["max output difference", "original"])  # the reference, not 0 vs 0
     text = viz.explain_comparison(result)
     assert "MACs ×0.25" in text and "1.0e-06" in text
     assert viz.comparison_table({}).empty
+
+
+def test_tradeoff_on_latency_reads_ms_not_a_fraction():
+    """The latency axis said "keeps 5626 % of the cost" (56.26 ms formatted as a fraction)."""
+    runs = pd.DataFrame({"id": ["a", "b"], "name": ["x", "y"], "method": ["crisp", "crisp"],
+                         "latency_b1_ms": [56.26, 30.0], "acc/test": [0.9, 0.6]})
+    text = viz.explain_tradeoff(runs, x="latency_b1_ms")
+    assert "takes 56.3 ms at 90.0%" in text and "%  of" not in text and "5626" not in text
+    fig = viz.tradeoff_figure(runs, x="latency_b1_ms", x_label="latency (ms)")
+    assert fig.layout.xaxis.range is None and fig.layout.xaxis.rangemode == "tozero"
 
 
 def test_mean_by_step(rng):

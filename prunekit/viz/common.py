@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -22,12 +23,45 @@ def _style(fig: go.Figure, title: str, x: str, y: str) -> None:
     fig.update_layout(
         title={"text": title, "font": {"size": 15}},
         height=_HEIGHT,
-        margin={"l": 50, "r": 20, "t": 45, "b": 40},
-        legend={"orientation": "h", "y": -0.2},
+        margin={"l": 50, "r": 20, "t": 45, "b": _AXIS_BELOW},
+        legend=_LEGEND,
         template="plotly_white",
     )
     fig.update_xaxes(title_text=x)
     fig.update_yaxes(title_text=y)
+
+
+# The legend sits at the bottom edge of the figure (container coordinates) in a band of its own below the x-axis
+# title. A legend placed in plot coordinates (y=-0.2) is anchored by its bottom edge, so a legend that wraps to a
+# second row grows upwards over the axis title ("step") and tick labels, and narrow columns wrap it often.
+_LEGEND = {"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "x": 0, "xanchor": "left"}
+_AXIS_BELOW = 48  # px below the plot for tick labels and the x-axis title
+_LEGEND_ROW = 20  # px per legend row
+_LEGEND_WIDTH = 330  # px a legend row is assumed to have: a chart in one of two columns on a laptop screen
+
+
+def _legend_rows(names: list[str], width: float = _LEGEND_WIDTH) -> int:
+    """How many rows a horizontal legend of ``names`` needs at ``width`` px (≈ 40 px symbol + 6.5 px a character)."""
+    rows, used = (1, 0.0) if names else (0, 0.0)
+    for n in names:
+        w = 40 + 6.5 * len(n)
+        if used and used + w > width:
+            rows, used = rows + 1, 0.0
+        used += w
+    return rows
+
+
+def _fit_legend(fig: go.Figure) -> go.Figure:
+    """Reserve a band below the x-axis title for the legend's rows and grow the figure by it, so the plot keeps
+    its height and the legend never covers the axis title or the tick labels (call after adding the traces;
+    calling it again gives the same layout)."""
+    names = [str(t.name) for t in fig.data if t.name and t.showlegend is not False]
+    if len(names) < 2 and fig.layout.showlegend is not True:  # plotly draws no legend for a single trace
+        names = []
+    band = _LEGEND_ROW * _legend_rows(names) + (6 if names else 0)
+    above = (fig.layout.height or _HEIGHT) - (fig.layout.margin.b if fig.layout.margin.b is not None else _AXIS_BELOW)
+    fig.update_layout(legend=_LEGEND, margin={"b": _AXIS_BELOW + band}, height=math.ceil(above + _AXIS_BELOW + band))
+    return fig
 
 
 def _no_data(fig: go.Figure, note: str = "no data yet") -> go.Figure:

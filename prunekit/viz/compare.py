@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 
 from prunekit.viz.common import (
     _fig,
+    _fit_legend,
     _no_data,
     _pct,
 )
@@ -28,6 +29,20 @@ ANCHORS_RESNET56_CIFAR10: tuple[tuple[str, float, float], ...] = (
 
 
 # -- across runs ---------------------------------------------------------------------------------
+def _is_fraction(x: str) -> bool:
+    """Whether cost column ``x`` is a share of the dense network (``macs_ratio/...``) rather than a measurement."""
+    return "ratio" in x or x.endswith("fraction")
+
+
+def _cost_text(x: str, value: float) -> str:
+    """A cost value in words: a share of the dense cost as a percentage, a latency in ms."""
+    if _is_fraction(x):
+        return f"keeps {value:.0%} of the dense cost"
+    if x.endswith("_ms"):
+        return f"takes {value:.3g} ms"
+    return f"costs {value:.3g}"
+
+
 def pareto_front(df: pd.DataFrame, x: str, y: str) -> pd.Series:
     """Boolean mask of the rows no other row beats (lower ``x`` cost and higher ``y`` quality)."""
     ok = df[[x, y]].notna().all(axis=1)
@@ -94,7 +109,11 @@ def tradeoff_figure(
                 hovertemplate="%{text}<br>%{y:.2f}%",
             )
         )
-    return fig
+    if _is_fraction(x):  # a share of the dense cost: plotly's autorange pads one point to -0.5...1.5
+        fig.update_xaxes(range=[0, 1.05], tickformat=".0%")
+    else:
+        fig.update_xaxes(rangemode="tozero")
+    return _fit_legend(fig)
 
 
 def explain_tradeoff(runs: pd.DataFrame, x: str = "macs_ratio/hard", y: str = "acc/test") -> str:
@@ -105,21 +124,32 @@ def explain_tradeoff(runs: pd.DataFrame, x: str = "macs_ratio/hard", y: str = "a
     best = front.loc[front[y].astype(float).idxmax()]
     return (
         f"{len(front)} of {len(d)} runs are on the Pareto front (no other run is both cheaper and more accurate); "
-        f"the most accurate keeps {float(best[x]):.0%} of the cost at {_pct(float(best[y])):.1f}%."
+        f"the most accurate {_cost_text(x, float(best[x]))} at {_pct(float(best[y])):.1f}%."
     )
 
 
 # -- collapse & compare --------------------------------------------------------------------------
+_WIDTH_ROW = 18  # px per layer: every layer gets its own labelled row
+
+
 def width_figure(widths: pd.DataFrame) -> go.Figure:
-    """Per-layer widths before/after collapse (columns ``layer, before, after``); removed layers in red."""
-    fig = _fig("Layer widths: original vs slim", "layer", "channels")
+    """Per-layer widths before/after collapse (columns ``layer, before, after``), one labelled row per layer in
+    depth order; layers collapse removed entirely are drawn in red at their original width."""
+    fig = _fig("Layer widths: original vs slim", "channels", "")
     if widths is None or widths.empty:
         return _no_data(fig, "collapse a run to see its widths")
-    fig.add_trace(go.Bar(x=widths["layer"], y=widths["before"], name="original", marker_color="lightgray"))
-    colors = ["crimson" if a == 0 else "steelblue" for a in widths["after"]]
-    fig.add_trace(go.Bar(x=widths["layer"], y=widths["after"], name="slim (removed = red)", marker_color=colors))
-    fig.update_layout(barmode="overlay", bargap=0.15)
-    return fig
+    layers = [str(v) for v in widths["layer"]]
+    removed = widths["after"] == 0
+    fig.add_trace(go.Bar(y=layers, x=widths["before"], orientation="h", name="original", marker_color="lightgray"))
+    if removed.any():
+        fig.add_trace(go.Bar(y=[str(v) for v in widths.loc[removed, "layer"]], x=widths.loc[removed, "before"],
+                             orientation="h", name="removed entirely", marker_color="crimson"))
+    fig.add_trace(go.Bar(y=layers, x=widths["after"], orientation="h", name="slim", marker_color="steelblue"))
+    # a category axis skips labels when rows are dense; every layer is named here, none is left out
+    fig.update_yaxes(tickmode="array", tickvals=layers, ticktext=layers, autorange="reversed", automargin=True)
+    fig.update_layout(barmode="overlay", bargap=0.15, height=_WIDTH_ROW * len(layers) + 110,
+                      margin={"l": 10, "t": 45})
+    return _fit_legend(fig)
 
 
 def explain_widths(widths: pd.DataFrame) -> str:
@@ -128,8 +158,10 @@ def explain_widths(widths: pd.DataFrame) -> str:
     before, after = float(widths["before"].sum()), float(widths["after"].sum())
     gone = int((widths["after"] == 0).sum())
     return (
-        f"Collapse physically removed {before - after:.0f} of {before:.0f} channels ({1 - after / max(before, 1):.0%}); "
-        f"{gone} layer(s) vanished entirely. These weights no longer exist in the slim network: unlike a mask, they cost nothing."
+        f"Collapse physically removed {before - after:.0f} of {before:.0f} channels ({1 - after / max(before, 1):.0%}) "
+        f"in the {len(widths)} layers it changed (all shown; layers it left whole are not listed); "
+        f"{gone} layer(s) vanished entirely{' (red)' if gone else ''}. These weights no longer exist in the slim "
+        "network: unlike a mask, they cost nothing."
     )
 
 
@@ -167,7 +199,7 @@ def comparison_table(result: dict[str, Any]) -> pd.DataFrame:
         rows.append(
             {
                 "metric": "max output difference",
-                "original": 0.0,
+                "original": math.nan,  # the reference: a ratio to it means nothing (shown as "—" in the app)
                 "slim": result["max_abs_diff"],
                 "slim / original": math.nan,
             }

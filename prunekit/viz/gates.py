@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from prunekit.viz.common import (
     _HEIGHT,
     _fig,
+    _fit_legend,
     _layer_order,
     _layer_rows,
     _no_data,
@@ -65,17 +66,27 @@ def gate_distribution_figure(layers: pd.DataFrame, step: int | str | None = "las
     return fig
 
 
-def explain_gate_distribution(layers: pd.DataFrame, threshold: float = 0.5) -> str:
+def explain_gate_distribution(layers: pd.DataFrame, threshold: float = 0.5, finished: bool = False) -> str:
+    """One sentence on how decided the gates are; ``threshold`` is the method's own keep rule (keep iff gate >
+    threshold) and ``finished`` says the run has ended, so nothing is "still" undecided: its rule has decided."""
     gates = _gate_matrix(layers)
     if not gates:
         return "No per-channel gate values yet."
     allg = np.concatenate(list(gates.values()))
     off, on = float((allg < 0.1).mean()), float((allg > 0.9).mean())
-    undecided = 1.0 - off - on
+    between = 1.0 - off - on
+    kept = float((allg > threshold).mean())
     worst = min(gates, key=lambda k: float((gates[k] > threshold).mean()))
+    hardest = f"layer {worst} is pruned hardest ({float((gates[worst] > threshold).mean()):.0%} kept)"
+    if finished:
+        return (
+            f"The run has ended: {on:.0%} of the gates ended clearly on, {off:.0%} clearly off and {between:.0%} in "
+            f"between; the method's rule (keep iff gate > {threshold:g}) decided all of them and keeps {kept:.0%} of "
+            f"the channels; {hardest}."
+        )
     return (
-        f"{on:.0%} of channels are clearly on, {off:.0%} clearly off and {undecided:.0%} still undecided; "
-        f"layer {worst} is being pruned hardest ({float((gates[worst] > threshold).mean()):.0%} kept)."
+        f"{on:.0%} of channels are clearly on, {off:.0%} clearly off and {between:.0%} still undecided "
+        f"({kept:.0%} above the keep threshold {threshold:g} right now); {hardest.replace('is pruned', 'is being pruned')}."
     )
 
 
@@ -129,19 +140,32 @@ def layer_trend_figure(layers: pd.DataFrame, name: str) -> go.Figure:
             go.Scatter(x=s["step"], y=s["value"], mode="lines", name=layer, hovertemplate=f"{layer}: %{{y:.3f}}")
         )
     fig.update_layout(meta={"help": help_})
-    return fig
+    return _fit_legend(fig)
 
 
 def explain_layer_trend(layers: pd.DataFrame, name: str) -> str:
+    """The latest value per layer (mean, and the lowest and highest layer when they differ) and the peak over the
+    whole run, which is what the eye finds in the chart (a flip rate is 0 everywhere once the mask settled)."""
     rows = _layer_rows(layers, name, "last")
     if rows.empty:
         return f"No {name} logged: this method does not report it."
     v = rows.groupby(rows["layer"].astype(str))["value"].last()
-    lo, hi = v.idxmin(), v.idxmax()
-    base = f"{name.replace('_', ' ').capitalize()} ({_LAYER_TREND_HELP.get(name, name)}): mean {v.mean():.2f}, lowest in {lo} ({v[lo]:.2f}), highest in {hi} ({v[hi]:.2f})"
+    title = name.replace("_", " ").capitalize()
+    text = f"{title} ({_LAYER_TREND_HELP.get(name, name)}): "
+    if float(v.max() - v.min()) < 0.005:  # one value for all: "lowest in X, highest in X" would say nothing
+        text += f"now {v.mean():.2f} in every layer"
+    else:
+        lo, hi = v.idxmin(), v.idxmax()
+        text += f"now mean {v.mean():.2f}, lowest in {lo} ({v[lo]:.2f}), highest in {hi} ({v[hi]:.2f})"
+    hist = _layer_rows(layers, name, None)
+    hist = hist[pd.to_numeric(hist["value"], errors="coerce").notna()]
+    if hist["step"].nunique() > 1:
+        peak = hist.loc[pd.to_numeric(hist["value"]).idxmax()]
+        if float(peak["value"]) - float(v.max()) >= 0.005:
+            text += f"; it peaked at {float(peak['value']):.2f} in {peak['layer']} at step {int(peak['step'])}"
     if name == "flip_rate":
-        base += "; near zero means the mask has settled" if v.mean() < 0.01 else "; masks are still changing"
-    return base + "."
+        text += "; near zero means the mask has settled" if v.mean() < 0.01 else "; masks are still changing"
+    return text + "."
 
 
 def mean_by_step(layers: pd.DataFrame, names: Iterable[str]) -> pd.DataFrame:

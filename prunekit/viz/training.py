@@ -13,6 +13,7 @@ from prunekit.methods import loss_help
 from prunekit.viz.common import (
     _fig,
     _first,
+    _fit_legend,
     _last,
     _line,
     _no_data,
@@ -40,7 +41,7 @@ def loss_figure(metrics: pd.DataFrame) -> go.Figure:
             secondary_y=True,
         )
     fig.update_yaxes(title_text="regulariser", secondary_y=True)
-    return fig if (not task.empty or terms) else _no_data(fig)
+    return _fit_legend(fig) if (not task.empty or terms) else _no_data(fig)
 
 
 def explain_loss(metrics: pd.DataFrame) -> str:
@@ -77,7 +78,7 @@ def accuracy_figure(metrics: pd.DataFrame) -> go.Figure:
             found = True
             s = s.assign(value=s["value"].map(_pct))
             fig.add_trace(go.Scatter(x=s["step"], y=s["value"], name=n.split("/", 1)[1], mode=kw.get("mode", "lines")))
-    return fig if found else _no_data(fig)
+    return _fit_legend(fig) if found else _no_data(fig)
 
 
 def explain_accuracy(metrics: pd.DataFrame) -> str:
@@ -113,7 +114,7 @@ def macs_figure(metrics: pd.DataFrame, target: float | None = None) -> go.Figure
     if target is not None:
         fig.add_hline(y=target, line={"color": "gray", "dash": "dash"}, annotation_text=f"target {target:g}")
     fig.update_yaxes(rangemode="tozero")
-    return fig if found else _no_data(fig)
+    return _fit_legend(fig) if found else _no_data(fig)
 
 
 def explain_macs(metrics: pd.DataFrame, target: float | None = None) -> str:
@@ -140,24 +141,35 @@ def explain_macs(metrics: pd.DataFrame, target: float | None = None) -> str:
 
 
 def temperature_figure(metrics: pd.DataFrame) -> go.Figure:
-    """Relaxation temperature (left) and learning rate (right) schedules."""
+    """Relaxation temperature (left) and learning rate (right) schedules; a method without a temperature gets a
+    learning-rate chart that says so in its title (not an empty temperature axis)."""
+    t, lr = _series(metrics, "temperature"), _series(metrics, "lr")
+    if t.empty:
+        fig = _fig("Learning rate (this method has no temperature)", "step", "learning rate")
+        if lr.empty:
+            return _no_data(fig)
+        fig.add_trace(go.Scatter(x=lr["step"], y=lr["value"], name="lr", mode="lines", line={"dash": "dot"}))
+        return _fit_legend(fig)
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     _style(fig, "Temperature and learning rate", "step", "temperature")
-    t, lr = _series(metrics, "temperature"), _series(metrics, "lr")
-    if not t.empty:
-        fig.add_trace(go.Scatter(x=t["step"], y=t["value"], name="temperature", mode="lines"), secondary_y=False)
+    fig.add_trace(go.Scatter(x=t["step"], y=t["value"], name="temperature", mode="lines"), secondary_y=False)
     if not lr.empty:
         fig.add_trace(
             go.Scatter(x=lr["step"], y=lr["value"], name="lr", mode="lines", line={"dash": "dot"}), secondary_y=True
         )
     fig.update_yaxes(title_text="learning rate", secondary_y=True)
-    return fig if not (t.empty and lr.empty) else _no_data(fig)
+    return _fit_legend(fig)
 
 
 def explain_temperature(metrics: pd.DataFrame) -> str:
     a, b = _first(metrics, "temperature"), _last(metrics, "temperature")
     if b is None:
-        return "This method has no temperature: its gates are deterministic or it prunes by magnitude."
+        text = "This method has no temperature: its gates are deterministic or it prunes by magnitude"
+        lr0, lr1 = _first(metrics, "lr"), _last(metrics, "lr")
+        if lr1 is None:
+            return text + "."
+        schedule = f"constant at {lr1:.3g}" if lr0 == lr1 else f"from {lr0:.3g} to {lr1:.3g}"
+        return text + f"; the chart shows its learning rate instead, {schedule}."
     if a is not None and b < a:
         return f"The temperature cooled from {a:.3g} to {b:.3g}: lower temperature makes the soft gates behave more like the final on/off mask."
     if a is not None and b > a:
