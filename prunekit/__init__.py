@@ -7,108 +7,123 @@ model → augment (gates on coupled-channel groups) → train (method's relaxati
     model = pk.create_model("resnet56", num_classes=10)
     gated = pk.augment(model, torch.randn(2, 3, 32, 32))
     slim = pk.collapse(gated)
+
+``import prunekit`` itself imports no library: the first use of a name below imports the whole API at once
+(torch among it), so every registry is complete by then (models, datasets, methods, and the gates and
+optimizers that method files register). The ``prunekit`` command relies on this to answer ``--help`` and
+argument errors without importing torch.
 """
 
-from prunekit import methods
-from prunekit.augment import GatedModel, GroupHandle, augment
-from prunekit.bn import recalibrate_bn_
-from prunekit.collapse import collapse
-from prunekit.compare import compare, layer_widths
-from prunekit.cost import count_macs, count_params, macs_ratio, params_ratio, relaxed_macs, relaxed_params
-from prunekit.curve import prune_curve
-from prunekit.data import DataInfo, Loaders, create_dataset, dataset_info, list_datasets, make_loaders, register_dataset
-from prunekit.errors import (
-    CheckpointError,
-    CollapseError,
-    ConfigError,
-    DataNotFoundError,
-    PrunekitError,
-    UnsupportedModelError,
-)
-from prunekit.gates import create_gate, list_gates, register_gate
-from prunekit.io import export_onnx, load_slim, save_slim
-from prunekit.latency import measure_latency, measure_latency_interleaved
-from prunekit.methods import create_method, list_methods, register_method
-from prunekit.metrics import confidence, diversity, gate_layer_rows
-from prunekit.models import create_model, list_models, model_task, register_model
-from prunekit.quant import bake_, model_size_bits, quantize_
-from prunekit.train.config import RunConfig, TrainConfig
-from prunekit.train.experiment import build_experiment, run_experiment
-from prunekit.train.runner import RunHandle, get_handle, resume_run, start_run, stop_run
-from prunekit.train.store import RunStore
-from prunekit.train.sweep import create_sweep, run_sweep
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
 
 __version__ = "0.1.0"
 
+# public name -> the module that defines it
+_API: dict[str, str] = {
+    "GatedModel": "prunekit.augment",
+    "GroupHandle": "prunekit.augment",
+    "augment": "prunekit.augment",
+    "recalibrate_bn_": "prunekit.bn",
+    "collapse": "prunekit.collapse",
+    "compare": "prunekit.compare",
+    "layer_widths": "prunekit.compare",
+    "count_macs": "prunekit.cost",
+    "count_params": "prunekit.cost",
+    "macs_ratio": "prunekit.cost",
+    "params_ratio": "prunekit.cost",
+    "relaxed_macs": "prunekit.cost",
+    "relaxed_params": "prunekit.cost",
+    "prune_curve": "prunekit.curve",
+    "DataInfo": "prunekit.data",
+    "Loaders": "prunekit.data",
+    "create_dataset": "prunekit.data",
+    "dataset_info": "prunekit.data",
+    "list_datasets": "prunekit.data",
+    "make_loaders": "prunekit.data",
+    "register_dataset": "prunekit.data",
+    "CheckpointError": "prunekit.errors",
+    "CollapseError": "prunekit.errors",
+    "ConfigError": "prunekit.errors",
+    "DataNotFoundError": "prunekit.errors",
+    "PrunekitError": "prunekit.errors",
+    "UnsupportedModelError": "prunekit.errors",
+    "create_gate": "prunekit.gates",
+    "list_gates": "prunekit.gates",
+    "register_gate": "prunekit.gates",
+    "export_onnx": "prunekit.io",
+    "load_slim": "prunekit.io",
+    "save_slim": "prunekit.io",
+    "measure_latency": "prunekit.latency",
+    "measure_latency_interleaved": "prunekit.latency",
+    "create_method": "prunekit.methods",
+    "list_methods": "prunekit.methods",
+    "register_method": "prunekit.methods",
+    "confidence": "prunekit.metrics",
+    "diversity": "prunekit.metrics",
+    "gate_layer_rows": "prunekit.metrics",
+    "create_model": "prunekit.models",
+    "list_models": "prunekit.models",
+    "model_task": "prunekit.models",
+    "register_model": "prunekit.models",
+    "bake_": "prunekit.quant",
+    "model_size_bits": "prunekit.quant",
+    "quantize_": "prunekit.quant",
+    "RunConfig": "prunekit.train.config",
+    "TrainConfig": "prunekit.train.config",
+    "build_experiment": "prunekit.train.experiment",
+    "run_experiment": "prunekit.train.experiment",
+    "LoadedRun": "prunekit.train.load",
+    "load_run": "prunekit.train.load",
+    "RunHandle": "prunekit.train.runner",
+    "get_handle": "prunekit.train.runner",
+    "resume_run": "prunekit.train.runner",
+    "start_run": "prunekit.train.runner",
+    "stop_run": "prunekit.train.runner",
+    "RunStore": "prunekit.train.store",
+    "create_sweep": "prunekit.train.sweep",
+    "run_sweep": "prunekit.train.sweep",
+}
+# submodules that are part of the API as modules (``pk.methods.method_class``; ``pk.widgets`` needs the
+# notebooks extra and is imported only when asked for, not with the rest)
+_MODULES = {"methods": "prunekit.methods"}
 
-def __getattr__(name: str):
-    if name == "widgets":  # ipywidgets is an optional extra: import it only when asked for
-        import importlib
 
+def _import_api() -> None:
+    g = globals()
+    for name, module in _MODULES.items():
+        g[name] = importlib.import_module(module)
+    for name, module in _API.items():
+        g[name] = getattr(importlib.import_module(module), name)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "widgets":
         return importlib.import_module("prunekit.widgets")
+    if name in _API or name in _MODULES:
+        _import_api()
+        return globals()[name]
     raise AttributeError(f"module 'prunekit' has no attribute {name!r}")
 
 
-__all__ = [
-    "CheckpointError",
-    "CollapseError",
-    "ConfigError",
-    "DataInfo",
-    "DataNotFoundError",
-    "GatedModel",
-    "GroupHandle",
-    "Loaders",
-    "PrunekitError",
-    "RunConfig",
-    "RunHandle",
-    "RunStore",
-    "TrainConfig",
-    "UnsupportedModelError",
-    "augment",
-    "bake_",
-    "confidence",
-    "create_sweep",
-    "diversity",
-    "gate_layer_rows",
-    "get_handle",
-    "model_size_bits",
-    "model_task",
-    "quantize_",
-    "register_dataset",
-    "register_gate",
-    "register_method",
-    "register_model",
-    "run_sweep",
-    "build_experiment",
-    "collapse",
-    "compare",
-    "count_macs",
-    "count_params",
-    "create_dataset",
-    "create_gate",
-    "create_method",
-    "create_model",
-    "dataset_info",
-    "export_onnx",
-    "layer_widths",
-    "list_datasets",
-    "list_gates",
-    "list_methods",
-    "list_models",
-    "load_slim",
-    "macs_ratio",
-    "make_loaders",
-    "measure_latency",
-    "measure_latency_interleaved",
-    "methods",
-    "params_ratio",
-    "prune_curve",
-    "recalibrate_bn_",
-    "relaxed_macs",
-    "relaxed_params",
-    "resume_run",
-    "run_experiment",
-    "save_slim",
-    "start_run",
-    "stop_run",
-]
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API, *_MODULES})
+
+
+class _Package(types.ModuleType):
+    """Keeps ``pk.augment``, ``pk.collapse`` and ``pk.compare`` the functions: importing the submodule of the
+    same name (``from prunekit.augment import GatedModel``) would otherwise bind the module in their place."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _API and isinstance(value, types.ModuleType):
+            return  # the module stays importable as prunekit.<name> (sys.modules)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+__all__ = sorted([*_API, *_MODULES])
