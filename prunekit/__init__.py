@@ -60,6 +60,8 @@ _API: dict[str, str] = {
     "save_slim": "prunekit.io",
     "measure_latency": "prunekit.latency",
     "measure_latency_interleaved": "prunekit.latency",
+    "measure_latency_onnx": "prunekit.latency",
+    "optimize_for_inference": "prunekit.inference",
     "create_method": "prunekit.methods",
     "list_methods": "prunekit.methods",
     "register_method": "prunekit.methods",

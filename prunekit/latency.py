@@ -130,3 +130,57 @@ def measure_latency_interleaved(
             for k, m in models.items():
                 m.train(modes[k])
     return {k: {bs: statistics.median(v) for bs, v in per.items()} for k, per in times.items()}
+
+
+def measure_latency_onnx(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    batch_sizes: tuple[int, ...] = (1, 64),
+    *,
+    warmup: int = 3,
+    repeats: int = 10,
+    threads: int | None = None,
+) -> dict[int, float]:
+    """Median CPU latency (ms) per batch size of ``model`` exported to ONNX and run by ONNX Runtime.
+
+    Args:
+        model: any exportable module (exported in eval mode with a dynamic batch dimension, to a temporary file).
+        example_input: one input, repeated to each batch size.
+        batch_sizes, warmup, repeats: as in :func:`measure_latency`.
+        threads: ONNX Runtime's intra-op threads; ``None``: torch's current thread count, so that eager and
+            ONNX Runtime timings are comparable.
+    Returns:
+        ``{batch_size: median_ms}``. Needs ``onnxruntime`` (``pip install 'prunekit[onnx]'``).
+    """
+    import tempfile
+    from pathlib import Path
+
+    from prunekit.io import export_onnx
+
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ConfigError("ONNX Runtime timing needs the onnxruntime package: pip install 'prunekit[onnx]'") from e
+    if repeats < 1:
+        raise ConfigError(f"repeats must be >= 1, got {repeats}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    cpu_model = model.to("cpu").eval()
+    with tempfile.TemporaryDirectory() as d:
+        path = export_onnx(cpu_model, example_input[:1].cpu(), Path(d) / "model.onnx")
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    out: dict[int, float] = {}
+    for bs in batch_sizes:
+        x = _batch(example_input, bs, torch.device("cpu")).numpy()
+        for _ in range(warmup):
+            session.run(None, {name: x})
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            session.run(None, {name: x})
+            times.append((time.perf_counter() - t0) * 1e3)
+        out[bs] = statistics.median(times)
+    return out
