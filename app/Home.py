@@ -21,15 +21,15 @@ default_id = sup.find_default_run(runs)
 with st.container(border=True):
     st.subheader("Default experiment: ResNet-20 on `shapes`, CRISP at 50% MACs")
     st.caption("Works offline: `shapes` is generated on the fly. Three short epochs on a CPU.")
-    if default_id is None:
-        if st.button("Start the default experiment", type="primary", key="start_default"):
-            try:
-                st.session_state.run_id = sup.start(sup.default_config(), WS)
-                st.success(f"Started run {st.session_state.run_id}. Watch it on the Live page.")
-                runs = store.list_runs()
-            except Exception as e:
-                st.error(f"Could not start the run: {sup.describe_error(e)}")
-    else:
+    # the button stays after the first run: a second default run (another seed, after a change) is one click too
+    if st.button("Start the default experiment", type="primary", key="start_default"):
+        try:
+            st.session_state.run_id = default_id = sup.start(sup.default_config(), WS)
+            st.success(f"Started run {st.session_state.run_id}. Watch it on the Live page.")
+            runs = store.list_runs()
+        except Exception as e:
+            st.error(f"Could not start the run: {sup.describe_error(e)}")
+    elif default_id is not None:
         st.write(f"Latest default run: `{default_id}`.")
 
 run_id = sup.pick_run(runs, st.session_state.run_id or default_id)

@@ -241,6 +241,9 @@ def test_collapse_page_without_checkpoint_and_with_a_stored_result(workspace):
     assert not at.exception
     table = at.dataframe[0].value
     assert list(table["metric"])[:2] == ["parameters", "MACs"]
+    row = table.set_index("metric").loc["max output difference"]
+    assert (row["original"], row["slim / original"]) == ("—", "—")  # was "0" and "None"
+    assert not {"None", "nan"} & set(table.to_numpy().ravel().tolist())
     assert "`layer2.0`" in _texts(at)
     assert "vanished entirely" in _texts(at)
 
@@ -491,3 +494,145 @@ def test_what_if_slider_starts_at_the_methods_own_threshold(workspace):
         at.selectbox(key="ex_run").set_value(rid).run()
         assert at.slider(key=f"ex_threshold_{rid}").value == pytest.approx(own)
         assert any(f"own rule: keep a channel iff its gate > {own:g}" in c.value for c in at.caption)
+
+
+# -- issue 20: what a new user trips on -------------------------------------------------------------------------
+def _finished(store: RunStore, *, acc: float, own: float | None, stored_warnings: list[str] | None = None,
+              name: str | None = None) -> str:
+    """A done CRISP run (target 0.5) whose result is run_experiment's: metrics, dataset, config, method report."""
+    cfg = RunConfig(model="resnet20", dataset="shapes", method="crisp", method_options={"target_macs": 0.5},
+                    train=TrainConfig(epochs=2), name=name)
+    rid = store.create_run(cfg.to_dict())
+    result = {"metrics": {"acc/test": acc, "macs_ratio/hard": 0.5}, "dataset": {"num_classes": 10},
+              "config": cfg.to_dict(), "method_report": {} if own is None else {"relaxation_macs_ratio": own}}
+    if stored_warnings is not None:
+        result["warnings"] = stored_warnings
+    store.set_status(rid, "done", result=result)
+    store.flush()
+    return rid
+
+
+def test_runs_table_and_live_page_warn_about_a_run_that_learned_nothing(workspace):
+    """A 2-epoch CRISP run ended "done" at 10 % (chance) with no warning in the app: the Runs table, the selected
+    run and the Live page now say so, with what to change."""
+    store = RunStore(workspace)
+    fine = _finished(store, acc=0.62, own=0.5, name="fine")
+    stored = _finished(store, acc=0.62, own=0.5, stored_warnings=["a stored warning"], name="stored")
+    chance = _finished(store, acc=0.10, own=0.9, name="chance")  # stored before warnings existed: computed here
+    at = _app("pages/1_Runs.py").run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value.set_index("id")
+    assert "near chance" in table.loc[chance, "warnings"] and "own rule kept 0.90" in table.loc[chance, "warnings"]
+    assert table.loc[stored, "warnings"] == "a stored warning" and table.loc[fine, "warnings"] == ""
+    at.selectbox(key="runs_select").set_value(chance).run()
+    warned = [w.value for w in at.warning]
+    assert any("near chance" in w and "train longer" in w for w in warned), warned
+    at = _app("pages/2_Live.py").run()
+    at.selectbox(key="live_run").set_value(chance).run()
+    assert not at.exception, at.exception
+    assert any("near chance" in w.value for w in at.warning)
+    at.selectbox(key="live_run").set_value(fine).run()
+    assert not any("near chance" in w.value for w in at.warning)
+
+
+def test_runs_table_shows_no_none_or_nan(workspace):
+    store = RunStore(workspace)
+    _fill_run(store, status="failed")  # no name, an error
+    store.create_run(RunConfig(model="resnet20", dataset="shapes", method="dense").to_dict(), status="stopped")
+    _fill_run(store)  # no error
+    store.flush()
+    at = _app("pages/1_Runs.py").run()
+    table = at.dataframe[0].value
+    cells = table.drop(columns=["progress"]).to_numpy().ravel().tolist()
+    assert all(isinstance(c, str) for c in cells)
+    assert not {"None", "nan", "NaN"} & set(cells)
+    assert "—" in set(table["acc/test"]) and "80.0%" in set(table["acc/test"])
+    assert not any(("None" in o or "nan" in o) for o in at.selectbox(key="runs_select").options)
+
+
+def test_live_page_on_a_finished_run_reads_gates_as_decided(workspace):
+    store = RunStore(workspace)
+    _fill_run(store, method="crisp")
+    at = _app("pages/2_Live.py").run()
+    text = _texts(at)
+    assert "still undecided" not in text and "The run has ended" in text
+    assert "keep iff gate > 0.25" in text  # CRISP's own threshold, not 0.5
+
+
+def test_home_keeps_its_start_button_after_the_first_run(workspace, monkeypatch):
+    store = RunStore(workspace)
+    monkeypatch.setattr(sup, "start", lambda cfg, ws=None: store.create_run(cfg.to_dict()))
+    at = _app("Home.py").run()
+    at.button(key="start_default").click().run()
+    assert not at.exception, at.exception
+    at = _app("Home.py").run()  # a new session once the default run exists
+    assert at.button(key="start_default") and "Latest default run" in _texts(at)
+    at.button(key="start_default").click().run()
+    assert len(store.list_runs()) == 2
+
+
+def _submit(at: AppTest) -> AppTest:
+    at.button[0].click()  # the form's submit button
+    return at.run()
+
+
+def test_runs_form_checks_the_dataset_before_starting(workspace, monkeypatch, tmp_path):
+    """cifar100 without its files was accepted, started, and failed in the background with an error naming CLI
+    flags; now the form says where it looked and which field to fill, and starts nothing."""
+    started = []
+    monkeypatch.setattr(sup, "start", lambda cfg, ws=None: started.append(cfg) or "r-test")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("PRUNEKIT_DATA", str(tmp_path / "data"))
+    at = _app("pages/1_Runs.py").run()
+    assert at.text_input(key="form_data_root").value == str(tmp_path / "data")  # defaults to $PRUNEKIT_DATA
+    assert "imagefolder: your own images (folder below)" in at.selectbox(key="form_dataset").options
+    at.selectbox(key="form_dataset").set_value("cifar100")
+    at = _submit(at)
+    assert not at.exception, at.exception
+    errors = " ".join(e.value for e in at.error)
+    assert "'cifar100' is not on this machine" in errors and "Data root" in errors and "--data-root" not in errors
+    assert not started
+    # the user's own images: imagefolder with the folder from its field, and the data root goes to the config
+    from PIL import Image
+
+    folder = tmp_path / "pets"
+    for cls in ("cat", "dog"):
+        (folder / cls).mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (12, 12), (40 * i, 100 if cls == "cat" else 200, 0)).save(folder / cls / f"{i}.png")
+    at.selectbox(key="form_dataset").set_value(sup.IMAGEFOLDER)
+    at = _submit(at)
+    assert any("imagefolder needs a folder" in e.value for e in at.error) and not started
+    at.text_input(key="form_image_folder").set_value(str(folder))
+    at.text_input(key="form_data_root").set_value(str(tmp_path / "elsewhere"))
+    at = _submit(at)
+    assert not at.exception, at.exception
+    assert [c.dataset for c in started] == [f"imagefolder:{folder}"]
+    assert started[0].data_root == str(tmp_path / "elsewhere")
+
+
+def test_runs_form_refuses_zero_epochs_with_a_message(workspace, monkeypatch):
+    started = []
+    monkeypatch.setattr(sup, "start", lambda cfg, ws=None: started.append(cfg) or "r-test")
+    at = _app("pages/1_Runs.py").run()
+    at.number_input(key="form_epochs").set_value(0)
+    at = _submit(at)
+    assert not at.exception, at.exception
+    assert any("epochs is 0" in e.value for e in at.error) and not started
+
+
+def test_resume_is_off_for_runs_that_cannot_resume(workspace, monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    store = RunStore(workspace)
+    ok = _fill_run(store, status="failed")
+    missing = store.create_run(RunConfig(model="resnet20", dataset="cifar100", method="dense").to_dict())
+    store.set_status(missing, "failed", error="dataset 'cifar100' not found")
+    done = _fill_run(store)
+    store.flush()
+    at = _app("pages/1_Runs.py").run()
+    for rid, off in ((ok, False), (missing, True), (done, True)):
+        at.selectbox(key="runs_select").set_value(rid).run()
+        assert not at.exception, at.exception
+        assert at.button(key="btn_resume").disabled is off, rid
+    at.selectbox(key="runs_select").set_value(missing).run()
+    assert "Cannot resume" in at.button(key="btn_resume").help and "not on this machine" in _texts(at)

@@ -124,3 +124,55 @@ def test_read_run_shows_one_error_and_stops_only_when_asked(tmp_path, stop):
         assert at.markdown[0].value == "after the error: None"
         assert len(at.get("plotly_chart")) == 2 and len(at.columns) == 2
         assert [c.value for c in at.caption] == ["reading c", "reading a"]
+
+
+# -- issue 20: the picker follows the run's status; no "None"/"nan" in labels and tables ---------------------
+def _watch_page(workspace: str) -> None:
+    import streamlit as st
+
+    from prunekit import app_support as sup
+
+    store = sup.cached_store(workspace)
+    runs = store.list_runs()
+    st.session_state["draws"] = st.session_state.get("draws", 0) + 1
+    if st.session_state["draws"] == 1:  # the first draw saw the run still training
+        runs = runs.assign(status="running")
+    sup.watch_statuses(store, runs)
+    labels = {r["id"]: sup.run_label(r) for _, r in runs.iterrows()}
+    st.selectbox("Run", list(runs["id"]), format_func=labels.get, key="w")
+
+
+def test_a_page_drawn_while_a_run_trained_redraws_when_it_ends(tmp_path):
+    """The picker said "running" after the run was done: the watcher reruns the page once the store's statuses
+    differ from the ones drawn, and only then."""
+    (rid,) = _runs(tmp_path, ["done"])
+    at = _run(_watch_page, tmp_path)
+    assert not at.exception, at.exception
+    assert at.session_state["draws"] == 2  # drawn with "running", the watcher saw "done" and reran the page
+    assert at.selectbox(key="w").options == [f"{rid} · n0 · done"]
+    at.run()
+    assert at.session_state["draws"] == 3  # nothing active any more: no watcher, no extra rerun
+
+
+def test_statuses_changed_sees_new_deleted_and_changed_runs():
+    import pandas as pd
+
+    shown = pd.DataFrame({"id": ["a", "b"], "status": ["running", "done"]})
+    assert not sup.statuses_changed(shown, shown.copy())
+    assert sup.statuses_changed(shown, shown.assign(status=["done", "done"]))
+    assert sup.statuses_changed(shown, shown.iloc[:1])
+    assert sup.statuses_changed(shown, pd.concat([shown, pd.DataFrame({"id": ["c"], "status": ["queued"]})]))
+
+
+def test_run_labels_and_display_tables_never_show_none_or_nan():
+    import math
+
+    import pandas as pd
+
+    label = sup.run_label(pd.Series({"id": "r1", "name": math.nan, "model": None, "dataset": "shapes",
+                                     "method": "crisp", "status": "done"}))
+    assert label == "r1 · — / shapes / crisp · done"
+    assert sup.run_label({"id": "r2", "name": "mine", "status": None}) == "r2 · mine · —"
+    table = sup.display_table(pd.DataFrame({"a": [None, 0.25], "b": [math.nan, 1234567], "c": ["x", pd.NA]}),
+                              {"a": ".0%"})
+    assert table.to_dict("list") == {"a": ["—", "25%"], "b": ["—", "1.235e+06"], "c": ["x", "—"]}

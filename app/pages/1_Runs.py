@@ -12,12 +12,11 @@ sup.settle_process()  # after the imports: Streamlit's per-run full GC then skip
 st.title("Runs")
 try:
     store = sup.cached_store(WS)
-    from prunekit.data import list_datasets
     from prunekit.methods import list_methods
     from prunekit.models import list_models
 
     models = list_models(include_torchvision=False)
-    datasets = [d for d in list_datasets() if not d.endswith("PATH")]
+    datasets = sup.form_datasets()
     methods = list_methods()
 except Exception as e:
     st.error(f"The app cannot start: {sup.describe_error(e)}")
@@ -62,15 +61,26 @@ with st.expander("Start a run", expanded=True):
     with st.form("start_run"):
         c1, c2, c3 = st.columns(3)
         model = c1.selectbox("Model", models, index=_index(models, sup.DEFAULT_MODEL), key="form_model")
-        dataset = c2.selectbox("Dataset", datasets, index=_index(datasets, sup.DEFAULT_DATASET), key="form_dataset",
-                               help="`shapes` is generated offline; the others need their files or a download.")
+        dataset = c2.selectbox(
+            "Dataset", datasets, index=_index(datasets, sup.DEFAULT_DATASET), key="form_dataset",
+            format_func=lambda d: "imagefolder: your own images (folder below)" if d == sup.IMAGEFOLDER else d,
+            help="`shapes` is generated offline; the others need their files under the data root. The dataset is "
+                 "checked when you press Start run.")
         name = c3.text_input("Name (optional)", key="form_name")
+        c1, c2 = st.columns(2)
+        data_root = c1.text_input(
+            "Data root", sup.default_data_root(), key="form_data_root",
+            help="A folder holding the dataset files (e.g. `cifar-10-batches-py/`). Starts at `$PRUNEKIT_DATA`; "
+                 "the run also looks in `$PRUNEKIT_DATA` and `~/.cache/prunekit/data`.")
+        image_folder = c2.text_input(
+            "Image folder (imagefolder only)", key="form_image_folder", placeholder="/path/to/images",
+            help="One sub-folder of images per class (or `train/` and `test/` with class sub-folders inside).")
         target = st.slider(
             "Target: fraction of the dense MACs to keep", 0.05, 1.0, sup.DEFAULT_TARGET, 0.05, key="form_target",
             disabled=tfield is None,
             help=f"Goes to the method option `{tfield}`." if tfield else "This method has no size target.")
         c1, c2, c3, c4 = st.columns(4)
-        epochs = c1.number_input("Epochs", 1, 1000, 3, key="form_epochs")
+        epochs = c1.number_input("Epochs", 0, 1000, 3, key="form_epochs")
         lr = c2.number_input("Learning rate", 1e-6, 10.0, 0.1, format="%g", key="form_lr")
         batch = c3.number_input("Batch size", 1, 4096, 128, key="form_batch")
         seed = c4.number_input("Seed", 0, 2**31 - 1, 0, key="form_seed")
@@ -92,11 +102,13 @@ with st.expander("Start a run", expanded=True):
         try:
             method_options = {s.name: sup.parse_option(s, opts[s.name]) for s in specs if s.name in opts}
             cfg = sup.build_run_config(
-                model=model, dataset=dataset, method=method, target=target if tfield else None,
-                method_options=method_options, name=name,
+                model=model, dataset=sup.dataset_name(dataset, image_folder), method=method,
+                target=target if tfield else None, method_options=method_options, name=name,
                 data_options={"num_samples": int(samples)} if samples and dataset.startswith("shapes") else {},
-                epochs=int(epochs), lr=float(lr), batch_size=int(batch), seed=int(seed),
+                data_root=data_root, epochs=int(epochs), lr=float(lr), batch_size=int(batch), seed=int(seed),
                 max_steps_per_epoch=int(max_steps) or None, log_every=int(log_every))
+            with st.spinner(f"Checking dataset {cfg.dataset}…"):
+                sup.check_dataset(cfg.dataset, cfg.data_root, cfg.data_options)
             st.session_state.run_id = sup.start(cfg, WS)
             st.success(f"Started run `{st.session_state.run_id}`.")
             st.page_link("pages/2_Live.py", label="Watch it live", icon="📈")
@@ -105,19 +117,21 @@ with st.expander("Start a run", expanded=True):
 
 
 # -- all runs ----------------------------------------------------------------------------------
-def runs_table() -> None:
+def all_runs_table() -> None:
     runs = store.list_runs()
     if runs.empty:
         st.info("No runs yet.")
         return
-    if any_active and not runs["status"].isin(sup.ACTIVE).any():
-        st.rerun()  # every run ended: redraw the buttons for the new statuses and stop refreshing
+    if any_active and sup.statuses_changed(all_runs, runs):
+        st.rerun()  # a run started, ended or was deleted: redraw the picker and buttons for the new statuses
     st.dataframe(
-        runs[["id", "name", "model", "dataset", "method", "status", "progress", "acc/test", "macs_ratio/hard", "error"]],
-        hide_index=True, key="runs_table",
+        sup.runs_table(store, runs), hide_index=True, key="runs_table",
         column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0),
-                       "acc/test": st.column_config.NumberColumn("test acc", format="%.3f"),
-                       "macs_ratio/hard": st.column_config.NumberColumn("MACs kept", format="%.2f")})
+                       "acc/test": st.column_config.TextColumn("test acc"),
+                       "macs_ratio/hard": st.column_config.TextColumn("MACs kept"),
+                       "warnings": st.column_config.TextColumn(
+                           "warnings", help="What not to take at face value: accuracy near chance, or the "
+                                            "method's own rule far from its target. Select the run for advice.")})
 
 
 st.subheader("All runs")
@@ -127,17 +141,23 @@ except Exception as e:
     st.error(f"Cannot read the run store: {sup.describe_error(e)}")
     st.stop()
 any_active = all_runs["status"].isin(sup.ACTIVE).any() if not all_runs.empty else False
-st.fragment(run_every=sup.LIVE_EVERY_S if any_active else None)(runs_table)()
+st.fragment(run_every=sup.LIVE_EVERY_S if any_active else None)(all_runs_table)()
 
 if not all_runs.empty:
     sel = sup.select_run(all_runs, key="runs_select")
     status = all_runs.set_index("id").loc[sel, "status"]
+    try:
+        blocker = sup.resume_blocker(store, sel)
+    except Exception as e:
+        blocker = sup.describe_error(e)
     c1, c2, c3, c4 = st.columns([1, 1, 1, 2])
     try:
         if c1.button("Stop", disabled=status not in sup.ACTIVE, key="btn_stop"):
             sup.stop(sel, WS)
             st.toast(f"Asked {sel} to stop after its current step.")
-        if c2.button("Resume", disabled=status not in ("stopped", "interrupted", "failed"), key="btn_resume"):
+        if c2.button("Resume", disabled=blocker is not None, key="btn_resume",
+                     help=f"Cannot resume: {blocker}." if blocker else "Continue from its latest checkpoint "
+                          "(from the start if it has none)."):
             sup.resume(sel, WS)
             st.toast(f"Resumed {sel}.")
             st.rerun()
@@ -149,5 +169,12 @@ if not all_runs.empty:
     except Exception as e:
         st.error(f"That did not work: {sup.describe_error(e)}")
     err = all_runs.set_index("id").loc[sel, "error"]
-    if status == "failed" and err:
+    if status == "failed" and not sup.missing(err):
         st.error(f"Run {sel} failed: {err}")
+    if status == "failed" and blocker is not None:
+        st.caption(f"Resume is off: {blocker}.")
+    try:
+        for w in sup.run_warnings_of(store.get_run(sel)):
+            st.warning(f"Run {sel}: {w}.", icon="⚠️")
+    except Exception as e:
+        st.error(f"Cannot read run {sel}: {sup.describe_error(e)}")

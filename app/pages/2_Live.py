@@ -40,6 +40,8 @@ def header() -> None:
         st.error(f"The run failed: {info.error}")
     elif info.status in ("stopped", "interrupted"):
         st.warning(f"The run is {info.status}; resume it on the Runs page.")
+    for w in sup.run_warnings_of(info):  # a run can end "done" having learned nothing: say so, with what to change
+        st.warning(f"{w}.", icon="⚠️")
     if active and info.status not in sup.ACTIVE:
         st.rerun()  # the run ended: draw the final state once and stop refreshing
 

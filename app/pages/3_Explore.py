@@ -20,6 +20,7 @@ st.session_state.setdefault("what_if", {})
 if runs.empty:
     st.info("No runs yet: start a few at different targets on the Runs page, then compare them here.")
     st.stop()
+sup.watch_statuses(store, runs)  # a run that ends while this page is open: its label and points follow
 
 
 # -- trade-off across runs ----------------------------------------------------------------------

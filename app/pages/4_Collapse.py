@@ -47,8 +47,8 @@ if not results:
     st.stop()
 result = results[-1]
 st.subheader(f"Original (masked) vs slim (removed) · step {result.get('step', '?')}")
-st.dataframe(viz.comparison_table(result), hide_index=True, key="co_table",
-             column_config={"slim / original": st.column_config.NumberColumn(format="%.3f")})
+st.dataframe(sup.display_table(viz.comparison_table(result), {"slim / original": ".3f"}), hide_index=True,
+             key="co_table")
 st.caption(viz.explain_comparison(result))
 widths = sup.widths_frame(result)
 st.plotly_chart(viz.width_figure(widths), key="co_widths")

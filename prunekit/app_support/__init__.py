@@ -7,14 +7,18 @@ wrappers and the page preamble), so ``prunekit bench app`` and tests import this
 Which module holds what:
 
 - ``_runs``: run store actions: :func:`open_store`, :func:`cached_store`, :func:`start`, :func:`stop`,
-  :func:`resume`, :func:`pick_run`, :func:`find_default_run`, :func:`run_label`, :func:`describe_error`
-  (an exception as one line for the user) and :data:`ACTIVE`.
+  :func:`resume`, :func:`resume_blocker` (why Resume is disabled), :func:`pick_run`, :func:`find_default_run`,
+  :func:`run_label`, :func:`run_warnings_of` (a finished run's warnings), :func:`runs_table`,
+  :func:`display_table` (tables as text, never "None"/"nan"), :func:`describe_error` (an exception as one line
+  for the user), :data:`ACTIVE`, :data:`RESUMABLE` and :data:`MISSING`.
 - ``_page``: the preamble the pages share: :func:`open_store_or_stop` (the store, or an error and
   ``st.stop()``), :func:`select_run` (the run select box, remembered in ``st.session_state.run_id``),
-  :func:`page_run_picker` (both, with a message when there are no runs), :func:`read_run` (the page's
+  :func:`page_run_picker` (both, with a message when there are no runs), :func:`watch_statuses` (rerun the
+  page when a run's status changes; :func:`statuses_changed`), :func:`read_run` (the page's
   "Cannot read run" error) and :func:`show_figures` (figures with their readings, in columns).
 - ``_form``: the run-config form: :class:`FieldSpec`, :func:`method_fields`, :func:`target_field`,
-  :func:`parse_option`, :func:`option_text`, :func:`build_run_config`, :func:`default_config` and the
+  :func:`parse_option`, :func:`option_text`, :func:`build_run_config`, :func:`default_config`, the data fields
+  (:func:`form_datasets`, :func:`dataset_name`, :func:`default_data_root`, :func:`check_dataset`) and the
   default experiment (``DEFAULT_MODEL``, ``DEFAULT_DATASET``, ``DEFAULT_METHOD``, ``DEFAULT_TARGET``).
 - ``_loaded``: a run rebuilt from a checkpoint and what the pages do with it: :class:`LoadedRun`,
   :func:`load_run`, :func:`cached_run`, :func:`find_gated`, :func:`what_if`, :func:`collapse_and_compare`,
@@ -36,9 +40,14 @@ from prunekit.app_support._form import (
     DEFAULT_METHOD,
     DEFAULT_MODEL,
     DEFAULT_TARGET,
+    IMAGEFOLDER,
     FieldSpec,
     build_run_config,
+    check_dataset,
+    dataset_name,
     default_config,
+    default_data_root,
+    form_datasets,
     method_fields,
     method_help,
     option_text,
@@ -80,6 +89,8 @@ from prunekit.app_support._page import (
     read_run,
     select_run,
     show_figures,
+    statuses_changed,
+    watch_statuses,
 )
 from prunekit.app_support._process import (
     APP_THREADS,
@@ -93,13 +104,20 @@ from prunekit.app_support._process import (
 )
 from prunekit.app_support._runs import (
     ACTIVE,
+    MISSING,
+    RESUMABLE,
     cached_store,
     describe_error,
+    display_table,
     find_default_run,
+    missing,
     open_store,
     pick_run,
     resume,
+    resume_blocker,
     run_label,
+    run_warnings_of,
+    runs_table,
     start,
     stop,
 )
@@ -109,13 +127,15 @@ from prunekit.train.config import RunConfig, TrainConfig
 
 __all__ = [
     # _runs
-    "ACTIVE", "cached_store", "describe_error", "find_default_run", "open_store", "pick_run", "resume",
-    "run_label", "start", "stop",
+    "ACTIVE", "MISSING", "RESUMABLE", "cached_store", "describe_error", "display_table", "find_default_run",
+    "missing", "open_store", "pick_run", "resume", "resume_blocker", "run_label", "run_warnings_of", "runs_table",
+    "start", "stop",
     # _page
     "NO_RUNS", "RUN_KEY", "open_store_or_stop", "page_run_picker", "read_run", "select_run", "show_figures",
+    "statuses_changed", "watch_statuses",
     # _form
-    "DEFAULT_DATASET", "DEFAULT_METHOD", "DEFAULT_MODEL", "DEFAULT_TARGET", "FieldSpec", "build_run_config",
-    "default_config", "method_fields", "method_help", "run_target", "option_text", "own_threshold", "parse_option", "target_field",
+    "DEFAULT_DATASET", "DEFAULT_METHOD", "DEFAULT_MODEL", "DEFAULT_TARGET", "IMAGEFOLDER", "FieldSpec",
+    "build_run_config", "check_dataset", "dataset_name", "default_config", "default_data_root", "form_datasets", "method_fields", "method_help", "run_target", "option_text", "own_threshold", "parse_option", "target_field",
     # _loaded
     "LoadedRun", "cached_run", "collapse_and_compare", "find_gated", "jsonable", "load_run", "what_if",
     "widths_frame", "zip_files",

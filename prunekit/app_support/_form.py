@@ -5,9 +5,11 @@ back to a RunConfig. Everything the form knows about a method comes from the met
 from __future__ import annotations
 
 import json
+import os
+import re
 from typing import Any
 
-from prunekit.errors import ConfigError
+from prunekit.errors import ConfigError, DataNotFoundError
 from prunekit.methods import OptionSpec, create_method, list_methods, method_class
 from prunekit.train.config import RunConfig, TrainConfig
 
@@ -15,6 +17,63 @@ from prunekit.train.config import RunConfig, TrainConfig
 DEFAULT_MODEL, DEFAULT_DATASET, DEFAULT_METHOD, DEFAULT_TARGET = "resnet20", "shapes", "crisp", 0.5
 
 FieldSpec = OptionSpec  # the form's name for one option (kept for the app pages and notebooks)
+
+# The dataset choice for the user's own images; the form asks for the folder beside it.
+IMAGEFOLDER = "imagefolder:PATH"
+
+
+def form_datasets() -> list[str]:
+    """The datasets the form offers: every registered one, ``imagefolder:PATH`` last (its folder is a field)."""
+    from prunekit.data import list_datasets
+
+    names = list_datasets()
+    return [n for n in names if n != IMAGEFOLDER] + [IMAGEFOLDER]
+
+
+def default_data_root() -> str:
+    """What the Data root field starts with: the first folder of ``$PRUNEKIT_DATA`` (empty if unset)."""
+    return next((p for p in os.environ.get("PRUNEKIT_DATA", "").split(os.pathsep) if p), "")
+
+
+def dataset_name(choice: str, folder: str | None) -> str:
+    """The dataset name a run gets: ``imagefolder:<folder>`` for :data:`IMAGEFOLDER`, else ``choice``."""
+    if choice != IMAGEFOLDER:
+        return choice
+    folder = (folder or "").strip()
+    if not folder:
+        raise ConfigError("imagefolder needs a folder: enter the folder that holds one sub-folder of images per class")
+    return "imagefolder:" + folder
+
+
+def check_dataset(name: str, root: str | None = None, options: dict[str, Any] | None = None) -> Any:
+    """Check that a run could read ``name`` on this machine before starting it; returns its ``DataInfo``.
+
+    Reads the test split without downloading (cached in-process by ``prunekit.data``), so a dataset whose files
+    are missing is refused in the form instead of failing in the background with an error that names CLI flags.
+
+    Raises:
+        ConfigError: unknown dataset or option, a bad imagefolder (in words a user of the form understands).
+    """
+    from prunekit.data import create_dataset, dataset_info
+
+    options = dict(options or {})
+    try:
+        info = dataset_info(name, root, **options)
+        create_dataset(name, "test", root, download=False, **options)
+    except DataNotFoundError as e:
+        raise ConfigError(_for_the_form(name, str(e))) from e
+    return info
+
+
+def _for_the_form(name: str, message: str) -> str:
+    """prunekit.data's not-found message (written for the CLI) in the form's words."""
+    looked = re.search(r"Looked in: (.*?)\. ", message)
+    how = re.search(r"To get it: (.*?); or point", message)
+    if not (looked and how):  # an imagefolder problem or a message we do not know: keep it, name the field
+        return message.replace("--data-root", "the Data root field")
+    return (f"dataset {name!r} is not on this machine (looked in {looked.group(1)}). Enter the folder that holds its "
+            f"files as Data root (or set $PRUNEKIT_DATA before starting the app); the app does not download "
+            f"datasets. To get it: {how.group(1)}.")
 
 
 def method_fields(method: str) -> list[OptionSpec]:
@@ -72,20 +131,29 @@ def build_run_config(
     target: float | None = DEFAULT_TARGET,
     method_options: dict[str, Any] | None = None,
     data_options: dict[str, Any] | None = None,
+    data_root: str | None = None,
     name: str | None = None,
     **train: Any,
 ) -> RunConfig:
     """A validated RunConfig from the form; ``target`` goes to the method's target option when it has one.
 
     Options equal to the method's defaults are dropped so the stored config shows only what the user changed.
+    A ``data_root`` equal to :func:`default_data_root` is dropped too (the run searches ``$PRUNEKIT_DATA`` anyway).
+
+    Raises:
+        ConfigError: an option out of range, or zero epochs (the run would end at once having trained nothing).
     """
+    if train.get("epochs") == 0:
+        raise ConfigError("epochs is 0: the run would end at once without training anything; set 1 or more")
     specs = {s.name: s for s in method_fields(method)}
     opts = {k: v for k, v in (method_options or {}).items() if k in specs and v != specs[k].default}
     if target is not None:
         opts.update(method_class(method).target_options(float(target)))
     create_method(method, **opts)  # validates option values now rather than in the background process
+    root = (data_root or "").strip() or None
     return RunConfig(model=model, dataset=dataset, method=method, method_options=opts, train=TrainConfig(**train),
-                     data_options=dict(data_options or {}), name=name or None)
+                     data_options=dict(data_options or {}), name=name or None,
+                     data_root=None if root == (default_data_root() or None) else root)
 
 
 def default_config(**train: Any) -> RunConfig:

@@ -13,8 +13,9 @@ from typing import Any
 
 import pandas as pd
 
+from prunekit.app_support._form import own_threshold
 from prunekit.app_support._process import cached_figure, st_cached
-from prunekit.app_support._runs import cached_store
+from prunekit.app_support._runs import ACTIVE, cached_store
 
 # Live views refresh this often while a run trains (issue 8: ~1-2 s). A refresh that finds no new rows costs a
 # few ms (cached figures); runs flush their metrics every 2 s, so charts are rebuilt at most that often.
@@ -113,14 +114,21 @@ TREND_NAMES = ("confidence", "diversity", "entropy", "flip_rate")
 
 
 def gate_figures(store: Any, snap: LiveSnapshot) -> dict[str, tuple[Any, str]]:
-    """``{"violin": ..., "heat": ...}`` (figure, reading) of the gates at the latest logged step."""
+    """``{"violin": ..., "heat": ...}`` (figure, reading) of the gates at the latest logged step.
+
+    The readings count channels at the run's own keep threshold (``own_threshold``; 0.5 for methods without
+    one) and, once the run has ended, say that its rule decided every gate rather than "x % still undecided".
+    """
     from prunekit import viz
 
     last = store.layer_metrics(snap.run_id, names=list(GATE_NAMES), step="last")
-    key = ("gates", snap.run_id, snap.life, frame_version(last))
+    own = own_threshold(snap.info.config or {})
+    threshold = 0.5 if own is None else float(own)
+    finished = snap.info.status not in ACTIVE
+    key = ("gates", snap.run_id, snap.life, threshold, frame_version(last))
     return cached_figure(key, lambda: {
-        "violin": (viz.gate_distribution_figure(last), viz.explain_gate_distribution(last)),
-        "heat": (viz.gate_heatmap_figure(last), viz.explain_gate_heatmap(last)),
+        "violin": (viz.gate_distribution_figure(last), viz.explain_gate_distribution(last, threshold, finished)),
+        "heat": (viz.gate_heatmap_figure(last), viz.explain_gate_heatmap(last, threshold)),
     })
 
 

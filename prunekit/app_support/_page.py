@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 
-from prunekit.app_support._runs import cached_store, describe_error, pick_run, run_label
+from prunekit.app_support._runs import ACTIVE, cached_store, describe_error, pick_run, run_label
 
 # The session-state key holding the run every page opens on.
 RUN_KEY = "run_id"
@@ -91,7 +91,40 @@ def page_run_picker(
     if runs.empty:
         st.info(empty)
         st.stop()
+    watch_statuses(store, runs)
     return store, runs, select_run(runs, key=key)
+
+
+def statuses_changed(shown: pd.DataFrame, now: pd.DataFrame) -> bool:
+    """Whether the runs a page drew (``shown``) differ from the store's (``now``) in a way its widgets show:
+    a run added, deleted, or with another status (the run picker's label, the Resume/Stop buttons)."""
+    if shown is None or now is None:
+        return shown is not now
+    return dict(zip(shown["id"], shown["status"])) != dict(zip(now["id"], now["status"]))
+
+
+def watch_statuses(store: Any, runs: pd.DataFrame) -> None:
+    """While a run of ``runs`` is queued or running, poll the store every ``LIVE_EVERY_S`` and rerun the page
+    when a status changes: a picker drawn while a run trained must not say "running" after it is done.
+
+    Costs one ``list_runs`` per refresh, only while something is active; a page without active runs polls nothing.
+    """
+    import streamlit as st
+
+    from prunekit.app_support._live import LIVE_EVERY_S
+
+    if runs is None or runs.empty or not runs["status"].isin(ACTIVE).any():
+        return
+
+    def check() -> None:
+        try:
+            now = store.list_runs()
+        except Exception:  # noqa: BLE001 - the page's own reads report store errors; the watcher stays quiet
+            return
+        if statuses_changed(runs, now):
+            st.rerun()
+
+    st.fragment(run_every=LIVE_EVERY_S)(check)()
 
 
 def read_run(run_id: str, read: Callable[[], T], *, stop: bool = False) -> T | None:
