@@ -287,3 +287,89 @@ def test_a_run_that_learned_nothing_or_missed_its_own_target_says_so():
     rows = dict((k, v) for k, v in summary_rows(r, None) if k != "warning")
     warnings = [v for k, v in summary_rows(r, None) if k == "warning"]
     assert rows["status"].startswith("completed") and len(warnings) == 2
+
+
+# -- the command answers at once (issue 20 item 11): nothing heavy before it is needed ------------------------------
+HEAVY = ("torch", "torchvision", "pandas", "numpy", "plotly", "streamlit", "ipywidgets")
+_PROBE = ("import json, sys\nfrom prunekit.cli import main\nrc = main(sys.argv[1:])\n"
+          "print('PROBE ' + json.dumps([rc, sorted({m.split('.')[0] for m in sys.modules} & set(json.loads(%r)))]))")
+
+
+@pytest.mark.parametrize("argv, rc", [
+    (["--help"], 0), (["--version"], 0), (["eval", "--help"], 0),
+    (["collapse", "--help"], 0), (["list", "--help"], 0), (["runs", "list", "--help"], 0), (["bench", "--help"], 0),
+    (["nonsense"], 2), (["eval"], 2), (["list", "things"], 2), (["bench", "nosuch"], 2),
+    (["train", "--model", "nosuch"], 2), (["train", "--dataset", "shapez"], 2), (["train", "--method", "nope"], 2),
+    (["train", "--epochs", "abc"], 2), (["train", "--method-opt", "foo"], 2), (["sweep", "--model", "resnet21"], 2),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_help_and_argument_errors_import_no_heavy_library(argv, rc):
+    """Checked on sys.modules in a fresh interpreter, not on the clock (`prunekit bench cli` times them). Not covered:
+    `train --help` and an unknown flag of train/sweep, which need the method-option flags, generated from the
+    methods' Configs in modules that import torch."""
+    proc = subprocess.run([sys.executable, "-c", _PROBE % json.dumps(HEAVY), *argv], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    probe = [line for line in proc.stdout.splitlines() if line.startswith("PROBE ")]
+    assert probe, proc.stdout + proc.stderr
+    got_rc, heavy = json.loads(probe[-1][len("PROBE "):])
+    assert got_rc == rc, proc.stderr
+    assert heavy == [], f"prunekit {' '.join(argv)} imported {heavy} before answering"
+    if rc == 2:
+        assert proc.stderr.startswith("prunekit: error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_light_names_are_the_registries_names(monkeypatch):
+    """The names the CLI checks before importing torch (read from the source) are exactly the registries'."""
+    from prunekit.cli import _names
+    from prunekit.data import list_datasets
+    from prunekit.models import list_models
+
+    monkeypatch.setattr(_names, "_registered", lambda kind: [])  # the source alone, as in a fresh `prunekit`
+    assert _names.known_names("model") == sorted([*list_models(include_torchvision=False), "tv:NAME"])
+    assert _names.known_names("dataset") == sorted(list_datasets())
+    assert _names.known_names("method") == sorted(list_methods())
+    _names.check_name("model", "tv:resnet18")  # torchvision names are checked when the model is built
+    _names.check_name("dataset", "imagefolder:/some/where")
+    with pytest.raises(ConfigError, match="unknown method 'crips'; did you mean crisp"):
+        _names.check_name("method", "crips")
+
+
+def test_train_help_still_lists_the_generated_method_flags_with_defaults(capsys):
+    assert main(["train", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "method options" in text and "--target-macs" in text and "--threshold" in text
+    assert "--epochs EPOCHS" in text and "training epochs (default: " in text
+    assert "{" in text.split("--optimizer", 1)[1].split("\n", 1)[0]  # its choices, added with the defaults
+
+
+@pytest.mark.slow  # two tiny trainings' worth: ~6 s idle
+def test_collapse_a_run_folder_reports_the_run_it_collapsed(tmp_path: Path, capsys):
+    """`prunekit collapse` loads the run with pk.load_run: the gated model is the one the run reported on (same
+    test accuracy, same hard MACs), and the slim one computes the same outputs."""
+    out = tmp_path / "run"
+    rc = main(["train", *TINY, "--epochs", "2", "--method", "crisp", "--target-macs", "0.5", "--out", str(out), "--json"])
+    assert rc == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert main(["collapse", str(out), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["status"] == "completed" and r["max_diff"] < 1e-4
+    assert r["acc/test"]["before"] == trained["metrics"]["acc/test"]
+    assert abs(r["acc/test"]["after"] - r["acc/test"]["before"]) <= 1 / 32  # at most one of the 32 test images
+    assert r["macs"]["after"] == pytest.approx(trained["macs"], rel=1e-6)
+    assert Path(r["saved"]) == out / "slim.pt" and (out / "slim.pt").is_file()
+
+
+@pytest.mark.slow  # three fresh interpreters import torch for `list models`: ~5 s idle
+def test_bench_cli_times_the_cases_and_says_what_they_imported(tmp_path: Path, monkeypatch):
+    from prunekit.bench import cli as bench_cli
+
+    monkeypatch.setattr(bench_cli, "CASES", {"--help": (("--help",), True), "list things": (("list", "things"), True),
+                                             "list models": (("list", "models"), False)})
+    r = bench_cli.bench_cli(tmp_path, repeats=1)
+    saved = json.loads((tmp_path / "cli.json").read_text())
+    assert saved["results"].keys() == {"--help", "list things", "list models"}
+    res = saved["results"]
+    assert res["--help"]["exit"] == 0 and res["list things"]["exit"] == 2 and res["list models"]["exit"] == 0
+    assert res["--help"]["imports"] == [] and res["list things"]["imports"] == []
+    assert "torch" in res["list models"]["imports"]  # listing models builds the registry: the column can tell
+    assert res["list models"]["meets_target"] is None and isinstance(res["--help"]["meets_target"], bool)
+    assert "| prunekit --help |" in r["markdown"] and (tmp_path / "cli.md").read_text() == r["markdown"]

@@ -14,8 +14,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from prunekit.errors import ConfigError
 
 # suite -> (module, function, one-line description)
@@ -30,6 +28,7 @@ SUITES: dict[str, tuple[str, str, str]] = {
     "app": ("prunekit.bench.app", "bench_app", "app latency in a real browser and training throughput with the app open"),
     "pareto": ("prunekit.bench.pareto", "bench_pareto", "accuracy vs MACs vs latency of every method and Torch-Pruning at fixed budgets"),
     "latency": ("prunekit.bench.pareto", "bench_latency", "CPU latency vs MACs of the pareto slim networks against Torch-Pruning's"),
+    "cli": ("prunekit.bench.cli", "bench_cli", "wall time of prunekit --help and of argument errors in a fresh interpreter"),
 }
 
 
@@ -80,6 +79,8 @@ def error_reason(e: BaseException, limit: int = 200) -> str:
 def machine() -> dict[str, Any]:
     """What the numbers were measured on (goes into every JSON)."""
     import os
+
+    import torch  # here, not at the top: `prunekit bench --help` lists SUITES without importing torch
 
     return {
         "date": time.strftime("%Y-%m-%d %H:%M"),

@@ -1,6 +1,7 @@
-"""Pieces the subcommands share: the parser class, option parsing, the progress bar and tables.
+"""Pieces the subcommands share: the parser class, option parsing and tables.
 
-The CLI is the one place that writes to the terminal; library code only logs.
+The CLI is the one place that writes to the terminal; library code only logs. This module imports no heavy
+library (torch, pandas): ``prunekit --help`` and argument errors must answer before any is imported.
 """
 
 from __future__ import annotations
@@ -15,13 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prunekit.augment import GatedModel
-from prunekit.cost import count_macs, relaxed_macs
 from prunekit.errors import ConfigError
-from prunekit.train.callbacks import Callback
 
 logger = logging.getLogger(__name__)
-
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -32,6 +29,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "default" in text:
             return text
         return super()._get_help_string(action)
+
 
 DATA_ENV = "PRUNEKIT_DATA"
 
@@ -119,6 +117,9 @@ def human(n: float) -> str:
 def model_macs(model: Any, example_input: Any) -> float | None:
     """MACs of one sample: of the network collapse would give for a gated model (its hard masks), else of
     ``model`` itself (``prunekit.cost``); None when they cannot be counted."""
+    from prunekit.augment import GatedModel
+    from prunekit.cost import count_macs, relaxed_macs
+
     try:
         if isinstance(model, GatedModel):
             return float(relaxed_macs(model, "hard"))
@@ -133,50 +134,3 @@ def to_json(obj: dict[str, Any]) -> str:
     from torch import nn
 
     return json.dumps({k: v for k, v in obj.items() if not isinstance(v, nn.Module)}, indent=2, default=str)
-
-
-class ProgressBar(Callback):
-    """A tqdm bar over all training steps on stderr, showing loss, train accuracy and the last val metric."""
-
-    def __init__(self, disable: bool = False) -> None:
-        self.disable = disable
-        self.bar: Any = None
-        self._shown = 0
-        self._postfix: dict[str, str] = {}
-
-    def on_train_start(self, trainer: Any) -> None:
-        from tqdm.auto import tqdm
-
-        total = trainer.steps_per_epoch * trainer.config.epochs or None
-        self.bar = tqdm(total=total, initial=trainer.step, unit="step", dynamic_ncols=True, disable=self.disable,
-                        file=sys.stderr, desc="train")
-        self._shown = trainer.step
-
-    def _advance(self, trainer: Any) -> None:
-        if self.bar is not None:
-            self.bar.update(trainer.step - self._shown)
-            self._shown = trainer.step
-
-    def on_step_end(self, trainer: Any, logs: dict[str, float]) -> None:
-        if "loss" in logs:
-            self._postfix["loss"] = f"{logs['loss']:.3f}"
-        if "acc/train" in logs:
-            self._postfix["acc"] = f"{logs['acc/train']:.3f}"
-        self._advance(trainer)
-        if self.bar is not None:
-            self.bar.set_postfix(self._postfix, refresh=False)
-
-    def on_epoch_end(self, trainer: Any, logs: dict[str, float]) -> None:
-        self._advance(trainer)
-        for key in ("acc/val", "miou/val"):
-            if key in logs:
-                self._postfix[key.replace("/", "_")] = f"{logs[key]:.3f}"
-        if self.bar is not None:
-            self.bar.set_description(f"epoch {logs.get('epoch', trainer.epoch)}/{trainer.config.epochs}")
-            self.bar.set_postfix(self._postfix)
-
-    def on_train_end(self, trainer: Any, result: dict[str, Any]) -> None:
-        if self.bar is not None:
-            self._advance(trainer)
-            self.bar.close()
-            self.bar = None

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prunekit.bench import SUITES, run_suite
+from prunekit.bench import SUITES, run_suite  # no torch at import: the suites' modules are imported when run
 from prunekit.cli._common import HelpFormatter, out
 from prunekit.errors import ConfigError
 

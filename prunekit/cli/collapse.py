@@ -1,9 +1,9 @@
-"""``prunekit collapse RUN_DIR|CHECKPOINT``: turn a trained gated run into a slim dense network.
+"""``prunekit collapse RUN``: turn a trained gated run into a slim dense network.
 
-Rebuilds the run's experiment from the checkpoint (as ``prunekit eval`` does), restores the weights and
-the method's state, lets the method fix its final masks (``finalize``; idempotent), optionally prunes
-further at ``--threshold``, collapses exactly (``prunekit.collapse`` checks the outputs) and prints
-params, MACs, latency and accuracy before (the hard-gated network) and after (the slim one).
+Loads the run (``prunekit.load_run``: a run folder, its checkpoint or a run id), lets the method fix its final
+masks (a completed run's already are, exactly as the run finished; an unfinished run's are fixed now),
+optionally prunes further at ``--threshold``, collapses exactly (``prunekit.collapse`` checks the outputs) and
+prints params, MACs, latency and accuracy before (the hard-gated network) and after (the slim one).
 """
 
 from __future__ import annotations
@@ -13,85 +13,64 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prunekit.augment import GatedModel
 from prunekit.cli._common import add_data_root_arg, add_parser, data_root, human, out, to_json
-from prunekit.collapse import collapse
-from prunekit.cost import count_macs, count_params
-from prunekit.errors import CheckpointError, ConfigError
-from prunekit.io import save_slim
-from prunekit.latency import measure_latency
-from prunekit.train.checkpoint import check_state_dict, read_checkpoint
-from prunekit.train.config import RunConfig
-from prunekit.train.evaluate import evaluate
-from prunekit.train.experiment import build_experiment
-from prunekit.train.loop import CHECKPOINT_NAME
+from prunekit.cli.runs import add_workspace_arg
+from prunekit.errors import ConfigError
 
 
 def register(subparsers: Any) -> None:
     p = add_parser(subparsers, "collapse", "collapse a trained gated run into a slim network",
-                   "Load the checkpoint written by 'prunekit train --out DIR' (DIR or DIR/last.pt), fix the "
-                   "method's final masks, collapse exactly and compare before/after; saves the slim model.")
-    p.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT", help="a run folder (with last.pt) or a checkpoint file")
+                   "Load a run (the folder or checkpoint written by 'prunekit train --out DIR', or a run id of the run "
+                   "store), fix the method's final masks, collapse exactly and compare before/after; saves the slim "
+                   "model.")
+    p.add_argument("source", metavar="RUN", help="a run folder (with last.pt), a checkpoint file or a run id")
     p.add_argument("--out", default=None, metavar="FILE",
                    help="where to save the slim model (.pt or .safetensors; default: slim.pt beside the checkpoint)")
     p.add_argument("--threshold", type=float, default=None,
                    help="also remove structures whose gate value is <= this, after the method's own final masks")
     p.add_argument("--split", choices=("test", "val"), default="test", help="split for the accuracy columns")
-    p.add_argument("--no-eval", action="store_true", help="skip the accuracy columns (no data loaded)")
+    p.add_argument("--no-eval", action="store_true", help="skip the accuracy columns")
     p.add_argument("--no-save", action="store_true", help="do not write the slim model")
     add_data_root_arg(p)
+    add_workspace_arg(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     p.set_defaults(func=run)
 
 
-def _resolve(source: str) -> Path:
-    path = Path(source)
-    if path.is_dir():
-        path = path / CHECKPOINT_NAME
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {str(path)!r} (pass a run folder written by 'prunekit train --out')")
-    return path
-
-
 def _latency_ms(model: Any, x: Any) -> float:
+    from prunekit.latency import measure_latency
+
     return float(measure_latency(model, x[:1], batch_sizes=(32,), device="cpu", warmup=2, repeats=5)[32])
 
 
 def collapse_checkpoint(source: str, threshold: float | None = None, evaluate_split: str | None = "test",
-                        root: str | None = None) -> dict[str, Any]:
+                        root: str | None = None, workspace: str | None = None) -> dict[str, Any]:
     """Load, finalise, collapse and measure a run; returns the numbers and the slim model (key ``slim``)."""
     import torch
 
+    from prunekit.collapse import collapse
+    from prunekit.cost import count_macs, count_params
+    from prunekit.train.evaluate import evaluate
+    from prunekit.train.load import load_run
+
     if threshold is not None and not 0 < threshold < 1:
         raise ConfigError(f"--threshold must be in (0, 1), got {threshold}")
-    path = _resolve(source)
-    ckpt = read_checkpoint(path)
-    cfg_dict = ckpt.get("config") or {}
-    if "model" not in cfg_dict:
-        raise CheckpointError(f"checkpoint {str(path)!r} holds no run config; it was not written by 'prunekit train'")
-    cfg = RunConfig.from_dict(cfg_dict)
-    cfg = cfg.replace(train=cfg.train.__class__(**{**cfg.train.__dict__, "device": "cpu"}),
-                      data_root=root or cfg.data_root)
-    exp = build_experiment(cfg)
-    gated = exp.model
-    if not isinstance(gated, GatedModel):
+    loaded = load_run(source, workspace, data_root=root)
+    cfg = loaded.config
+    if loaded.gated is None:
         raise ConfigError(f"the run's method {cfg.method!r} adds no gates: there is nothing to collapse")
-    check_state_dict(gated, ckpt["model"], source=f"checkpoint {str(path)!r}")
-    gated.load_state_dict(ckpt["model"])
-    exp.method.load_state_dict(ckpt.get("method_state") or {})
-    status = (ckpt.get("extra") or {}).get("status")
-    gated = exp.method.finalize(gated)
+    gated = loaded.finalize()
     if threshold is not None:
         gated.prune_(threshold)
     gated.eval()
-    x = exp.example_input[:1]
+    x = loaded.example_input[:1]
     t0 = time.perf_counter()
     slim = collapse(gated)
     seconds = time.perf_counter() - t0
     base = gated.model
     result: dict[str, Any] = {
-        "checkpoint": str(path), "model": cfg.model, "dataset": cfg.dataset, "method": cfg.method, "status": status,
-        "groups": len(gated.groups),
+        "checkpoint": str(loaded.checkpoint), "model": cfg.model, "dataset": cfg.dataset, "method": cfg.method,
+        "status": loaded.status, "groups": len(gated.groups),
         "kept": int(sum(int(h.hard_mask().sum()) for h in gated.groups)),
         "structures": int(sum(h.size for h in gated.groups)),
         "params": {"before": count_params(base), "after": count_params(slim)},
@@ -101,11 +80,11 @@ def collapse_checkpoint(source: str, threshold: float | None = None, evaluate_sp
         "removed_layers": slim.pk_collapse["removed"],
     }
     if evaluate_split is not None:
-        loader = exp.loaders.test if evaluate_split == "test" else exp.loaders.val
-        key = "acc" if exp.task == "classification" else "miou"
+        loader = loaded.loaders.test if evaluate_split == "test" else loaded.loaders.val
+        key = "acc" if loaded.task == "classification" else "miou"
         with torch.no_grad():
-            before = evaluate(gated, loader, exp.task, "cpu")[key]
-            after = evaluate(slim, loader, exp.task, "cpu")[key]
+            before = evaluate(gated, loader, loaded.task, "cpu")[key]
+            after = evaluate(slim, loader, loaded.task, "cpu")[key]
         result[f"{key}/{evaluate_split}"] = {"before": before, "after": after}
     result["slim"] = slim
     return result
@@ -125,11 +104,12 @@ def _rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def run(args: argparse.Namespace) -> int:
     r = collapse_checkpoint(args.source, args.threshold, None if args.no_eval else args.split,
-                            data_root(args.data_root))
+                            data_root(args.data_root), args.workspace)
     slim = r.pop("slim")
     if not args.no_save:
-        target = Path(args.out) if args.out else Path(r["checkpoint"]).parent / "slim.pt"
+        from prunekit.io import save_slim
 
+        target = Path(args.out) if args.out else Path(r["checkpoint"]).parent / "slim.pt"
         save_slim(slim, target)
         r["saved"] = str(target)
     if args.json:

@@ -14,8 +14,6 @@ from typing import Any
 
 from prunekit.cli._common import add_parser, format_table, out
 from prunekit.errors import ConfigError
-from prunekit.train.runner import get_handle, resume_run, start_run, stop_run
-from prunekit.train.store import RunStore
 
 _WS_HELP = "run store folder (default: $PRUNEKIT_HOME or ./prunekit-runs)"
 
@@ -34,6 +32,8 @@ def add_background_option(parser: argparse.ArgumentParser) -> None:
 
 def launch_background(args: argparse.Namespace, cfg: Any) -> int:
     """Start ``cfg`` (a RunConfig) as a background run; prints the run id (``--json``: a JSON object)."""
+    from prunekit.train.runner import start_run
+
     h = start_run(cfg, workspace=getattr(args, "workspace", None), threads=getattr(args, "threads", None))
     if getattr(args, "json", False):
         out(json.dumps({"id": h.id, "workspace": str(h.workspace), "pid": h.pid}))
@@ -53,6 +53,8 @@ def _num(v: Any) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from prunekit.train.store import RunStore
+
     df = RunStore(args.workspace).list_runs(status=args.status, sweep_id=args.sweep)
     if args.json:
         out(df.to_json(orient="records"))
@@ -70,6 +72,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from prunekit.train.store import RunStore
+
     store = RunStore(args.workspace)
     info = store.get_run(args.run_id)
     m = store.metrics(args.run_id)
@@ -98,6 +102,8 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
+    from prunekit.train.runner import get_handle, stop_run
+
     stop_run(args.run_id, args.workspace)
     if args.wait:
         out(get_handle(args.run_id, args.workspace).wait(timeout=args.timeout).status)
@@ -107,6 +113,8 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
+    from prunekit.train.runner import resume_run
+
     h = resume_run(args.run_id, args.workspace, threads=args.threads)
     if args.wait:
         info = h.wait(timeout=args.timeout)
@@ -117,12 +125,16 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 def _wait(args: argparse.Namespace) -> int:
+    from prunekit.train.runner import get_handle
+
     info = get_handle(args.run_id, args.workspace).wait(timeout=args.timeout)
     out(info.status + (f": {info.error}" if info.error else ""))
     return 0 if info.status == "done" else 1
 
 
 def _rm(args: argparse.Namespace) -> int:
+    from prunekit.train.store import RunStore
+
     store = RunStore(args.workspace)
     for rid in args.run_ids:
         info = store.get_run(rid)

@@ -16,9 +16,9 @@ import argparse
 import math
 from typing import Any
 
+from prunekit.cli import train as train_cli
 from prunekit.cli._common import HelpFormatter, out, parse_value
 from prunekit.errors import ConfigError
-from prunekit.methods import method_class
 
 
 def _values(text: str, flag: str) -> list[Any]:
@@ -30,6 +30,8 @@ def _values(text: str, flag: str) -> list[Any]:
 
 def grid_from_args(args: argparse.Namespace) -> dict[str, list[Any]]:
     """``--target-macs 0.3,0.5`` and ``--grid key=v1,v2`` as ``{dotted.key: [values]}``."""
+    from prunekit.methods import method_class
+
     grid: dict[str, list[Any]] = {}
     if args.target_macs_list:
         option = method_class(args.method).target_option
@@ -50,7 +52,6 @@ def grid_from_args(args: argparse.Namespace) -> dict[str, list[Any]]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from prunekit.cli.train import config_from_args
     from prunekit.train.sweep import create_sweep, expand_grid, run_sweep, start_sweep_scheduler
 
     if args.concurrency < 1:
@@ -59,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
         sweep_id = args.resume_sweep
     else:
         grid = grid_from_args(args)
-        base = config_from_args(args)
+        base = train_cli.config_from_args(args)
         expand_grid(base, grid)  # every point is a validated RunConfig before anything is queued
         sweep_id, run_ids = create_sweep(base, grid, name=args.sweep_name, workspace=args.workspace)
         out(f"sweep {sweep_id}: {len(run_ids)} runs queued ({', '.join(run_ids)})")
@@ -81,8 +82,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    from prunekit.cli import train as train_cli
-
     # every `prunekit train` flag, by building its parser and inheriting from it
     scratch = argparse.ArgumentParser(add_help=False).add_subparsers()
     train_cli.register(scratch)
@@ -111,4 +110,7 @@ def register(subparsers: Any) -> None:
             action.help = argparse.SUPPRESS
 
 
-__all__ = ["grid_from_args", "register"]
+check = train_cli.check  # the names and KEY=VALUE options, before torch is imported
+complete = train_cli.complete  # defaults, choices and method-option flags, from torch-importing modules
+
+__all__ = ["check", "complete", "grid_from_args", "register"]

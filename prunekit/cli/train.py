@@ -1,14 +1,20 @@
-"""``prunekit train``: one experiment from the command line, with a progress bar and a summary table."""
+"""``prunekit train``: one experiment from the command line, with a progress bar and a summary table.
+
+The parser is built in two steps so that help and argument errors of the other commands, and the usual typos
+here, need no torch: :func:`register` adds the flags, :func:`check` checks names and ``KEY=VALUE`` options
+without heavy imports, and :func:`complete` adds what comes from torch-importing modules (the defaults of
+``TrainConfig``/``RunConfig``, the optimizer and schedule choices, one flag per method option). ``prunekit``
+calls ``complete`` only when this command runs or shows its help.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prunekit.cli._common import (
-    ProgressBar,
     add_data_root_arg,
     add_parser,
     data_root,
@@ -20,20 +26,21 @@ from prunekit.cli._common import (
     parse_value,
     to_json,
 )
+from prunekit.cli._names import check_name
 from prunekit.cli.runs import add_background_option, launch_background
 from prunekit.errors import ConfigError
-from prunekit.methods import OptionSpec, list_methods, method_class
-from prunekit.optim import optimizer_names
-from prunekit.train.config import SCHEDULES, RunConfig, TrainConfig
 
-_T = TrainConfig()
-_R = RunConfig()
+if TYPE_CHECKING:
+    from prunekit.methods import OptionSpec
+    from prunekit.train.config import RunConfig
 
 METHOD_OPT_PREFIX = "method_opt__"  # argparse dest of a generated method-option flag
 
 
 def method_option_owners() -> dict[str, list[tuple[str, OptionSpec]]]:
     """Every option name of every registered method -> the methods that have it, with their specs."""
+    from prunekit.methods import list_methods, method_class
+
     owners: dict[str, list[tuple[str, OptionSpec]]] = {}
     for name in list_methods():
         for spec in method_class(name).options():
@@ -80,10 +87,17 @@ def parse_option_value(spec: OptionSpec, text: Any, flag: str) -> Any:
 def register(subparsers: Any) -> None:
     p = add_parser(subparsers, "train", "train a model (optionally with a pruning method)",
                    "Train MODEL on DATASET, optionally with a pruning METHOD; prints a summary table.")
+    add_train_arguments(p)
+    add_background_option(p)
+    p.set_defaults(func=run)
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``train`` (and ``sweep``), without what needs torch: :func:`complete` adds their defaults."""
     g = p.add_argument_group("experiment")
-    g.add_argument("--model", default=_R.model, help="model name (see 'prunekit list models'; tv:NAME for torchvision)")
-    g.add_argument("--dataset", default=_R.dataset, help="dataset name (see 'prunekit list datasets')")
-    g.add_argument("--method", default=_R.method, help="pruning method (see 'prunekit list methods')")
+    g.add_argument("--model", help="model name (see 'prunekit list models'; tv:NAME for torchvision)")
+    g.add_argument("--dataset", help="dataset name (see 'prunekit list datasets')")
+    g.add_argument("--method", help="pruning method (see 'prunekit list methods')")
     g.add_argument("--method-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the method's config; repeatable")
     g.add_argument("--data-opt", action="append", default=[], metavar="KEY=VALUE",
@@ -91,32 +105,29 @@ def register(subparsers: Any) -> None:
     add_data_root_arg(g)
     g.add_argument("--in-channels", type=int, default=None, help="model input channels (default: the data's)")
     g.add_argument("--num-classes", type=int, default=None, help="model classes (default: the data's)")
-    g.add_argument("--val-fraction", type=float, default=_R.val_fraction, help="share of train held out for validation")
+    g.add_argument("--val-fraction", type=float, help="share of train held out for validation")
     g.add_argument("--name", default=None, help="a name for this run")
 
     o = p.add_argument_group("optimisation")
-    o.add_argument("--epochs", type=int, default=_T.epochs, help="training epochs")
-    o.add_argument("--batch-size", type=int, default=_T.batch_size, help="mini-batch size")
-    o.add_argument("--lr", type=float, default=_T.lr, help="base learning rate")
-    o.add_argument("--optimizer", choices=optimizer_names(), default=_T.optimizer,
-                   help="optimizer (sdprun only with --method sdprun)")
-    o.add_argument("--momentum", type=float, default=_T.momentum, help="SGD momentum")
+    o.add_argument("--epochs", type=int, help="training epochs")
+    o.add_argument("--batch-size", type=int, help="mini-batch size")
+    o.add_argument("--lr", type=float, help="base learning rate")
+    o.add_argument("--optimizer", help="optimizer (sdprun only with --method sdprun)")
+    o.add_argument("--momentum", type=float, help="SGD momentum")
     o.add_argument("--nesterov", action="store_true", help="Nesterov momentum for SGD")
-    o.add_argument("--weight-decay", type=float, default=_T.weight_decay, help="weight decay")
-    o.add_argument("--schedule", choices=SCHEDULES, default=_T.schedule, help="lr schedule, stepped per epoch")
-    o.add_argument("--milestones", type=int, nargs="*", default=list(_T.milestones),
-                   help="epochs where the step schedule multiplies lr by --gamma")
-    o.add_argument("--gamma", type=float, default=_T.gamma, help="lr factor at each milestone")
-    o.add_argument("--warmup-epochs", type=float, default=_T.warmup_epochs,
-                   help="linear lr warm-up over this many epochs (at most half the run)")
-    o.add_argument("--seed", type=int, default=_T.seed, help="random seed (data order, init, noise)")
+    o.add_argument("--weight-decay", type=float, help="weight decay")
+    o.add_argument("--schedule", help="lr schedule, stepped per epoch")
+    o.add_argument("--milestones", type=int, nargs="*", help="epochs where the step schedule multiplies lr by --gamma")
+    o.add_argument("--gamma", type=float, help="lr factor at each milestone")
+    o.add_argument("--warmup-epochs", type=float, help="linear lr warm-up over this many epochs (at most half the run)")
+    o.add_argument("--seed", type=int, help="random seed (data order, init, noise)")
     o.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap on steps per epoch (quick runs)")
-    o.add_argument("--log-every", type=int, default=_T.log_every, help="steps between logged metrics")
+    o.add_argument("--log-every", type=int, help="steps between logged metrics")
 
     d = p.add_argument_group("hardware")
-    d.add_argument("--device", default=_T.device, help="auto, cpu, cuda, cuda:N or mps")
+    d.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     d.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    d.add_argument("--workers", type=int, default=_T.num_workers, help="data loader worker processes")
+    d.add_argument("--workers", type=int, help="data loader worker processes")
     d.add_argument("--no-amp", action="store_true", help="disable mixed precision (used on CUDA only)")
     d.add_argument("--channels-last", action="store_true", help="channels-last memory format")
 
@@ -126,13 +137,43 @@ def register(subparsers: Any) -> None:
     r.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue from this checkpoint")
     r.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_background_option(p)
+
+
+def check(args: argparse.Namespace) -> None:
+    """What can be checked before torch is imported: the model, dataset and method names (as the registries word
+    their errors) and the ``KEY=VALUE`` options; ConfigError otherwise. The values themselves are checked by
+    TrainConfig/RunConfig and the method (in :func:`config_from_args`)."""
+    check_name("model", args.model)
+    check_name("dataset", args.dataset)
+    check_name("method", args.method)
+    parse_kv(args.method_opt, "--method-opt")
+    parse_kv(args.data_opt, "--data-opt")
+    data_root(args.data_root)
+
+
+def complete(p: argparse.ArgumentParser) -> None:
+    """Add to ``p`` (built by :func:`add_train_arguments`) what comes from modules that import torch: the defaults
+    of TrainConfig and RunConfig, the optimizer and schedule choices, and the generated method-option flags."""
+    from prunekit.optim import optimizer_names
+    from prunekit.train.config import SCHEDULES, RunConfig, TrainConfig
+
+    t, r = TrainConfig(), RunConfig()
+    p.set_defaults(
+        model=r.model, dataset=r.dataset, method=r.method, val_fraction=r.val_fraction, epochs=t.epochs,
+        batch_size=t.batch_size, lr=t.lr, optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay,
+        schedule=t.schedule, milestones=list(t.milestones), gamma=t.gamma, warmup_epochs=t.warmup_epochs,
+        seed=t.seed, log_every=t.log_every, device=t.device, workers=t.num_workers,
+    )
+    actions = p._option_string_actions
+    actions["--optimizer"].choices = optimizer_names()
+    actions["--schedule"].choices = SCHEDULES
     add_method_option_flags(p)
-    p.set_defaults(func=run)
 
 
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
     """``--method-opt`` pairs plus the generated method-option flags, typed and checked against the method."""
+    from prunekit.methods import method_class
+
     cls = method_class(args.method)
     specs = {s.name: s for s in cls.options()}
     given = {k[len(METHOD_OPT_PREFIX):]: v for k, v in vars(args).items()
@@ -151,6 +192,8 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The RunConfig the flags describe (ConfigError on bad values)."""
+    from prunekit.train.config import RunConfig, TrainConfig
+
     train = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
@@ -195,6 +238,7 @@ def summary_rows(result: dict[str, Any], macs: float | None) -> list[tuple[str, 
 
 
 def run(args: argparse.Namespace) -> int:
+    from prunekit.cli._progress import ProgressBar
     from prunekit.train.experiment import run_experiment
 
     cfg = config_from_args(args)
