@@ -138,3 +138,55 @@ def test_tiny_run_from_the_ui_to_collapse(server):
             assert page.locator("[data-testid='stException']").count() == 0
         finally:
             browser.close()
+
+
+_BOXES_JS = """() => {
+  const boxes = sel => Array.from(document.querySelectorAll(sel)).map(e => e.getBoundingClientRect())
+    .filter(b => b.width > 0).map(b => [b.left, b.top, b.right, b.bottom]);
+  return {legend: boxes('g.legend .bg'), labels: boxes('text.xtitle, text.ytitle, text.y2title, g.xtick text, '
+          + 'g.ytick text, g.y2tick text'), yticks: boxes('g.ytick text').length};
+}"""
+
+
+def test_chart_legends_cover_no_axis_title_or_tick_label(tmp_path):
+    """Issue 20 item 4, measured where it showed: in Chromium, at a narrow (two-column) and a wide chart width,
+    no legend box intersects an axis title or tick label, and Layer widths names all of its 48 layers."""
+    import numpy as np
+    import pandas as pd
+
+    from prunekit import viz
+
+    steps = range(0, 100, 10)
+    m = pd.DataFrame([(s, 0, n, v) for s in steps for n, v in (
+        ("loss/task", 2 - s / 100), ("loss/struct", 0.1), ("acc/train", 0.5), ("acc/val", 0.4), ("acc/test", 0.4),
+        ("macs_ratio/expected", 1 - s / 200), ("macs_ratio/relaxation", 0.8), ("macs_ratio/hard", 0.7),
+        ("macs_ratio/train", 0.9), ("temperature", 5 - s / 25), ("lr", 0.1))], columns=["step", "epoch", "name", "value"])
+    layers = [f"layer{i}.{j}" for i in range(1, 4) for j in range(7)]
+    trend = pd.DataFrame([(s, 0, layer, "flip_rate", float(np.cos(s + k)), None) for s in steps
+                          for k, layer in enumerate(layers)], columns=["step", "epoch", "layer", "name", "value", "data"])
+    convs = [f"layer{i}.{j}.conv{k}" for i in range(1, 4) for j in range(8) for k in (1, 2)]
+    widths = pd.DataFrame({"layer": convs, "before": 16, "after": [0 if i % 7 == 0 else 8 for i in range(48)]})
+    figs = {"loss": viz.loss_figure(m), "acc": viz.accuracy_figure(m), "macs": viz.macs_figure(m, 0.5),
+            "temp": viz.temperature_figure(m), "flip": viz.layer_trend_figure(trend, "flip_rate"),
+            "widths": viz.width_figure(widths)}
+    with sync_api.sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            for width in (420, 900):
+                page = browser.new_page(viewport={"width": width, "height": 1200})
+                for name, fig in figs.items():
+                    html = tmp_path / f"{name}.html"
+                    fig.write_html(html, include_plotlyjs="directory")  # plotly.min.js written once beside it
+                    page.goto(html.as_uri())
+                    page.wait_for_selector("g.legend .bg", state="attached", timeout=30000)
+                    got = page.evaluate(_BOXES_JS)
+                    hits = [lab for leg in got["legend"] for lab in got["labels"]
+                            if not (leg[2] <= lab[0] or lab[2] <= leg[0] or leg[3] <= lab[1] or lab[3] <= leg[1])]
+                    if hits:
+                        _shot(page, f"legend_overlap_{name}_{width}")
+                    assert not hits, f"{name} at {width}px: the legend covers {hits}"
+                    if name == "widths":
+                        assert got["yticks"] == 48
+                page.close()
+        finally:
+            browser.close()
