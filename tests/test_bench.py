@@ -240,6 +240,19 @@ def test_collapse_suite_on_one_tiny_model_writes_its_files(tmp_path):
     assert (tmp_path / "collapse.json").is_file() and "resnet20" in (tmp_path / "collapse.md").read_text()
 
 
+@pytest.mark.slow
+def test_collapse_latency_preset_times_the_inference_form_and_onnx_runtime(tmp_path, one_thread):
+    pytest.importorskip("onnxruntime", reason="ONNX Runtime is the optional extra prunekit[onnx]")
+    r = get_suite("collapse")(tmp_path, "latency", models=["resnet20"], torch_pruning=False)
+    p = r["models"]["resnet20"]["prunekit"]
+    for key in ("speedup_b64", "speedup_inf_b64", "speedup_ort_b1", "speedup_ort_b64"):
+        assert p[key] > 0, key
+    # the inference forms of dense and slim were both timed: the slim one has fewer MACs, so it is faster
+    assert p["latency_ms_ort"]["after"][64] < p["latency_ms_ort"]["before"][64]
+    md = (tmp_path / "collapse.md").read_text()
+    assert "ONNX Runtime: speedup÷MACs b1" in md and "BatchNorm folded" in md
+
+
 def test_error_reason_is_one_cell_even_for_an_empty_message():
     from prunekit.bench import error_reason
     from prunekit.bench.collapse import _guard

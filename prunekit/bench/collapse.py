@@ -22,7 +22,8 @@ import torch
 import prunekit as pk
 from prunekit.bench import error_reason, md_table, write_report
 from prunekit.errors import ConfigError
-from prunekit.latency import measure_latency_interleaved
+from prunekit.inference import optimize_for_inference
+from prunekit.latency import measure_latency_interleaved, measure_latency_onnx
 from prunekit.models import list_models
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # every in-house model and every torchvision classification model
     "full": {"models": None, "size": 32, "tv_size": 64, "repeats": 5},
+    # issue 17's latency set: eager and inference form (BN folded), PyTorch and ONNX Runtime
+    "latency": {
+        "models": ["resnet20", "resnet56", "vgg16", "mobilenetv2", "unet", "tv:resnet50"],
+        "size": 32,
+        "tv_size": 64,
+        "repeats": 5,
+        "inference": True,
+        "onnxruntime": True,
+    },
 }
 
 
@@ -108,19 +118,36 @@ def _torch_pruning_row(name: str, x: torch.Tensor, nets: dict[str, torch.nn.Modu
     }
 
 
-def _add_latency(row: dict[str, Any], nets: dict[str, torch.nn.Module], x: torch.Tensor, repeats: int) -> None:
-    """Time dense, prunekit-slim and Torch-Pruning networks of one model interleaved; speed-ups into the rows."""
+def _add_latency(row: dict[str, Any], nets: dict[str, torch.nn.Module], x: torch.Tensor, cfg: dict[str, Any]) -> None:
+    """Time dense, prunekit-slim and Torch-Pruning networks of one model interleaved; speed-ups into the rows.
+
+    With ``cfg["inference"]`` the dense and slim networks' inference forms (BatchNorm folded, NCHW: the same
+    layout for both, so the ratio is the pruning's) are timed in the same rounds; with ``cfg["onnxruntime"]`` both
+    inference forms are also exported and timed in ONNX Runtime (same thread count).
+    """
     if "dense" not in nets:
         return
-    lat = measure_latency_interleaved(nets, x, (1, 64), rounds=repeats, repeats=2)
-    for key in ("prunekit", "torch_pruning"):
-        r = row.get(key)
+    if cfg.get("inference") and "prunekit" in nets:
+        for key in ("dense", "prunekit"):
+            nets[f"{key}_inf"] = optimize_for_inference(nets[key], x, channels_last=False)
+    lat = measure_latency_interleaved(nets, x, (1, 64), rounds=cfg["repeats"], repeats=2)
+    for key, before in (("prunekit", "dense"), ("torch_pruning", "dense"), ("prunekit_inf", "dense_inf")):
+        r = row.get(key.removesuffix("_inf"))
         if key not in lat or not r or not r.get("ok"):
             continue
-        r["latency_ms"] = {"before": lat["dense"], "after": lat[key]}
+        tag = "_inf" if key.endswith("_inf") else ""
+        r[f"latency_ms{tag}"] = {"before": lat[before], "after": lat[key]}
         for b in (1, 64):
-            r[f"speedup_b{b}"] = lat["dense"][b] / lat[key][b]
-            r[f"speedup_over_macs_b{b}"] = r[f"speedup_b{b}"] / r["macs_reduction"]
+            r[f"speedup{tag}_b{b}"] = lat[before][b] / lat[key][b]
+            r[f"speedup{tag}_over_macs_b{b}"] = r[f"speedup{tag}_b{b}"] / r["macs_reduction"]
+    if cfg.get("onnxruntime") and "prunekit_inf" in nets:
+        ort = {k: measure_latency_onnx(nets[k], x, (1, 64), repeats=cfg["repeats"] * 2) for k in ("dense_inf",
+                                                                                                    "prunekit_inf")}
+        r = row["prunekit"]
+        r["latency_ms_ort"] = {"before": ort["dense_inf"], "after": ort["prunekit_inf"]}
+        for b in (1, 64):
+            r[f"speedup_ort_b{b}"] = ort["dense_inf"][b] / ort["prunekit_inf"][b]
+            r[f"speedup_ort_over_macs_b{b}"] = r[f"speedup_ort_b{b}"] / r["macs_reduction"]
 
 
 def _guard(fn, *args) -> dict[str, Any]:
@@ -155,7 +182,7 @@ def bench_collapse(
         if torch_pruning:
             row["torch_pruning"] = _guard(_torch_pruning_row, name, x, nets)
         try:
-            _add_latency(row, nets, x, cfg["repeats"])
+            _add_latency(row, nets, x, cfg)
         except Exception as e:  # noqa: BLE001 - a network that cannot be timed is reported, not fatal
             row["latency_error"] = error_reason(e)
         results[name] = row
@@ -175,12 +202,22 @@ def bench_collapse(
             p.get("speedup_b1"), p.get("speedup_b64"), p["macs_reduction"], p.get("speedup_over_macs_b64"),
             "yes" if t.get("ok") else ("no: " + t["error"] if t else None), t.get("prune_s"), t.get("speedup_b64"),
         ])
+    if cfg.get("inference"):
+        headers += ["inference form: speedup÷MACs b1", "b64", "ONNX Runtime: speedup÷MACs b1", "b64",
+                    "ORT slim ms b1", "ORT slim ms b64"]
+        for row, r in zip(rows, results.values()):
+            p = r["prunekit"]
+            ort = p.get("latency_ms_ort", {}).get("after", {})
+            row += [p.get("speedup_inf_over_macs_b1"), p.get("speedup_inf_over_macs_b64"),
+                    p.get("speedup_ort_over_macs_b1"), p.get("speedup_ort_over_macs_b64"), ort.get(1), ort.get(64)]
     ok = sum(r["prunekit"]["ok"] for r in results.values())
     tp_ok = sum(r.get("torch_pruning", {}).get("ok", False) for r in results.values())
     md = (
         f"# collapse ({preset})\n\n50% random channel masks per prunable group; MACs per sample by torch.utils.flop_counter "
         "(1 MAC = 1 multiply-add, conv/linear only); latency = median CPU ms, dense / prunekit / Torch-Pruning timed "
-        "interleaved; TP = Torch-Pruning MagnitudePruner at ratio 0.5.\n\n"
+        "interleaved; TP = Torch-Pruning MagnitudePruner at ratio 0.5. Inference form: BatchNorm folded "
+        "(prunekit.optimize_for_inference, NCHW), dense and slim alike; ONNX Runtime: both inference forms exported, "
+        f"CPU provider, {torch.get_num_threads()} intra-op thread(s).\n\n"
         + md_table(headers, rows)
         + f"\nprunekit handled {ok}/{len(results)} models, Torch-Pruning {tp_ok}/{len(results)}.\n"
     )
