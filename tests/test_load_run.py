@@ -61,6 +61,13 @@ def test_load_run_gives_the_model_the_run_reported_on(crisp_run):
     assert slim.pk_collapse["max_diff"] < 1e-4
     assert pk.count_macs(slim, _test_batch(loaded)[:1]) == pytest.approx(
         float(pk.relaxed_macs(result["model"], "hard")), rel=1e-6)
+    # finalize=False: the completed run as last checkpointed; finalize() later gives the same model (CRISP's final
+    # masks need no data)
+    raw = pk.load_run(folder, finalize=False)
+    assert raw.status == "completed" and not raw.finalized
+    raw.finalize()
+    assert raw.finalized
+    _same_outputs(raw, result["model"])
 
 
 def test_load_run_reproduces_a_method_that_re_estimates_bn_after_finalize(tmp_path):

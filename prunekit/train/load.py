@@ -46,8 +46,9 @@ class LoadedRun:
 
     Attributes:
         model: the trained model as the method prepared it (a :class:`~prunekit.augment.GatedModel` for the
-            gating methods), in eval mode. For a completed run it is the finalized model the run reported on;
-            otherwise the model as last checkpointed (call :meth:`finalize` to fix its masks now).
+            gating methods), in eval mode. For a completed run it is the finalized model the run reported on
+            (unless loaded with ``finalize=False``); otherwise the model as last checkpointed (call
+            :meth:`finalize` to fix its masks now).
         method: the run's method with its state restored (temperatures, masks, ``report``).
         config: the run's :class:`~prunekit.train.config.RunConfig`, as recorded.
         loaders: the run's ``train``/``val``/``test`` loaders and ``info`` (same splits, same order).
@@ -146,7 +147,7 @@ def _resolve(run: str | os.PathLike | RunHandle, workspace: str | os.PathLike | 
 
 
 def load_run(run: str | os.PathLike | RunHandle, workspace: str | os.PathLike | None = None, *,
-             data_root: str | os.PathLike | None = None) -> LoadedRun:
+             data_root: str | os.PathLike | None = None, finalize: bool = True) -> LoadedRun:
     """Load a trained run: its model with the trained weights, its method, config and data loaders.
 
     Args:
@@ -155,6 +156,10 @@ def load_run(run: str | os.PathLike | RunHandle, workspace: str | os.PathLike | 
             run store's ``runs/<id>``); or a checkpoint file (``last.pt``).
         workspace: the run store folder for a run id (default: ``$PRUNEKIT_HOME`` or ``./prunekit-runs``).
         data_root: where the run's dataset files are on this machine (default: the run's own ``data_root``).
+        finalize: False loads a completed run as last checkpointed too, before its method fixed the final masks:
+            to look at the training-time relaxation (e.g. DPP's inclusion probabilities, which finalize bakes
+            into the weights). :meth:`LoadedRun.finalize` fixes them later, then without the loop's seeding of
+            the BatchNorm re-estimate.
 
     Returns:
         A :class:`LoadedRun` on CPU; a completed run's model is finalized exactly as the run's was (see the
@@ -179,7 +184,7 @@ def load_run(run: str | os.PathLike | RunHandle, workspace: str | os.PathLike | 
     extra = ckpt.get("extra") or {}
     status = str(extra.get("status") or "unknown")
     model, finalized = exp.model, False
-    if status == "completed":
+    if status == "completed" and finalize:
         # resume at the end: no epoch left, the loop finalizes (and re-estimates BN) as it did when the run ended
         trainer = Trainer(exp.model, exp.loaders, train, exp.method, task=exp.task, resume_from=path,
                           run_config=cfg.to_dict())
