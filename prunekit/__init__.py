@@ -73,6 +73,7 @@ _API: dict[str, str] = {
     "model_task": "prunekit.models",
     "register_model": "prunekit.models",
     "bake_": "prunekit.quant",
+    "layer_sensitivity": "prunekit.sensitivity",
     "model_size_bits": "prunekit.quant",
     "quantize_": "prunekit.quant",
     "RunConfig": "prunekit.train.config",

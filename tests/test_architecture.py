@@ -23,7 +23,7 @@ above; a module belongs to the layer of the longest name in :data:`LAYERS` that 
 3. ``collapse``
 4. ``methods``
 5. ``train`` (loop, experiment, run store, runner, sweeps)
-6. analyses: ``compare``, ``curve``
+6. analyses: ``compare``, ``curve``, ``sensitivity``
 7. the facade: ``prunekit/__init__.py`` (``import prunekit as pk``)
 8. ``viz`` (figures)
 9. front ends: ``widgets``, ``app_support``, ``bench``
@@ -49,7 +49,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("prunekit.collapse",),
     ("prunekit.methods",),
     ("prunekit.train",),
-    ("prunekit.compare", "prunekit.curve"),
+    ("prunekit.compare", "prunekit.curve", "prunekit.sensitivity"),
     ("prunekit",),  # the package's own __init__ only (every other module matches a longer name)
     ("prunekit.viz",),
     ("prunekit.widgets", "prunekit._widgets_controls", "prunekit.app_support", "prunekit.bench"),
