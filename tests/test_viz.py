@@ -308,3 +308,122 @@ def test_mean_by_step(rng):
     m = viz.mean_by_step(_layers(rng), ["confidence"])
     assert list(m["step"]) == [10, 20, 30]
     assert m["value"].iloc[0] == pytest.approx((0.1 + 0.15 + 0.2) / 3)
+
+
+# -- the network as a picture (prunekit.viz.network) -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def resnet20_graph():
+    import torch
+
+    from prunekit.augment import augment
+    from prunekit.gates import mask_gate_name
+    from prunekit.models import create_model
+
+    gated = augment(create_model("resnet20", num_classes=10), torch.zeros(1, 3, 32, 32), gate=mask_gate_name())
+    return gated, viz.network_graph(gated)
+
+
+def test_network_graph_of_resnet20_colours_each_residual_group_across_its_blocks(resnet20_graph):
+    gated, graph = resnet20_graph
+    assert len(graph.groups) == len(gated.groups) + len(gated.fixed_groups)
+    assert [n.id for n in graph.nodes][:3] == ["conv1", "layer1.0.conv1", "layer1.0.conv2"]  # execution order
+    assert graph.node("conv1").layers == ("conv1", "bn1")  # a BN drawn with the conv it normalises
+    # the stem's channels run through every sum of stage 1: one group, written by the stem and three convs
+    stem = graph.node("conv1").group
+    writers = {n.id for n in graph.nodes_of(stem) if n.kind == "conv"}
+    assert writers == {"conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"}
+    assert graph.groups[stem].residual and graph.groups[stem].critical
+    inner = graph.node("layer1.0.conv1").group
+    assert inner != stem and not graph.groups[inner].residual
+    assert graph.node("layer1.0.conv2").reads == (inner,)
+    adds = [n for n in graph.nodes if n.kind == "add"]
+    assert len(adds) == 9 and all(n.group is not None for n in adds)
+    # the identity shortcut: the stem feeds the first sum directly, skipping the block
+    assert ("conv1", adds[0].id) in graph.edges and ("layer1.0.conv2", adds[0].id) in graph.edges
+    assert graph.node("layer2.0.shortcut.0").group == graph.node("layer2.0.conv2").group  # projection shortcut
+    assert graph.node("fc").group is None and graph.node("fc").reads  # the classes are never pruned
+    ids = [n.id for n in graph.nodes]
+    assert all(ids.index(s) < ids.index(t) for s, t in graph.edges)  # edges follow execution order
+    assert all(graph.node(s).depth < graph.node(t).depth for s, t in graph.edges)
+
+
+def test_network_graph_shows_concatenations_and_fixed_groups_with_their_reason():
+    import torch
+    from torch import nn
+
+    from prunekit.augment import augment
+
+    class CatNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.bn_a = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.b, self.gn_b = nn.Conv2d(3, 4, 3, padding=1), nn.GroupNorm(2, 4)
+            self.c, self.bn_c = nn.Conv2d(8, 6, 3, padding=1), nn.BatchNorm2d(6)
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x):
+            y = torch.cat([torch.relu(self.bn_a(self.a(x))), self.gn_b(self.b(x))], 1)
+            return self.fc(torch.relu(self.bn_c(self.c(y))).mean((2, 3)))
+
+    gated = augment(CatNet(), torch.randn(2, 3, 8, 8))
+    graph = viz.network_graph(gated)
+    assert len(graph.groups) == len(gated.groups) + len(gated.fixed_groups) == 3
+    (cat,) = [n for n in graph.nodes if n.kind == "cat"]
+    assert {s for s, t in graph.edges if t == cat.id} == {"a", "b"} and (cat.id, "c") in graph.edges
+    fixed = graph.groups[graph.node("b").group]
+    assert not fixed.prunable and "GroupNorm" in fixed.reason
+    assert set(graph.node("c").reads) == {graph.node("a").group, fixed.id}
+    table = viz.group_table(graph)
+    assert table.set_index("group").loc[fixed.id, "kind"] == "kept whole"
+    assert "GroupNorm" in table.set_index("group").loc[fixed.id, "kept whole because"]
+    assert "kept whole" in viz.explain_network(graph)
+    fig = viz.network_figure(graph)
+    assert viz.group_colours(graph)[fixed.id] in {t.marker.color for t in fig.data if t.mode == "markers+text"}
+
+
+def test_network_keep_ratios_and_collapse(resnet20_graph):
+    _, graph = resnet20_graph
+    with pytest.raises(ValueError, match="keep ratios must be in"):
+        viz.with_keep(graph, {"G1": 1.5})
+    kept = viz.with_keep(graph, {"layer1.0.conv1": 0.25, "G0": 1.0, "block:layer1.0.conv2": 0.0})
+    inner = graph.node("layer1.0.conv1").group
+    assert kept.groups[inner].keep == 0.25 and kept.groups["G0"].keep == 1.0
+    assert graph.groups[inner].keep is None  # pure: the input graph is unchanged
+    text = viz.explain_network(kept)
+    assert "removed together" in text and f"{inner} (layer1.0.conv1) keeps the least, 25%" in text
+    fig = viz.network_figure(kept)
+    labels = [s for t in fig.data if t.mode == "markers+text" for s in t.text]
+    assert f"layer1.0.conv1 [16] · {inner} keep 25%" in labels
+    assert sum(1 for t in fig.data if t.mode == "markers+text") >= len(graph.groups)  # a trace per group
+    slim = viz.with_collapse(kept, {"layer1.0.conv1": [16, 4], "layer1.0.bn1": [16, 4]},
+                             ["layer1.1.conv1", "layer1.1.bn1", "layer1.1.conv2", "layer1.1.bn2"])
+    assert slim.node("layer1.0.conv1").after == 4 and slim.node("layer1.1.conv2").after == 0
+    assert slim.node("conv1").after == 16  # not listed: kept its width
+    fig = viz.network_figure(slim)
+    removed = [t for t in fig.data if t.name and t.name.endswith(" removed")]
+    assert {s.split(" ")[0] for t in removed for s in t.text} == {"layer1.1.conv1", "layer1.1.conv2"}
+    assert all(t.marker.color == "#d62728" for t in removed)
+    assert "1 layers are thinner and 2 were removed" in viz.explain_network(slim)
+
+
+def test_network_graph_refuses_a_model_without_gates():
+    from torch import nn
+
+    with pytest.raises(ValueError, match="GatedModel"):
+        viz.network_graph(nn.Linear(2, 2))
+
+
+def test_sensitivity_heatmap_rows_in_network_order_and_reading():
+    df = pd.DataFrame({"group": ["conv1"] * 2 + ["layer1.0.conv1"] * 2, "size": [16, 16, 16, 16],
+                       "fraction": [0.1, 0.5] * 2, "removed": [1, 8, 1, 8], "accuracy": [0.8, 0.5, 0.8, 0.79],
+                       "drop": [0.0, 0.3, 0.0, 0.01]})
+    df.attrs.update(baseline=0.8, ranking="gate")
+    fig = viz.sensitivity_figure(df)
+    (heat,) = fig.data
+    assert list(heat.y) == ["conv1 (16)", "layer1.0.conv1 (16)"] and list(heat.x) == ["10%", "50%"]
+    assert heat.z[0][1] == pytest.approx(30.0)  # percentage points
+    text = viz.explain_sensitivity(df)
+    assert "80.0 % accuracy" in text and "conv1 costs the most (30.0 points)" in text
+    assert "layer1.0.conv1 the least (1.0)" in text and "gate values" in text
+    assert viz.explain_sensitivity(None) == "No sensitivity computed yet."
+    assert "no sensitivity" in str(viz.sensitivity_figure(pd.DataFrame()).layout.annotations[0].text)

@@ -9,7 +9,9 @@ have only just started.
 
 One module per kind of view: :mod:`~prunekit.viz.training` (one run's curves: loss, accuracy, MACs,
 temperature), :mod:`~prunekit.viz.gates` (per-layer gate distributions, heat maps and trends),
-:mod:`~prunekit.viz.compare` (across runs: trade-off with published anchors, kept widths, slim vs original);
+:mod:`~prunekit.viz.compare` (across runs: trade-off with published anchors, kept widths, slim vs original),
+:mod:`~prunekit.viz.network` (the network as a graph of layers with its coupled-channel groups coloured: its data
+is computed from a gated model by :func:`network_graph`), :mod:`~prunekit.viz.sensitivity` (layer sensitivity);
 :mod:`~prunekit.viz.common` holds their styling and table helpers. Every builder is importable from here.
 """
 
@@ -33,6 +35,19 @@ from prunekit.viz.gates import (
     layer_trend_figure,
     mean_by_step,
 )
+from prunekit.viz.network import (
+    GroupInfo,
+    NetworkGraph,
+    Node,
+    explain_network,
+    group_colours,
+    group_table,
+    network_figure,
+    network_graph,
+    with_collapse,
+    with_keep,
+)
+from prunekit.viz.sensitivity import explain_sensitivity, sensitivity_figure
 from prunekit.viz.training import (
     accuracy_figure,
     explain_accuracy,
@@ -69,4 +84,16 @@ __all__ = [
     "explain_widths",
     "comparison_table",
     "explain_comparison",
+    "GroupInfo",
+    "NetworkGraph",
+    "Node",
+    "network_graph",
+    "with_keep",
+    "with_collapse",
+    "group_colours",
+    "group_table",
+    "network_figure",
+    "explain_network",
+    "sensitivity_figure",
+    "explain_sensitivity",
 ]
