@@ -33,11 +33,12 @@ with st.container(border=True):
         st.write(f"Latest default run: `{default_id}`.")
 
 run_id = sup.pick_run(runs, st.session_state.run_id or default_id)
-c1, c2, c3, c4 = st.columns(4)
+c1, c2, c3, c4, c5 = st.columns(5)
 c1.page_link("pages/1_Runs.py", label="Runs: start, stop, resume", icon="🗂️")
 c2.page_link("pages/2_Live.py", label="Live: watch the gates", icon="📈")
 c3.page_link("pages/3_Explore.py", label="Explore: trade-offs, what-if", icon="🧭")
 c4.page_link("pages/4_Collapse.py", label="Collapse & compare", icon="🗜️")
+c5.page_link("pages/5_Model.py", label="Model: coupled channels", icon="🕸️")
 
 if run_id is None:
     st.info("No runs yet: start the default experiment above or configure one on the Runs page.")

@@ -19,7 +19,8 @@ from prunekit.train.config import RunConfig, TrainConfig  # noqa: E402
 from prunekit.train.store import RunStore  # noqa: E402
 
 APP = Path(__file__).resolve().parents[1] / "app"
-PAGES = ["Home.py", "pages/1_Runs.py", "pages/2_Live.py", "pages/3_Explore.py", "pages/4_Collapse.py"]
+PAGES = ["Home.py", "pages/1_Runs.py", "pages/2_Live.py", "pages/3_Explore.py", "pages/4_Collapse.py",
+         "pages/5_Model.py"]
 
 
 def _fill_run(
@@ -636,3 +637,134 @@ def test_resume_is_off_for_runs_that_cannot_resume(workspace, monkeypatch, tmp_p
         assert at.button(key="btn_resume").disabled is off, rid
     at.selectbox(key="runs_select").set_value(missing).run()
     assert "Cannot resume" in at.button(key="btn_resume").help and "not on this machine" in _texts(at)
+
+
+# -- issue 20 items 8 and 9: the Model page and layer sensitivity -------------------------------------------------
+def _chart_specs(at: AppTest) -> list[str]:
+    """Each chart's title and point labels as text (the spec's JSON escapes "·" and "→")."""
+    import json
+
+    out = []
+    for c in at.get("plotly_chart"):
+        spec = json.loads(c.proto.spec)
+        title = (spec.get("layout", {}).get("title") or {}).get("text", "")
+        labels = [str(t) for d in spec.get("data", []) for t in (d.get("text") or [])]
+        out.append("\n".join([title, *labels]))
+    return out
+
+
+def test_model_page_draws_the_groups_with_live_keep_ratios_and_the_collapsed_network(workspace):
+    store = RunStore(workspace)
+    rid = _fill_run(store, method="crisp")
+    # the run's latest gate rows, named by each group's root layer as the training loop logs them
+    store.log_layers(rid, 40, 1, [
+        {"layer": "layer1.0.conv1", "name": "gate_values", "value": 0.5, "data": [0.9] * 4 + [0.1] * 12},
+        {"layer": "layer1.0.conv1", "name": "keep_ratio", "value": 1.0},
+        {"layer": "conv1", "name": "keep_ratio", "value": 0.5},
+    ])
+    store.flush()
+    at = _app("pages/5_Model.py").run()
+    assert not at.exception, at.exception
+    (live,) = [s for s in _chart_specs(at) if "one colour per group" in s]
+    assert "layer1.0.conv1 [16] · G1 keep 25%" in live  # 4 of 16 gates above CRISP's threshold
+    assert "conv1 [16] · G0 keep 50%" in live
+    assert "removed together" in _texts(at)
+    groups = at.dataframe[0].value.set_index("root")
+    assert groups.loc["layer1.0.conv1", "keep"] == "25%" and groups.loc["conv1", "kind"] == "residual sum"
+    assert any("not been collapsed yet" in i.value for i in at.info)
+
+    store.add_collapse_result(rid, {"widths": {"layer1.0.conv1": [16, 4], "layer1.1.conv1": [16, 0],
+                                               "layer1.1.conv2": [16, 0]},
+                                    "removed_blocks": ["layer1.1.conv1", "layer1.1.conv2"], "step": 40})
+    at = _app("pages/5_Model.py").run()
+    assert not at.exception, at.exception
+    (slim,) = [s for s in _chart_specs(at) if "Network after collapse" in s]
+    assert "layer1.0.conv1 [16→4]" in slim and "layer1.1.conv1 [16→removed]" in slim
+    assert "Collapse of step 40" in _texts(at) and "2 were removed" in _texts(at)
+
+
+def test_model_page_says_why_it_cannot_draw_an_unknown_model(workspace):
+    store = RunStore(workspace)
+    rid = store.create_run({"model": "nosuch", "dataset": "shapes", "method": "dense"})
+    store.set_status(rid, "done")
+    at = _app("pages/5_Model.py").run()
+    assert not at.exception, at.exception
+    assert any("Cannot draw the network" in w.value and "nosuch" in w.value for w in at.warning)
+
+
+def _gateless_checkpoint(store: RunStore, rid: str, workspace: Path) -> Path:
+    import torch
+
+    ckpt = workspace / f"{rid}.pt"
+    torch.save({"model": {"conv1.weight": torch.zeros(2)}}, ckpt)
+    store.add_checkpoint(rid, 30, 1, ckpt)
+    return ckpt
+
+
+def test_explore_shows_stored_layer_sensitivity_beside_the_what_if(workspace):
+    store = RunStore(workspace)
+    rid = _fill_run(store)
+    ckpt = _gateless_checkpoint(store, rid, workspace)
+    settings = sup.sensitivity_settings(store, rid, ckpt)
+    assert settings["step"] == 30 and settings["fractions"][0] == 0.1 and settings["fractions"][-1] == 0.9
+    rows = [{"group": g, "size": 16, "fraction": f, "removed": int(16 * f), "accuracy": 0.8 - d * f, "drop": d * f}
+            for g, d in (("conv1", 0.6), ("layer1.0.conv1", 0.05)) for f in settings["fractions"]]
+    store.put_analysis(rid, "sensitivity", settings, {"rows": rows, "attrs": {"baseline": 0.8, "ranking": "l2"}})
+    at = _app("pages/3_Explore.py").run()
+    assert not at.exception, at.exception
+    assert any("Layer sensitivity: accuracy drop" in s for s in _chart_specs(at))
+    assert "conv1 costs the most (30.0 points)" in _texts(at)
+    assert any("has no gates" in w.value for w in at.warning)  # the what-if beside it still answers
+
+
+def test_explore_computes_layer_sensitivity_in_the_background_once(workspace, monkeypatch):
+    import threading
+
+    import prunekit.app_support._sensitivity as sens
+
+    store = RunStore(workspace)
+    rid = _fill_run(store)
+    _gateless_checkpoint(store, rid, workspace)
+    release, calls = threading.Event(), []
+
+    def compute(ws, checkpoint, settings, job=None):
+        calls.append(checkpoint)
+        job.progress = 0.4
+        assert release.wait(30)
+        return {"rows": [{"group": "conv1", "size": 16, "fraction": f, "removed": 1, "accuracy": 0.5, "drop": 0.3}
+                         for f in settings["fractions"]], "attrs": {"baseline": 0.8, "ranking": "l2"}}
+
+    monkeypatch.setattr(sens, "compute_sensitivity", compute)
+    at = _app("pages/3_Explore.py").run()
+    at.button(key=f"ex_sensitivity_{rid}").click().run()
+    assert not at.exception, at.exception
+    assert "Computing layer sensitivity… 40%" in at.get("progress")[0].proto.text
+    at.run()  # a rerun while it works starts nothing new
+    release.set()
+    job = sup.sensitivity_job(str(workspace), rid, sup.sensitivity_settings(store, rid, store.latest_checkpoint(rid)))
+    job.thread.join(30)
+    assert job.done and job.error is None and len(calls) == 1
+    at.run()
+    assert not at.exception, at.exception
+    assert any("Layer sensitivity: accuracy drop" in s for s in _chart_specs(at))
+
+
+def test_background_job_reports_errors_and_restarts_only_after_one():
+    import threading
+
+    key = ("test", threading.get_ident(), id(object()))
+    gate = threading.Event()
+
+    def fail(job):
+        gate.wait(10)
+        raise sup.ConfigError("no data here")
+
+    job = sup.background_job(key, fail)
+    assert job.running and sup.background_job(key, fail) is job  # one job per key while it runs
+    gate.set()
+    job.thread.join(10)
+    assert job.done and isinstance(job.error, sup.ConfigError) and sup.find_job(key) is job
+    again = sup.background_job(key, lambda j: setattr(j, "progress", 1.0))
+    again.thread.join(10)
+    assert again is not job and again.error is None and again.progress == 1.0
+    assert sup.background_job(key, fail) is again  # finished without error: kept

@@ -103,3 +103,25 @@ def test_public_name_and_bad_arguments(planted):
         layer_sensitivity(net, val, max_batches=0)
     with pytest.raises(ConfigError, match="needs a gated model"):
         layer_sensitivity(net, val, ranking="gate")
+
+
+def test_run_store_keeps_analyses_by_run_kind_and_settings(tmp_path):
+    from prunekit.train.store import MIGRATIONS, RunStore
+
+    store = RunStore(tmp_path)
+    assert store.schema_version == len(MIGRATIONS) >= 3
+    rid = store.create_run({"model": "resnet20"})
+    settings = {"fractions": [0.1, 0.5], "max_batches": 4, "checkpoint": "last.pt", "step": 30}
+    assert store.get_analysis(rid, "sensitivity", settings) is None
+    store.put_analysis(rid, "sensitivity", settings, {"rows": [{"group": "conv1", "drop": 0.1}]})
+    reordered = dict(reversed(list(settings.items())))  # the same settings in another order: the same row
+    assert store.get_analysis(rid, "sensitivity", reordered) == {"rows": [{"group": "conv1", "drop": 0.1}]}
+    assert store.get_analysis(rid, "sensitivity", {**settings, "step": 60}) is None  # a newer checkpoint: not it
+    store.put_analysis(rid, "sensitivity", settings, {"rows": []})  # replaced, not duplicated
+    assert [a["result"] for a in store.analyses(rid, "sensitivity")] == [{"rows": []}]
+    with pytest.raises(ConfigError, match="unknown run id"):
+        store.put_analysis("r-nope", "sensitivity", settings, {})
+    with pytest.raises(ConfigError, match="kind must be"):
+        store.put_analysis(rid, "", settings, {})
+    store.delete_run(rid)
+    assert store.analyses(rid) == []

@@ -62,17 +62,19 @@ def trade_off() -> None:
 trade_off()
 
 
-# -- what-if threshold --------------------------------------------------------------------------
+# -- what-if threshold and layer sensitivity, side by side for one run ------------------------------
+st.subheader("What if the threshold were different? Which groups can lose channels?")
+ready = runs[runs["status"].isin(["done", "stopped", "interrupted", "running"])]
+if ready.empty:
+    st.info("No run has a checkpoint yet.")
+    st.stop()
+rid = sup.select_run(ready, key="ex_run", remember=False)  # what-if looks around; the page's run stays
+
+
 @st.fragment
-def what_if() -> None:
-    st.subheader("What if the threshold were different?")
+def what_if(rid: str) -> None:
     st.caption("Re-evaluates a checkpoint's hard mask (keep a channel iff its gate > threshold) on a validation "
                "subset. Nothing is trained or saved; the gates themselves do not change.")
-    ready = runs[runs["status"].isin(["done", "stopped", "interrupted", "running"])]
-    if ready.empty:
-        st.info("No run has a checkpoint yet.")
-        return
-    rid = sup.select_run(ready, key="ex_run", remember=False)  # what-if looks around; the page's run stays
     run_cfg = store.get_run(rid).config
     own = sup.own_threshold(run_cfg)
     # the slider starts at the method's own rule (what the run itself decided), one slider per run
@@ -106,4 +108,46 @@ def what_if() -> None:
     st.dataframe(res["per_group"], hide_index=True, key="ex_groups")
 
 
-what_if()
+def sensitivity(rid: str, ckpt, settings: dict | None) -> None:
+    st.caption("Layer sensitivity: each group of coupled channels alone loses 10–90 % of its channels (weakest "
+               "first), BatchNorm statistics re-estimated, evaluated on the what-if subset. Computed once in the "
+               "background and kept with the run.")
+    if ckpt is None or settings is None:
+        st.info(f"Run {rid} has no checkpoint yet: sensitivity needs a trained model.")
+        return
+    try:
+        df = sup.stored_sensitivity(store, rid, settings)
+    except Exception as e:
+        st.warning(f"Cannot read the stored sensitivity: {sup.describe_error(e)}")
+        return
+    if df is not None:
+        key = ("sensitivity", rid, store.analysis_key(settings))
+        fig, reading = sup.cached_figure(key, lambda: (viz.sensitivity_figure(df), viz.explain_sensitivity(df)))
+        st.plotly_chart(fig, key="ex_sensitivity")
+        st.caption(reading)
+        return
+    job = sup.sensitivity_job(WS, rid, settings)
+    if job is not None and job.running:
+        st.progress(float(job.progress), text=f"Computing layer sensitivity… {job.progress:.0%}")
+        return
+    if job is not None and job.done:
+        if job.error is None:
+            st.rerun()  # finished since the last look: draw the stored result without polling
+        st.warning(f"Layer sensitivity failed: {sup.describe_error(job.error)}")
+    if ready.set_index("id").loc[rid, "status"] in sup.ACTIVE:
+        st.info("This run is still training: sensitivity is computed for a finished run.")
+        return
+    if st.button("Compute layer sensitivity", key=f"ex_sensitivity_{rid}"):
+        sup.start_sensitivity(store, WS, rid, ckpt, settings)
+        st.rerun()  # the section polls while the job runs
+
+
+left, right = st.columns(2)
+with left:
+    what_if(rid)
+with right:
+    sens_ckpt = store.latest_checkpoint(rid)
+    sens_settings = sup.sensitivity_settings(store, rid, sens_ckpt) if sens_ckpt is not None else None
+    sens_job = sup.sensitivity_job(WS, rid, sens_settings) if sens_settings is not None else None
+    polling = sens_job is not None and sens_job.running
+    st.fragment(run_every=sup.LIVE_EVERY_S if polling else None)(sensitivity)(rid, sens_ckpt, sens_settings)

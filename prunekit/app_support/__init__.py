@@ -26,7 +26,14 @@ Which module holds what:
 - ``_live``: live views: :class:`LiveSnapshot`, :func:`live_metrics`, :func:`frame_version`,
   :func:`training_figures`, :func:`gate_figures`, :func:`trend_figures`, :func:`tradeoff`,
   :func:`runs_for_explore`, :func:`cached_runs_for_explore` and :data:`LIVE_EVERY_S`.
-- ``_process``: the app process and all module-level state shared by sessions: :func:`settle_process`,
+- ``_network``: the Model page's data: :func:`network_of` (a run's network graph, built once per architecture),
+  :func:`live_keep` (each group's keep ratio from the run's latest per-layer rows), :func:`network_views` (the
+  live figure, its reading and the group table) and :func:`collapsed_view` (the graph after the latest collapse).
+- ``_sensitivity``: layer sensitivity on the Explore page, computed in the background and kept in the run store:
+  :data:`SENSITIVITY_SETTINGS`, :func:`sensitivity_settings`, :func:`stored_sensitivity`, :func:`start_sensitivity`,
+  :func:`sensitivity_job`, :func:`compute_sensitivity`, :func:`sensitivity_frame`.
+- ``_process``: the app process and all module-level state shared by sessions: :class:`Job`,
+  :func:`background_job` and :func:`find_job` (work on a daemon thread that pages poll), :func:`settle_process`,
   :func:`app_threads`, :func:`cached_figure` (LRU of :data:`FIGURE_CACHE_SIZE`), :func:`clear_figure_cache`,
   :func:`file_version`, :func:`checkpoint_has_gates` and the Streamlit cache wrappers. Patch state there
   (``prunekit.app_support._process.FIGURE_CACHE_SIZE``), not on this package.
@@ -81,6 +88,7 @@ from prunekit.app_support._loaded import (
     widths_frame,
     zip_files,
 )
+from prunekit.app_support._network import collapsed_view, live_keep, network_of, network_views
 from prunekit.app_support._page import (
     NO_RUNS,
     RUN_KEY,
@@ -95,11 +103,14 @@ from prunekit.app_support._page import (
 from prunekit.app_support._process import (
     APP_THREADS,
     FIGURE_CACHE_SIZE,
+    Job,
     app_threads,
+    background_job,
     cached_figure,
     checkpoint_has_gates,
     clear_figure_cache,
     file_version,
+    find_job,
     settle_process,
 )
 from prunekit.app_support._runs import (
@@ -120,6 +131,15 @@ from prunekit.app_support._runs import (
     runs_table,
     start,
     stop,
+)
+from prunekit.app_support._sensitivity import (
+    SENSITIVITY_SETTINGS,
+    compute_sensitivity,
+    sensitivity_frame,
+    sensitivity_job,
+    sensitivity_settings,
+    start_sensitivity,
+    stored_sensitivity,
 )
 from prunekit.errors import ConfigError, PrunekitError
 from prunekit.methods import run_target
@@ -143,9 +163,14 @@ __all__ = [
     "GATE_NAMES", "LIVE_EVERY_S", "TRAINING_VIEWS", "TREND_NAMES", "LiveSnapshot", "cached_runs_for_explore",
     "frame_version", "gate_figures", "live_metrics", "runs_for_explore", "tradeoff", "training_figures",
     "trend_figures",
+    # _network
+    "collapsed_view", "live_keep", "network_of", "network_views",
+    # _sensitivity
+    "SENSITIVITY_SETTINGS", "compute_sensitivity", "sensitivity_frame", "sensitivity_job", "sensitivity_settings",
+    "start_sensitivity", "stored_sensitivity",
     # _process
-    "APP_THREADS", "FIGURE_CACHE_SIZE", "app_threads", "cached_figure", "checkpoint_has_gates",
-    "clear_figure_cache", "file_version", "settle_process",
+    "APP_THREADS", "FIGURE_CACHE_SIZE", "Job", "app_threads", "background_job", "cached_figure",
+    "checkpoint_has_gates", "clear_figure_cache", "file_version", "find_job", "settle_process",
     # re-exported: the pages raise and catch errors through this package (``sup.ConfigError``)
     "ConfigError", "PrunekitError", "RunConfig", "TrainConfig",
 ]

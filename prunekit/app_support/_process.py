@@ -16,10 +16,13 @@ from __future__ import annotations
 import atexit
 import contextlib
 import gc
+import logging
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,10 @@ _FIGURES: OrderedDict[tuple, Any] = OrderedDict()
 _FIG_LOCK = threading.Lock()
 _GATE_KEY = re.compile(r"(^|\.)gates\.\d+\.keep$")
 _HAS_GATES: dict[tuple[str, tuple[int, int] | None], bool] = {}
+_JOBS: dict[tuple, Job] = {}
+_JOBS_LOCK = threading.Lock()
+
+logger = logging.getLogger(__name__)
 
 
 # -- garbage collector ------------------------------------------------------------------------------
@@ -156,3 +163,60 @@ def checkpoint_has_gates(path: str | Path) -> bool:
         if len(_HAS_GATES) > 256:
             _HAS_GATES.pop(next(iter(_HAS_GATES)))
     return _HAS_GATES[key]
+
+
+# -- background jobs ----------------------------------------------------------------------------------
+@dataclass
+class Job:
+    """Work on a daemon thread of the app process, shared by all sessions; pages poll it and never wait.
+
+    The worker writes only its own fields (``progress``, then ``done`` and ``error``) and its results to the run
+    store; it never calls Streamlit (``st.*`` from a worker thread has no session to talk to).
+
+    Attributes:
+        key: identifies the work (one job per key at a time).
+        started: ``time.time()`` at start.
+        progress: share done, 0..1, as the worker reports it.
+        done: the worker has returned or raised.
+        error: the exception it raised (None: none).
+    """
+
+    key: tuple
+    started: float
+    progress: float = 0.0
+    done: bool = False
+    error: BaseException | None = None
+    thread: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def running(self) -> bool:
+        return not self.done
+
+
+def background_job(key: tuple, work: Callable[[Job], None]) -> Job:
+    """Run ``work(job)`` on a daemon thread, once per ``key``: a job with that key that is running or finished
+    without error is returned as it is; a failed one is started again."""
+    with _JOBS_LOCK:
+        job = _JOBS.get(key)
+        if job is not None and (job.running or job.error is None):
+            return job
+        job = _JOBS[key] = Job(key, time.time())
+
+    def run() -> None:
+        try:
+            work(job)
+        except BaseException as e:  # noqa: BLE001 - reported on the page that polls the job
+            logger.exception("background job %s failed", key)
+            job.error = e
+        finally:
+            job.done = True
+
+    job.thread = threading.Thread(target=run, daemon=True, name=f"prunekit-job-{key[0]}")
+    job.thread.start()
+    return job
+
+
+def find_job(key: tuple) -> Job | None:
+    """The job started with ``key`` (running or finished), or None."""
+    with _JOBS_LOCK:
+        return _JOBS.get(key)

@@ -259,7 +259,7 @@ class RunStore(MetricLog):
             c = self._conn
             c.execute("BEGIN IMMEDIATE")
             try:
-                for table in ("scalars", "layers", "checkpoints", "collapses"):
+                for table in ("scalars", "layers", "checkpoints", "collapses", "analyses"):
                     c.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))
                 c.execute("DELETE FROM runs WHERE id=?", (run_id,))
                 c.execute("COMMIT")
@@ -314,6 +314,39 @@ class RunStore(MetricLog):
             "SELECT id, created, result FROM collapses WHERE run_id=? ORDER BY id", (run_id,)
         ).fetchall()
         return [{"id": i, "created": c, **json.loads(r)} for i, c, r in rows]
+
+    # -- analyses (layer sensitivity, ...): one JSON result per run, kind and settings --------------
+    @staticmethod
+    def analysis_key(settings: dict[str, Any]) -> str:
+        """The canonical text of ``settings`` (sorted keys): equal settings give the same stored row."""
+        return json.dumps(jsonable(settings), sort_keys=True)
+
+    def put_analysis(self, run_id: str, kind: str, settings: dict[str, Any], result: dict[str, Any]) -> None:
+        """Store ``result`` (JSON-able) of analysis ``kind`` of a run under ``settings``, replacing an earlier one."""
+        if not kind or not isinstance(kind, str):
+            raise ConfigError(f"kind must be a non-empty string, got {kind!r}")
+        self._row(run_id)
+        self._write(
+            "INSERT OR REPLACE INTO analyses (run_id, kind, key, created, result) VALUES (?,?,?,?,?)",
+            (run_id, kind, self.analysis_key(settings), time.time(), json.dumps(jsonable(result))),
+        )
+
+    def get_analysis(self, run_id: str, kind: str, settings: dict[str, Any]) -> dict[str, Any] | None:
+        """The stored result of analysis ``kind`` of a run under exactly ``settings``, or None."""
+        row = self._conn.execute(
+            "SELECT result FROM analyses WHERE run_id=? AND kind=? AND key=?",
+            (run_id, kind, self.analysis_key(settings)),
+        ).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def analyses(self, run_id: str, kind: str | None = None) -> list[dict[str, Any]]:
+        """Every stored analysis of a run (oldest first): ``{"kind", "settings", "created", "result"}``."""
+        q, params = "SELECT kind, key, created, result FROM analyses WHERE run_id=?", [run_id]
+        if kind is not None:
+            q += " AND kind=?"
+            params.append(kind)
+        rows = self._conn.execute(q + " ORDER BY created", params).fetchall()
+        return [{"kind": k, "settings": json.loads(key), "created": c, "result": json.loads(r)} for k, key, c, r in rows]
 
     # -- sweeps --------------------------------------------------------------------------------
     def create_sweep(self, name: str, config: dict[str, Any]) -> str:

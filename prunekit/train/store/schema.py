@@ -46,6 +46,12 @@ MIGRATIONS: list[list[str]] = [
     ],
     # 2: how the background runner launched the run (experiment callable, threads), so resume can repeat it.
     ["ALTER TABLE runs ADD COLUMN runner TEXT"],
+    # 3: analyses computed after training (layer sensitivity, ...), one JSON result per run, kind and settings.
+    [
+        """CREATE TABLE analyses (
+            run_id TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL, created REAL NOT NULL, result TEXT NOT NULL,
+            PRIMARY KEY (run_id, kind, key))""",
+    ],
 ]
 
 
