@@ -125,3 +125,22 @@ def test_run_store_keeps_analyses_by_run_kind_and_settings(tmp_path):
         store.put_analysis(rid, "", settings, {})
     store.delete_run(rid)
     assert store.analyses(rid) == []
+
+
+def test_the_app_computes_a_real_runs_sensitivity_from_its_checkpoint(tmp_path):
+    """End to end as the Explore page's background job does it: a trained CRISP run loaded from its checkpoint."""
+    from prunekit.app_support import compute_sensitivity, sensitivity_frame
+
+    cfg = pk.RunConfig(model="resnet20", dataset="shapes", method="crisp", method_options={"target_macs": 0.5},
+                       data_options={"num_samples": 64, "num_test": 16, "image_size": 16},
+                       train=pk.TrainConfig(epochs=2, batch_size=16, max_steps_per_epoch=2, log_every=1,
+                                            device="cpu"))
+    assert pk.run_experiment(cfg, checkpoint_dir=tmp_path)["status"] == "completed"
+    (ckpt,) = tmp_path.glob("*.pt")
+    settings = {"fractions": [0.5, 0.9], "max_batches": 1, "bn_batches": 1}
+    df = sensitivity_frame(compute_sensitivity(None, ckpt, settings))
+    loaded = pk.load_run(ckpt)
+    assert list(dict.fromkeys(df["group"])) == [h.name for h in loaded.model.groups]
+    assert len(df) == 2 * len(loaded.model.groups) and df.attrs["ranking"] == "gate"
+    assert (df["removed"] >= (df["size"] * df["fraction"]).astype(int)).all()
+    assert df["drop"].to_numpy() == pytest.approx(df.attrs["baseline"] - df["accuracy"].to_numpy())
