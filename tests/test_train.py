@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from prunekit.errors import CheckpointError, ConfigError, PrunekitError
+from prunekit.methods import list_methods
 from prunekit.methods.base import Method
 from prunekit.train import (
     Callback,
@@ -419,6 +420,131 @@ def test_resume_after_stop_equals_uninterrupted(tmp_path: Path, stop_at: int):
     assert epochs_logged == list(range(stop_at // 6 + 1, 5))
     for a, b in zip(_final_weights(full), _final_weights(resumed)):
         assert torch.equal(a, b)
+
+
+class _Log(Callback):
+    """Everything a run reports, by step (throughput is a timing, left out), and an optional stop."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.stop_at, self.steps, self.layers, self.epochs = stop_at, {}, {}, {}
+
+    def on_step_end(self, trainer, logs):
+        self.steps[trainer.step] = {k: v for k, v in logs.items() if k != "throughput"}
+
+    def on_layer_metrics(self, trainer, rows):
+        self.layers[trainer.step] = rows
+
+    def on_epoch_end(self, trainer, logs):
+        self.epochs[trainer.epoch] = dict(logs)
+
+    def should_stop(self, trainer) -> bool:
+        return trainer.step == self.stop_at
+
+
+def _same(a, b) -> bool:
+    """Bit-exact equality of nested dicts/lists of tensors and numbers (NaN equals NaN)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and a != a:
+        return isinstance(b, float) and b != b
+    return a == b
+
+
+def _method_run(name: str, tmp: Path | None = None, resume: Path | None = None, stop_at: int | None = None):
+    from prunekit.train.config import RunConfig
+    from prunekit.train.experiment import run_experiment
+
+    # ResNet-20 (residual blocks: growing's block gates exist) on 16x16 shapes; 4 epochs of 3 steps, so a stop at
+    # step 7 falls mid-epoch, mid-log-window (log_every=2), after the first prune/round of the scheduled methods
+    cfg = RunConfig(model="resnet20", dataset="shapes", method=name,
+                    data_options={"num_samples": 48, "num_test": 16, "image_size": 16},
+                    train=TrainConfig(epochs=4, batch_size=16, max_steps_per_epoch=3, log_every=2, lr=0.05,
+                                      device="cpu", num_threads=1))
+    log = _Log(stop_at)
+    result = run_experiment(cfg, callbacks=[log], checkpoint_dir=tmp, resume_from=resume)
+    return result, log
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_method_resumes_bit_exact_after_a_mid_epoch_stop(tmp_path: Path, name: str):
+    """Weights, masks (gate buffers are in the state dict), method state and report, every logged step, layer row
+    and epoch metric after the stop, and the test accuracy: all identical to the uninterrupted run."""
+    full, full_log = _method_run(name)
+    stopped, _ = _method_run(name, tmp_path, stop_at=7)
+    assert stopped["status"] == "stopped" and stopped["steps"] == 7
+    assert read_checkpoint(tmp_path / "last.pt")["extra"]["step_in_epoch"] == 1
+    resumed, log = _method_run(name, tmp_path, resume=tmp_path / "last.pt")
+    assert resumed["status"] == "completed" and resumed["steps"] == full["steps"] == 12
+    a, b = full["model"].state_dict(), resumed["model"].state_dict()
+    assert a.keys() == b.keys()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+    assert sorted(log.steps) == [8, 10, 12]
+    assert [s for s in log.steps if not _same(full_log.steps[s], log.steps[s])] == []
+    assert [s for s in log.layers if not _same(full_log.layers[s], log.layers[s])] == []
+    assert sorted(log.epochs) == [3, 4] and all(_same(full_log.epochs[e], log.epochs[e]) for e in log.epochs)
+    assert _same(full["method_report"], resumed["method_report"])
+    assert full["metrics"]["acc/test"] == resumed["metrics"]["acc/test"]
+    assert _same(full["metrics"], resumed["metrics"])
+
+
+def test_mismatching_checkpoint_is_a_checkpoint_error_never_a_key_error(tmp_path: Path):
+    from prunekit.optim import SplitOptimizer
+
+    trainer, path = _trained(tmp_path)  # SGD, one group
+    model = _model()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    adam = torch.optim.Adam(model.parameters(), lr=0.1)
+    with pytest.raises(CheckpointError, match="another optimizer kind"):
+        load_checkpoint(path, model=model, optimizer=adam)
+    split = SplitOptimizer([torch.optim.SGD(list(model.parameters())[:2], lr=0.1),
+                            torch.optim.Adam(list(model.parameters())[2:], lr=0.1)])
+    with pytest.raises(CheckpointError, match="split optimizer"):
+        load_checkpoint(path, model=model, optimizer=split)
+    # a split optimizer's checkpoint (also one written before it listed "param_groups") into a single one
+    spath = save_checkpoint(tmp_path / "split.pt", model=model, optimizer=split, step=1)
+    raw = torch.load(spath, weights_only=True)
+    del raw["optimizer"]["param_groups"]
+    torch.save(raw, tmp_path / "old_split.pt")
+    for p in (spath, tmp_path / "old_split.pt"):
+        with pytest.raises(CheckpointError, match="split optimizer"):
+            load_checkpoint(p, model=model, optimizer=sgd)
+    load_checkpoint(tmp_path / "old_split.pt", model=model, optimizer=split)  # an old split checkpoint still loads
+    raw = torch.load(path, weights_only=True)
+    raw["optimizer"] = {"state": {}}
+    torch.save(raw, tmp_path / "no_groups.pt")
+    with pytest.raises(CheckpointError, match="without parameter groups"):
+        load_checkpoint(tmp_path / "no_groups.pt", model=model, optimizer=sgd)
+    raw = torch.load(path, weights_only=True)
+    raw["config"] = {"method": "crisp"}
+    torch.save(raw, tmp_path / "crisp.pt")
+    with pytest.raises(CheckpointError, match="written by method 'crisp', the run uses 'spy-test'"):
+        load_checkpoint(tmp_path / "crisp.pt", model=model, method=SpyMethod())
+
+
+def test_checkpoint_write_error_keeps_the_old_file_and_leaves_nothing(tmp_path: Path, monkeypatch):
+    import errno
+
+    import prunekit.train.checkpoint as ck
+    from prunekit.train.checkpoint import CheckpointWriteError
+
+    model = _model()
+    path = save_checkpoint(tmp_path / "last.pt", model=model, step=3)
+    (tmp_path / ".last.pt.dead.tmp").write_bytes(b"left by a killed writer")
+
+    def full_disk(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ck.torch, "save", full_disk)
+    with pytest.raises(CheckpointWriteError, match="at step 9: No space left on device") as info:
+        save_checkpoint(path, model=model, step=9)
+    assert info.value.errno == errno.ENOSPC and info.value.step == 9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # the stale and the partial temp file: gone
+    assert read_checkpoint(path)["step"] == 3
 
 
 def test_seed_everything_is_reproducible():

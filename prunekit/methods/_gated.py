@@ -336,6 +336,13 @@ class GateMethod(Method):
     def layer_metrics(self, model: nn.Module) -> list[dict[str, Any]]:
         return layer_rows(model, self._flip_state) if hasattr(model, "groups") else []
 
+    def report_state(self) -> dict[str, Any]:
+        return {"report": dict(self.report), "flip": {k: v.clone() for k, v in self._flip_state.items()}}
+
+    def load_report_state(self, state: dict[str, Any]) -> None:
+        self.report = dict(state.get("report") or self.report)
+        self._flip_state = dict(state.get("flip") or {})
+
     @torch.no_grad()
     def fix_decision(self, gated: nn.Module, scores: list[torch.Tensor], target: float | None, kind: str = "macs",
                      calibrate_to_target: bool = True, tolerance: float = 0.05) -> float:

@@ -329,6 +329,15 @@ class Method:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def report_state(self) -> dict[str, Any]:
+        """What the method's reporting remembers (tensors and plain types): its ``report`` and the last masks a
+        flip rate compares with. Checkpoints keep it beside :meth:`state_dict`, so a resumed run logs and reports
+        what the uninterrupted run does."""
+        return {}
+
+    def load_report_state(self, state: dict[str, Any]) -> None:
+        pass
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
 

@@ -316,6 +316,13 @@ class DPPMethod(Method):
     def layer_metrics(self, model: nn.Module) -> list[dict[str, Any]]:
         return gate_layer_rows(model, state=self._flip_state)
 
+    def report_state(self) -> dict[str, Any]:
+        return {"report": dict(self.report), "flip": {k: v.clone() for k, v in self._flip_state.items()}}
+
+    def load_report_state(self, state: dict[str, Any]) -> None:
+        self.report = dict(state.get("report") or self.report)
+        self._flip_state = dict(state.get("flip") or {})
+
     @torch.no_grad()
     def decision_masks(self, model: nn.Module) -> list[torch.Tensor] | None:
         """DPP's own rule: the noiseless top-k of Φ per group (bool [size]); None below filter granularity."""

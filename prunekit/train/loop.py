@@ -10,7 +10,14 @@ Reproducibility: every epoch reseeds the global RNGs and the train loader's shuf
 ``(seed, epoch)``, so an epoch's data order, augmentation and noise do not depend on what happened
 before it. A checkpoint written mid-epoch (on stop) also stores the RNG state and the number of steps
 done; resuming replays the epoch's data order, skips those batches and restores the RNG state, so on
-CPU a resumed run ends with the same weights as an uninterrupted one.
+CPU a resumed run ends with the same weights as an uninterrupted one. The checkpoint also keeps what the
+logs of the unfinished epoch have summed so far (training accuracy, the loss window), the last logs, and
+the method's reporting memory (``Method.report_state``), so the resumed run logs the same values too.
+
+Failures: a NaN/inf loss raises :class:`DivergedError` (callbacks see ``on_train_end`` with status
+``"diverged"`` and the step), any other exception (e.g. a checkpoint that cannot be written because the disk
+is full: :class:`~prunekit.train.checkpoint.CheckpointWriteError`) ``on_train_end`` with status ``"failed"``
+and the error, then propagates.
 """
 
 from __future__ import annotations
@@ -136,6 +143,8 @@ class Trainer:
             batches = config.max_steps_per_epoch or 0
         self.steps_per_epoch = min(batches, config.max_steps_per_epoch or batches)
         self.metrics: dict[str, float] = {}
+        self._last_logs: dict[str, float] = {}
+        self._ended = False  # on_train_end was emitted
 
     def _warmup(self, opt: torch.optim.Optimizer) -> None:
         """Scale the scheduler's lr linearly over the warm-up steps (a pure function of the step: resume-safe)."""
@@ -160,7 +169,7 @@ class Trainer:
         except Exception as e:  # noqa: BLE001 - reporting only: a method whose metrics need the pre-finalize model
             logger.warning("final metrics of method %s unavailable after finalize: %s", self.method.name, e)
             return
-        logs = {**getattr(self, "_last_logs", {}), **final, **self.metrics}
+        logs = {**self._last_logs, **final, **self.metrics}
         self._emit("on_step_end", logs)
         if rows:
             self._emit("on_layer_metrics", rows)
@@ -196,8 +205,9 @@ class Trainer:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
-    def _resume(self) -> tuple[int, int, dict[str, Any] | None]:
-        """Load ``resume_from``; return (first epoch, steps already done in it, RNG state to restore)."""
+    def _resume(self) -> tuple[int, int, dict[str, Any] | None, dict[str, Any]]:
+        """Load ``resume_from``; return (first epoch, steps already done in it, RNG state to restore, the
+        unfinished epoch's log window)."""
         # CPU: RNG states must stay CPU tensors; load_state_dict copies weights and optimizer state to
         # the parameters' device.
         ckpt = load_checkpoint(self.resume_from, self.model, self.optimizer, self.scheduler, self.method,
@@ -205,10 +215,13 @@ class Trainer:
         extra = ckpt.get("extra") or {}
         if extra.get("scaler"):
             self.scaler.load_state_dict(extra["scaler"])
+        self.method.load_report_state(extra.get("report_state") or {})
+        self.metrics = dict(extra.get("metrics") or {})
+        self._last_logs = dict(extra.get("last_logs") or {})
         self.step, self.epoch = ckpt["step"], ckpt["epoch"]
         skip = int(extra.get("step_in_epoch", 0))
         logger.info("resumed from %s at epoch %d, step %d", self.resume_from, self.epoch, self.step)
-        return self.epoch, skip, (extra.get("rng") if skip else None)
+        return self.epoch, skip, (extra.get("rng") if skip else None), (extra.get("window") or {} if skip else {})
 
     def _seed_epoch(self, epoch: int) -> None:
         s = epoch_seed(self.config.seed, epoch)
@@ -219,18 +232,21 @@ class Trainer:
                 loader.sampler.generator = torch.Generator().manual_seed(s)
             loader.generator = torch.Generator().manual_seed(s + 1)  # workers' base seed
 
-    def _checkpoint(self, step_in_epoch: int, status: str) -> None:
+    def _checkpoint(self, step_in_epoch: int, status: str, window: dict[str, Any] | None = None) -> None:
         if self.checkpoint_dir is None:
             return
         extra = {"step_in_epoch": step_in_epoch, "rng": get_rng_state(), "status": status,
                  "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
-                 "metrics": dict(self.metrics), "task": self.task}
+                 "metrics": dict(self.metrics), "task": self.task, "last_logs": dict(self._last_logs),
+                 "report_state": self.method.report_state(), "window": dict(window or {})}
         config = self.run_config if self.run_config is not None else {"train": dataclasses.asdict(self.config)}
         save_checkpoint(self.checkpoint_dir / CHECKPOINT_NAME, model=self.model, optimizer=self.optimizer,
                         scheduler=self.scheduler, method_state=self.method.state_dict(), step=self.step,
                         epoch=self.epoch, config=config, extra=extra)
 
     def _emit(self, event: str, *args: Any) -> None:
+        if event == "on_train_end":
+            self._ended = True
         for cb in self.callbacks:
             getattr(cb, event)(self, *args)
 
@@ -259,12 +275,26 @@ class Trainer:
 
         Raises:
             DivergedError: the loss became NaN/inf (callbacks get ``on_train_end`` with status "diverged").
+            CheckpointWriteError: a checkpoint could not be written (callbacks get status "failed"); any other
+                exception likewise.
         """
+        try:
+            return self._fit()
+        except Exception as e:
+            if not self._ended:
+                try:
+                    self._emit("on_train_end", {"status": "failed", "error": f"{type(e).__name__}: {e}",
+                                                "steps": self.step, "epochs": self.epoch})
+                except Exception:  # noqa: BLE001 - the original error is the one to report
+                    logger.exception("a callback failed while the run was ending on %s", type(e).__name__)
+            raise
+
+    def _fit(self) -> dict[str, Any]:
         cfg, model, method = self.config, self.model, self.method
         self._setup()
-        start_epoch, skip, rng = (0, 0, None)
+        start_epoch, skip, rng, window = (0, 0, None, {})
         if self.resume_from is not None:
-            start_epoch, skip, rng = self._resume()
+            start_epoch, skip, rng, window = self._resume()
         opt, scaler = self.optimizer, self.scaler
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                     else contextlib.nullcontext())
@@ -276,9 +306,10 @@ class Trainer:
             method.on_epoch_start(model, epoch, cfg.epochs)
             model.train()
             t0 = time.perf_counter()
-            win_t, win_images, win_steps = t0, 0, 0
-            win_losses: dict[str, float] = {}
-            correct, seen = 0, 0
+            # a resumed, partly done epoch starts from the sums its checkpoint kept
+            win_t, win_images, win_steps = t0, 0, int(window.get("steps", 0))
+            win_losses: dict[str, float] = dict(window.get("losses") or {})
+            correct, seen = int(window.get("correct", 0)), int(window.get("seen", 0))
             i = -1
             for i, (x, y) in enumerate(self.train_loader):
                 if i >= self.steps_per_epoch:
@@ -339,9 +370,10 @@ class Trainer:
                     break
             train_time += time.perf_counter() - t0
             if status == "stopped" and i + 1 < self.steps_per_epoch:
-                self._checkpoint(step_in_epoch=i + 1, status=status)
+                self._checkpoint(step_in_epoch=i + 1, status=status, window={
+                    "steps": win_steps, "losses": win_losses, "correct": correct, "seen": seen})
                 break
-            skip, rng = 0, None
+            skip, rng, window = 0, None, {}
             method.on_epoch_end(model, epoch, cfg.epochs)
             self.scheduler.step()
             self.epoch = epoch + 1

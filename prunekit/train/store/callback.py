@@ -195,6 +195,8 @@ class StoreCallback(Callback):
         if status == "diverged" or self.diverged is not None:
             err = result.get("error") or f"training diverged: loss is {self.diverged[1]} at step {self.diverged[0]}"
             self.store.set_status(self.run_id, "failed", error=err)
+        elif status == "failed":  # the loop raised (e.g. a checkpoint that could not be written)
+            self.store.set_status(self.run_id, "failed", error=result.get("error") or "training raised an error")
         elif status == "stopped" or self.stop_seen:
             self.store.set_status(self.run_id, "stopped")
         else:
