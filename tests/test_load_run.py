@@ -137,3 +137,18 @@ def test_bad_run_argument_names_the_argument_and_the_value(tmp_path, crisp_run):
         pk.load_run(42)
     with pytest.raises(ConfigError, match="split must be 'test' or 'val', got 'train'"):
         pk.load_run(folder).evaluate("train")
+
+
+def test_the_app_loads_the_network_the_run_reported_on(tmp_path):
+    """The app's Explore and Collapse pages work on ``app_support.load_run``: for a method that re-estimates
+    BatchNorm after finalize (L0) it must be the finalized network, not the last checkpoint as stored."""
+    from prunekit.app_support import load_run as app_load_run
+
+    result = _train(_tiny("l0", target_macs=0.5), tmp_path / "run")
+    ws = tmp_path / "ws"
+    with RunStore(ws) as store:
+        run_id = store.create_run(_tiny("l0", target_macs=0.5).to_dict(), status="done")
+        store.add_checkpoint(run_id, result["steps"], result["epochs"], tmp_path / "run" / "last.pt")
+    loaded = app_load_run(ws, run_id)
+    _same_outputs(loaded.experiment, result["model"])
+    assert loaded.experiment.evaluate("test")["acc"] == result["metrics"]["acc/test"]

@@ -33,7 +33,7 @@ class LoadedRun:
     checkpoint: Path
     step: int
     config: RunConfig
-    experiment: Any  # prunekit.train.experiment.Experiment
+    experiment: Any  # prunekit.train.load.LoadedRun: model, loaders, task, example_input
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -61,26 +61,27 @@ def _eval_loader(loaded: LoadedRun) -> Any:
 
 
 def load_run(workspace: str | Path | None, run_id: str, checkpoint: str | Path | None = None) -> LoadedRun:
-    """Rebuild run ``run_id`` (config from the store) and load ``checkpoint`` (default: its latest).
+    """Rebuild run ``run_id`` and load ``checkpoint`` (default: its latest) with ``pk.load_run``.
+
+    A completed run comes back finalized exactly as it ended (its method's final masks and, for the methods that
+    ask, BatchNorm re-estimated): the last checkpoint is written before that, and a page that collapsed or
+    re-thresholded the checkpoint as stored would show another network than the run reported on.
 
     Raises:
         ConfigError: unknown run, or a run without checkpoint yet.
         CheckpointError: a corrupt or mismatching checkpoint.
         DataNotFoundError: the run's dataset is not on this machine.
     """
-    from prunekit.train.checkpoint import load_checkpoint
-    from prunekit.train.experiment import build_experiment
+    from prunekit.train.load import load_run as load_trained
 
     store = open_store(workspace)
-    info = store.get_run(run_id)
+    store.get_run(run_id)
     path = Path(checkpoint) if checkpoint is not None else store.latest_checkpoint(run_id)
     if path is None:
         raise ConfigError(f"run {run_id!r} has no checkpoint yet (one is written after every epoch)")
-    cfg = RunConfig.from_dict(info.config)
-    exp = build_experiment(cfg)
-    ckpt = load_checkpoint(path, model=exp.model, method=exp.method)
-    exp.model.eval()
-    return LoadedRun(run_id, path, int(ckpt["step"]), cfg, exp)
+    run = load_trained(path)
+    run.model.eval()
+    return LoadedRun(run_id, path, int(run.step), run.config, run)
 
 
 def cached_run(workspace: str | None, run_id: str, checkpoint: str) -> LoadedRun:
