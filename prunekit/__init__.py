@@ -62,6 +62,7 @@ _API: dict[str, str] = {
     "measure_latency_interleaved": "prunekit.latency",
     "measure_latency_onnx": "prunekit.latency",
     "optimize_for_inference": "prunekit.inference",
+    "latency_forms": "prunekit.compare",
     "create_method": "prunekit.methods",
     "list_methods": "prunekit.methods",
     "register_method": "prunekit.methods",

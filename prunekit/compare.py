@@ -14,7 +14,8 @@ from torch import nn
 from prunekit.augment import GatedModel
 from prunekit.cost import count_macs, count_params
 from prunekit.errors import ConfigError
-from prunekit.latency import measure_latency
+from prunekit.inference import optimize_for_inference
+from prunekit.latency import measure_latency, measure_latency_interleaved, measure_latency_onnx
 from prunekit.train.evaluate import evaluate
 
 
@@ -98,3 +99,38 @@ def compare(
         "removed_blocks": info.get("removed", []),
         "task": task,
     }
+
+
+def latency_forms(
+    before: nn.Module,
+    after: nn.Module,
+    example_input: torch.Tensor,
+    batch_sizes: tuple[int, ...] = (1, 64),
+    *,
+    rounds: int = 3,
+    onnxruntime: bool | None = None,
+) -> dict[str, dict[str, dict[int, float]]]:
+    """Latency of two networks (e.g. dense and slim) in every form a user deploys, on this CPU.
+
+    ``eager``: the networks as given, timed interleaved; ``inference``: their inference forms
+    (``prunekit.inference.optimize_for_inference``, BatchNorm folded, NCHW for both), interleaved; ``onnxruntime``:
+    the inference forms exported to ONNX and run by ONNX Runtime with torch's thread count (when ``onnxruntime``
+    is installed, or ``onnxruntime=True`` to require it).
+
+    Returns:
+        ``{form: {"before": {batch: ms}, "after": {batch: ms}}}``.
+    """
+    x = example_input[:1].cpu()
+    before, after = before.cpu().eval(), after.cpu().eval()
+    eager = measure_latency_interleaved({"before": before, "after": after}, x, batch_sizes, rounds=rounds, repeats=2)
+    forms = {"before": optimize_for_inference(before, x, channels_last=False),
+             "after": optimize_for_inference(after, x, channels_last=False)}
+    inf = measure_latency_interleaved(forms, x, batch_sizes, rounds=rounds, repeats=2)
+    out = {"eager": eager, "inference": inf}
+    if onnxruntime is None:
+        import importlib.util
+
+        onnxruntime = importlib.util.find_spec("onnxruntime") is not None
+    if onnxruntime:
+        out["onnxruntime"] = {k: measure_latency_onnx(m, x, batch_sizes, repeats=rounds * 2) for k, m in forms.items()}
+    return out

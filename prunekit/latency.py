@@ -184,3 +184,4 @@ def measure_latency_onnx(
             times.append((time.perf_counter() - t0) * 1e3)
         out[bs] = statistics.median(times)
     return out
+

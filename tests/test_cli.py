@@ -356,6 +356,11 @@ def test_collapse_a_run_folder_reports_the_run_it_collapsed(tmp_path: Path, caps
     assert abs(r["acc/test"]["after"] - r["acc/test"]["before"]) <= 1 / 32  # at most one of the 32 test images
     assert r["macs"]["after"] == pytest.approx(trained["macs"], rel=1e-6)
     assert Path(r["saved"]) == out / "slim.pt" and (out / "slim.pt").is_file()
+    forms = r["latency_ms"]
+    assert {"eager", "inference"} <= forms.keys()
+    for form in forms.values():
+        assert set(form["before"]) == set(form["after"]) == {"1", "64"}
+        assert all(v > 0 for side in form.values() for v in side.values())
 
 
 @pytest.mark.slow  # three fresh interpreters import torch for `list models`: ~5 s idle

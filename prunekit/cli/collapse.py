@@ -37,18 +37,13 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _latency_ms(model: Any, x: Any) -> float:
-    from prunekit.latency import measure_latency
-
-    return float(measure_latency(model, x[:1], batch_sizes=(32,), device="cpu", warmup=2, repeats=5)[32])
-
-
 def collapse_checkpoint(source: str, threshold: float | None = None, evaluate_split: str | None = "test",
                         root: str | None = None, workspace: str | None = None) -> dict[str, Any]:
     """Load, finalise, collapse and measure a run; returns the numbers and the slim model (key ``slim``)."""
     import torch
 
     from prunekit.collapse import collapse
+    from prunekit.compare import latency_forms
     from prunekit.cost import count_macs, count_params
     from prunekit.train.evaluate import evaluate
     from prunekit.train.load import load_run
@@ -75,7 +70,8 @@ def collapse_checkpoint(source: str, threshold: float | None = None, evaluate_sp
         "structures": int(sum(h.size for h in gated.groups)),
         "params": {"before": count_params(base), "after": count_params(slim)},
         "macs": {"before": count_macs(base, x), "after": count_macs(slim, x)},
-        "latency_ms_b32": {"before": _latency_ms(base, x), "after": _latency_ms(slim, x)},  # dense vs slim
+        # dense vs slim: eager, inference form (BN folded), ONNX Runtime when installed; batch 1 and 64
+        "latency_ms": latency_forms(base, slim, x),
         "max_diff": slim.pk_collapse["max_diff"], "collapse_s": seconds,
         "removed_layers": slim.pk_collapse["removed"],
     }
@@ -93,9 +89,11 @@ def collapse_checkpoint(source: str, threshold: float | None = None, evaluate_sp
 def _rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows = [("params", human(r["params"]["before"]), human(r["params"]["after"])),
             ("MACs", human(r["macs"]["before"]), human(r["macs"]["after"]))]
-    lat = r["latency_ms_b32"]
-    if lat["before"] is not None:
-        rows.append(("latency b32 (cpu)", f"{lat['before']:.1f} ms", f"{lat['after']:.1f} ms"))
+    for form, lat in r["latency_ms"].items():
+        for b in lat["before"]:
+            speed = lat["before"][b] / lat["after"][b]
+            rows.append((f"latency b{b} {form} (cpu)", f"{lat['before'][b]:.2f} ms",
+                         f"{lat['after'][b]:.2f} ms ({speed:.2f}x)"))
     for key in ("acc/test", "acc/val", "miou/test", "miou/val"):
         if key in r:
             rows.append((key, f"{r[key]['before']:.4f}", f"{r[key]['after']:.4f}"))
