@@ -294,6 +294,17 @@ def test_comparison_table_and_reading():
     assert viz.comparison_table({}).empty
 
 
+def test_comparison_table_shows_the_deployed_forms_latency():
+    result = {"original": {"params": 1000}, "slim": {"params": 500},
+              "latency_forms": {"eager": {"before": {"1": 3.0}, "after": {"1": 2.0}},
+                                "inference": {"before": {"1": 2.0, "64": 40.0}, "after": {"1": 1.0, "64": 10.0}},
+                                "onnxruntime": {"before": {"1": 0.5}, "after": {"1": 0.25}}}}
+    t = viz.comparison_table(result).set_index("metric")
+    assert t.loc["latency batch 64, BN folded (ms)", "slim / original"] == pytest.approx(0.25)
+    assert t.loc["latency batch 1, ONNX Runtime (ms)", "slim"] == pytest.approx(0.25)
+    assert not any("eager" in m for m in t.index)  # the eager row is compare's own latency row
+
+
 def test_tradeoff_on_latency_reads_ms_not_a_fraction():
     """The latency axis said "keeps 5626 % of the cost" (56.26 ms formatted as a fraction)."""
     runs = pd.DataFrame({"id": ["a", "b"], "name": ["x", "y"], "method": ["crisp", "crisp"],

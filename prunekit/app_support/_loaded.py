@@ -156,7 +156,7 @@ def collapse_and_compare(loaded: LoadedRun, out_dir: str | Path, *, max_batches:
     import copy
 
     from prunekit.collapse import collapse
-    from prunekit.compare import compare
+    from prunekit.compare import compare, latency_forms
     from prunekit.io import export_onnx, save_slim
 
     t0 = time.perf_counter()
@@ -171,6 +171,8 @@ def collapse_and_compare(loaded: LoadedRun, out_dir: str | Path, *, max_batches:
         raise ConfigError(f"method {loaded.config.method!r} leaves no gates in the model, so there is nothing to collapse")
     slim = collapse(gated, x).eval()
     result = jsonable(compare(original, slim, loader, x, task=loaded.experiment.task, max_batches=max_batches))
+    # dense vs slim as deployed: BatchNorm folded, and in ONNX Runtime when it is installed
+    result["latency_forms"] = jsonable(latency_forms(gated.model, slim, x))
     files = {"slim": str(save_slim(slim, out_dir / "slim.pt"))}
     try:
         export_onnx(slim, x[:1], out_dir / "slim.onnx")

@@ -174,6 +174,10 @@ _COMPARE_ROWS = (
 )
 
 
+# latency of the dense network vs the slim one as deployed (``prunekit.compare.latency_forms``)
+_LATENCY_FORMS = (("inference", "BN folded"), ("onnxruntime", "ONNX Runtime"))
+
+
 def comparison_table(result: dict[str, Any]) -> pd.DataFrame:
     """Original vs slim table from ``prunekit.compare``'s result.
 
@@ -195,6 +199,14 @@ def comparison_table(result: dict[str, Any]) -> pd.DataFrame:
             a, b = (None if v is None else _pct(float(v)) for v in (a, b))
         ratio = float(b) / float(a) if a not in (None, 0) and b is not None else math.nan
         rows.append({"metric": label, "original": a, "slim": b, "slim / original": ratio})
+    for form, label in _LATENCY_FORMS:
+        lat = (result.get("latency_forms") or {}).get(form)
+        if not lat:
+            continue
+        for bs, a in lat["before"].items():
+            b = lat["after"].get(bs)
+            rows.append({"metric": f"latency batch {int(bs)}, {label} (ms)", "original": a, "slim": b,
+                         "slim / original": float(b) / float(a) if a and b is not None else math.nan})
     if "max_abs_diff" in result:
         rows.append(
             {
