@@ -297,6 +297,7 @@ def test_collapse_and_compare_gives_the_page_what_it_shows(gated_run, tmp_path):
     assert table.loc["MACs", "slim / original"] < 0.6
     assert table.loc["parameters", "slim / original"] < 1.0
     assert float(result["max_abs_diff"]) < 1e-3
+    assert table.loc["latency batch 64, BN folded (ms)", "slim"] > 0
     widths = sup.widths_frame(result)
     assert not widths.empty and (widths["after"] <= widths["before"]).all()
     assert result["step"] == 7
