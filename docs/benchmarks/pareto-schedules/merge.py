@@ -36,4 +36,4 @@ md += "\n## variant chosen on validation\n\n| dataset | method | target | option
 md += "\n".join(chosen) + "\n"
 (HERE / "merged.json").write_text(json.dumps({"runs": RUNS, "rows": merged, "summary": summary}, indent=1, default=str))
 (HERE / "merged.md").write_text(md)
-print(md)
+print(md)  # noqa: T201 -- a script, run by hand
