@@ -109,24 +109,28 @@ def latency_forms(
     *,
     rounds: int = 3,
     onnxruntime: bool | None = None,
+    eager: bool = True,
 ) -> dict[str, dict[str, dict[int, float]]]:
     """Latency of two networks (e.g. dense and slim) in every form a user deploys, on this CPU.
 
     ``eager``: the networks as given, timed interleaved; ``inference``: their inference forms
     (``prunekit.inference.optimize_for_inference``, BatchNorm folded, NCHW for both), interleaved; ``onnxruntime``:
     the inference forms exported to ONNX and run by ONNX Runtime with torch's thread count (when ``onnxruntime``
-    is installed, or ``onnxruntime=True`` to require it).
+    is installed, or ``onnxruntime=True`` to require it). ``eager=False`` leaves the first out (a caller that
+    already times the networks as given, e.g. beside others).
 
     Returns:
         ``{form: {"before": {batch: ms}, "after": {batch: ms}}}``.
     """
     x = example_input[:1].cpu()
     before, after = before.cpu().eval(), after.cpu().eval()
-    eager = measure_latency_interleaved({"before": before, "after": after}, x, batch_sizes, rounds=rounds, repeats=2)
+    out = {}
+    if eager:
+        out["eager"] = measure_latency_interleaved({"before": before, "after": after}, x, batch_sizes, rounds=rounds,
+                                                   repeats=2)
     forms = {"before": optimize_for_inference(before, x, channels_last=False),
              "after": optimize_for_inference(after, x, channels_last=False)}
-    inf = measure_latency_interleaved(forms, x, batch_sizes, rounds=rounds, repeats=2)
-    out = {"eager": eager, "inference": inf}
+    out["inference"] = measure_latency_interleaved(forms, x, batch_sizes, rounds=rounds, repeats=2)
     if onnxruntime is None:
         import importlib.util
 

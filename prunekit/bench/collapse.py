@@ -21,9 +21,9 @@ import torch
 
 import prunekit as pk
 from prunekit.bench import error_reason, md_table, write_report
+from prunekit.compare import latency_forms
 from prunekit.errors import ConfigError
-from prunekit.inference import optimize_for_inference
-from prunekit.latency import measure_latency_interleaved, measure_latency_onnx
+from prunekit.latency import measure_latency_interleaved
 from prunekit.models import list_models
 
 log = logging.getLogger(__name__)
@@ -121,33 +121,28 @@ def _torch_pruning_row(name: str, x: torch.Tensor, nets: dict[str, torch.nn.Modu
 def _add_latency(row: dict[str, Any], nets: dict[str, torch.nn.Module], x: torch.Tensor, cfg: dict[str, Any]) -> None:
     """Time dense, prunekit-slim and Torch-Pruning networks of one model interleaved; speed-ups into the rows.
 
-    With ``cfg["inference"]`` the dense and slim networks' inference forms (BatchNorm folded, NCHW: the same
-    layout for both, so the ratio is the pruning's) are timed in the same rounds; with ``cfg["onnxruntime"]`` both
-    inference forms are also exported and timed in ONNX Runtime (same thread count).
+    With ``cfg["inference"]`` the dense and slim networks are also timed as deployed
+    (``prunekit.compare.latency_forms``: inference forms, BatchNorm folded and NCHW for both, so the ratio is the
+    pruning's; with ``cfg["onnxruntime"]`` also in ONNX Runtime with the same thread count).
     """
     if "dense" not in nets:
         return
-    if cfg.get("inference") and "prunekit" in nets:
-        for key in ("dense", "prunekit"):
-            nets[f"{key}_inf"] = optimize_for_inference(nets[key], x, channels_last=False)
     lat = measure_latency_interleaved(nets, x, (1, 64), rounds=cfg["repeats"], repeats=2)
-    for key, before in (("prunekit", "dense"), ("torch_pruning", "dense"), ("prunekit_inf", "dense_inf")):
-        r = row.get(key.removesuffix("_inf"))
-        if key not in lat or not r or not r.get("ok"):
+    # (row, key suffix, {"before": {batch: ms}, "after": {batch: ms}})
+    timed = [(key, "", {"before": lat["dense"], "after": lat[key]}) for key in ("prunekit", "torch_pruning") if key in lat]
+    if cfg.get("inference") and "prunekit" in nets:
+        forms = latency_forms(nets["dense"], nets["prunekit"], x, (1, 64), rounds=cfg["repeats"],
+                              onnxruntime=bool(cfg.get("onnxruntime")), eager=False)
+        timed += [("prunekit", tag, forms[form]) for form, tag in (("inference", "_inf"), ("onnxruntime", "_ort"))
+                  if form in forms]
+    for key, tag, before_after in timed:
+        r = row.get(key)
+        if not r or not r.get("ok"):
             continue
-        tag = "_inf" if key.endswith("_inf") else ""
-        r[f"latency_ms{tag}"] = {"before": lat[before], "after": lat[key]}
+        r[f"latency_ms{tag}"] = before_after
         for b in (1, 64):
-            r[f"speedup{tag}_b{b}"] = lat[before][b] / lat[key][b]
+            r[f"speedup{tag}_b{b}"] = before_after["before"][b] / before_after["after"][b]
             r[f"speedup{tag}_over_macs_b{b}"] = r[f"speedup{tag}_b{b}"] / r["macs_reduction"]
-    if cfg.get("onnxruntime") and "prunekit_inf" in nets:
-        ort = {k: measure_latency_onnx(nets[k], x, (1, 64), repeats=cfg["repeats"] * 2) for k in ("dense_inf",
-                                                                                                    "prunekit_inf")}
-        r = row["prunekit"]
-        r["latency_ms_ort"] = {"before": ort["dense_inf"], "after": ort["prunekit_inf"]}
-        for b in (1, 64):
-            r[f"speedup_ort_b{b}"] = ort["dense_inf"][b] / ort["prunekit_inf"][b]
-            r[f"speedup_ort_over_macs_b{b}"] = r[f"speedup_ort_b{b}"] / r["macs_reduction"]
 
 
 def _guard(fn, *args) -> dict[str, Any]:
