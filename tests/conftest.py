@@ -4,6 +4,7 @@ the shared real datasets."""
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -63,3 +64,14 @@ def make_tiny_cnn(widths: tuple[int, ...] = (8, 12, 16), in_channels: int = 3, c
 def tiny_cnn():
     """The :func:`make_tiny_cnn` builder as a fixture."""
     return make_tiny_cnn
+
+
+def install_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, source: str) -> None:
+    """Write module ``name`` (``source``) to ``tmp_path/mods``, importable here and, through PYTHONPATH, in the
+    background runner's child processes (their experiment is given as ``"module:function"``)."""
+    mods = tmp_path / "mods"
+    mods.mkdir(exist_ok=True)
+    (mods / f"{name}.py").write_text(source)
+    monkeypatch.setenv("PYTHONPATH", str(mods))  # the children inherit it
+    monkeypatch.syspath_prepend(str(mods))
+    sys.modules.pop(name, None)

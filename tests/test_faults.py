@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import install_module
 
 from prunekit.methods import list_methods
 from prunekit.train.checkpoint import CheckpointWriteError, read_checkpoint
@@ -135,12 +136,7 @@ EXP = "pk_fault_experiment:run"
 @pytest.fixture
 def exp(tmp_path, monkeypatch):
     """The experiment module importable here and in the runner's children; returns the workspace."""
-    mods = tmp_path / "mods"
-    mods.mkdir()
-    (mods / "pk_fault_experiment.py").write_text(_EXPERIMENT)
-    monkeypatch.setenv("PYTHONPATH", str(mods))
-    monkeypatch.syspath_prepend(str(mods))
-    sys.modules.pop("pk_fault_experiment", None)
+    install_module(tmp_path, monkeypatch, "pk_fault_experiment", _EXPERIMENT)
     return tmp_path / "ws"
 
 

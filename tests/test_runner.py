@@ -12,6 +12,7 @@ import textwrap
 import time
 
 import pytest
+from conftest import install_module
 
 from prunekit._device import run_threads, thread_env
 from prunekit.errors import ConfigError
@@ -58,11 +59,7 @@ EXP = "pk_toy_experiment:run"
 
 @pytest.fixture
 def toy(tmp_path, monkeypatch):
-    mod_dir = tmp_path / "mods"
-    mod_dir.mkdir()
-    (mod_dir / "pk_toy_experiment.py").write_text(_TOY)
-    monkeypatch.setenv("PYTHONPATH", str(mod_dir))  # the children inherit it
-    monkeypatch.syspath_prepend(str(mod_dir))
+    install_module(tmp_path, monkeypatch, "pk_toy_experiment", _TOY)
     return tmp_path / "ws"
 
 
