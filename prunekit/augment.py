@@ -224,6 +224,11 @@ class GatedModel(nn.Module):
         return f"groups={len(self.groups)}, fixed={len(self.fixed_groups)}"
 
 
+def find_gated(model: nn.Module) -> GatedModel | None:
+    """The :class:`GatedModel` that is ``model`` or sits inside it (e.g. under a method's wrapper); None if none."""
+    return next((m for m in model.modules() if isinstance(m, GatedModel)), None)
+
+
 def _foldable(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine
 

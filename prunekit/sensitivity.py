@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from prunekit._device import resolve_device
-from prunekit.augment import GatedModel, augment
+from prunekit.augment import augment, find_gated
 from prunekit.bn import batchnorm_layers, recalibrate_bn_
 from prunekit.curve import group_filter_scores
 from prunekit.errors import ConfigError
@@ -52,13 +52,6 @@ def _check_fractions(fractions: Sequence[float]) -> list[float]:
         if not 0 < f < 1:
             raise ConfigError(f"fractions must be in (0, 1), got {f}")
     return out
-
-
-def _find_gated(model: nn.Module) -> GatedModel | None:
-    for m in model.modules():
-        if isinstance(m, GatedModel):
-            return m
-    return None
 
 
 def removal_order(group: Any, ranking: str = "gate") -> torch.Tensor:
@@ -154,7 +147,7 @@ def layer_sensitivity(
         bn_data = list(itertools.islice(bn_loader, bn_batches)) if bn_batches else list(bn_loader)
 
     work = copy.deepcopy(model).to(dev).eval()
-    gated = _find_gated(work)
+    gated = find_gated(work)
     if ranking == "auto":
         ranking = "gate" if gated is not None else "l2"
     if gated is None:

@@ -81,7 +81,6 @@ from prunekit.app_support._loaded import (
     LoadedRun,
     cached_run,
     collapse_and_compare,
-    find_gated,
     jsonable,
     load_run,
     what_if,
@@ -141,6 +140,7 @@ from prunekit.app_support._sensitivity import (
     start_sensitivity,
     stored_sensitivity,
 )
+from prunekit.augment import find_gated
 from prunekit.errors import ConfigError, PrunekitError
 from prunekit.methods import run_target
 from prunekit.train.config import RunConfig, TrainConfig

@@ -21,6 +21,7 @@ from torch import nn
 
 from prunekit.app_support._process import app_threads, file_version, st_cached
 from prunekit.app_support._runs import describe_error, open_store
+from prunekit.augment import find_gated
 from prunekit.errors import ConfigError
 from prunekit.train.config import RunConfig
 
@@ -44,14 +45,6 @@ class LoadedRun:
     def gated(self) -> Any | None:
         """The GatedModel inside the prepared model (None for methods without gates)."""
         return find_gated(self.model)
-
-
-def find_gated(model: nn.Module) -> Any | None:
-    """The module exposing ``groups`` and ``gate_values()`` (prunekit's GatedModel), if any."""
-    for m in model.modules():
-        if hasattr(m, "groups") and callable(getattr(m, "gate_values", None)) and not isinstance(m, nn.Conv2d):
-            return m
-    return None
 
 
 def _eval_loader(loaded: LoadedRun) -> Any:

@@ -25,6 +25,8 @@ import plotly.graph_objects as go
 import torch
 from torch import nn
 
+from prunekit.augment import GatedModel, find_gated
+from prunekit.errors import ConfigError
 from prunekit.graph import BN_TYPES, CONV_TYPES, CONVT_TYPES
 
 # Layers drawn as nodes; everything else (activations, pooling, reshapes) is walked through.
@@ -119,11 +121,11 @@ class NetworkGraph:
 
 
 # -- from a gated model to the data --------------------------------------------------------------------
-def _gated_of(model: nn.Module) -> nn.Module:
-    for m in model.modules():
-        if hasattr(m, "groups") and hasattr(m, "fixed_groups") and hasattr(m, "example_input"):
-            return m
-    raise ValueError(f"model must be (or contain) a GatedModel from prunekit.augment, got {type(model).__name__}")
+def _gated_of(model: nn.Module) -> GatedModel:
+    gated = find_gated(model)
+    if gated is None:
+        raise ConfigError(f"model must be (or contain) a GatedModel from prunekit.augment, got {type(model).__name__}")
+    return gated
 
 
 def _width(module: nn.Module) -> int | None:
