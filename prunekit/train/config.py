@@ -10,12 +10,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from prunekit.data import LOADERS
 from prunekit.errors import ConfigError
 from prunekit.methods import create_method, run_target
+from prunekit.methods.base import option
 from prunekit.optim import optimizer_names
 from prunekit.validate import check_choice, check_range
 
-SCHEDULES = ("cosine", "step", "constant")
+# cosine / step / constant: a factor per epoch; linear: per step, from the base lr after the warm-up to 0 at the
+# last step (with the warm-up, a triangular one-cycle schedule)
+SCHEDULES = ("cosine", "step", "constant", "linear")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,12 @@ class TrainConfig:
     log_every: int = 10  # steps between scalar log events
     max_steps_per_epoch: int | None = None  # cap for smoke tests and what-if runs
     num_workers: int = 0
+    label_smoothing: float = option(
+        0.0, "share of the target probability spread evenly over all classes in the training loss "
+        "(classification; evaluation losses stay plain)", unit="probability", low=0, high=1, high_open=True)
+    loader: str = option(
+        "auto", "batch: whole-batch tensor augmentation in the training process; torch: a DataLoader over "
+        "per-image augmentation (worker processes); auto: batch unless num_workers > 0", choices=LOADERS)
 
     def __post_init__(self) -> None:
         check_range("epochs", self.epochs, 0)
@@ -55,6 +65,12 @@ class TrainConfig:
         check_range("log_every", self.log_every, 1)
         check_range("num_threads", self.num_threads, 1, allow_none=True)
         check_range("max_steps_per_epoch", self.max_steps_per_epoch, 1, allow_none=True)
+        check_range("num_workers", self.num_workers, 0)
+        check_range("label_smoothing", self.label_smoothing, 0, 1, high_open=True)
+        check_choice("loader", self.loader, LOADERS)
+        if self.loader == "batch" and self.num_workers > 0:
+            raise ConfigError(f"loader 'batch' runs in the training process: num_workers must be 0 with it, got "
+                              f"{self.num_workers} (use loader 'torch' or 'auto' for worker processes)")
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
 
 

@@ -6,7 +6,8 @@
 :class:`DistributedTrainer` is the ordinary :class:`~prunekit.train.loop.Trainer` with four changes:
 
 * each rank reads its shard of every global batch (``DistributedSampler``, per-rank batch
-  ``batch_size // world_size``, so ``TrainConfig.batch_size`` stays the *global* batch);
+  ``batch_size // world_size``, so ``TrainConfig.batch_size`` stays the *global* batch; a
+  :class:`~prunekit.data.batches.BatchLoader` draws every global batch on every rank and yields the rank's slice);
 * before every optimizer step the gradients are averaged over ranks (one flat all-reduce; the arithmetic of
   DDP, without its bucketing and overlap) and buffers (BN statistics) are broadcast from rank 0, so every
   rank applies the same update and parameters, gates included, stay identical;
@@ -34,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from prunekit.cost import count_params
+from prunekit.data.batches import BatchLoader
 from prunekit.errors import ConfigError
 from prunekit.train.callbacks import Callback
 from prunekit.train.config import RunConfig
@@ -225,6 +227,9 @@ class DistributedTrainer(Trainer):
             self.device = torch.device("cuda", self.dist.local_rank)
         if isinstance(self.train_loader, DataLoader):
             self.train_loader = shard_loader(self.train_loader, self.dist, self.config.seed)
+        elif isinstance(self.train_loader, BatchLoader):
+            self.train_loader = self.train_loader.shard(self.dist.rank, self.dist.world_size)
+        if isinstance(self.train_loader, (DataLoader, BatchLoader)):
             n = len(self.train_loader)
             self.steps_per_epoch = min(n, self.config.max_steps_per_epoch or n)
         self.callbacks = [_RankZero(self.callbacks, self.dist)]

@@ -41,10 +41,16 @@ def miou_from_confusion(cm: torch.Tensor) -> tuple[float, float]:
     return miou, pixel_acc
 
 
-def task_loss(output: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
-    """Cross-entropy for both tasks: logits ``[N, C]`` vs ``[N]``, or ``[N, C, H, W]`` vs ``[N, H, W]``."""
+def task_loss(output: torch.Tensor, target: torch.Tensor, task: str, *, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy for both tasks: logits ``[N, C]`` vs ``[N]``, or ``[N, C, H, W]`` vs ``[N, H, W]``.
+
+    ``label_smoothing`` (training, classification): the target puts ``1 - ε + ε/C`` on the true class and ``ε/C``
+    on every other.
+    """
     if task == "segmentation":
         return F.cross_entropy(output, target.long(), ignore_index=IGNORE_INDEX)
+    if label_smoothing:
+        return F.cross_entropy(output, target, label_smoothing=label_smoothing)
     return F.cross_entropy(output, target)
 
 

@@ -110,7 +110,7 @@ def build_experiment(cfg: RunConfig) -> Experiment:
     _check_forward(model, torch.zeros(2, info.in_channels, *info.image_size), cfg, task, num_classes)
     t = cfg.train
     loaders = make_loaders(cfg.dataset, t.batch_size, cfg.data_root, seed=t.seed, val_fraction=cfg.val_fraction,
-                           num_workers=t.num_workers, **cfg.data_options)
+                           num_workers=t.num_workers, loader=t.loader, **cfg.data_options)
     ds = loaders.train.dataset
     if len(ds) == 0:
         raise ConfigError(f"dataset {cfg.dataset!r} has an empty training split")

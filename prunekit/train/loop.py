@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from prunekit._device import resolve_device
 from prunekit.bn import DEFAULT_BN_BATCHES, recalibrate_bn_
+from prunekit.data.batches import BatchLoader
 from prunekit.errors import ConfigError, PrunekitError
 from prunekit.methods.base import Method
 from prunekit.optim import build_optimizer, model_optimizer
@@ -68,13 +69,24 @@ class DivergedError(PrunekitError):
 def lr_factor(schedule: str, epoch: int, epochs: int, milestones: Sequence[int] = (), gamma: float = 0.1) -> float:
     """Multiplier of the base lr during ``epoch`` (0-based) for a run of ``epochs`` epochs.
 
-    cosine: ``0.5 (1 + cos(pi epoch / epochs))``; step: ``gamma ** #(milestones <= epoch)``; constant: 1.
+    cosine: ``0.5 (1 + cos(pi epoch / epochs))``; step: ``gamma ** #(milestones <= epoch)``; constant and
+    linear (whose decay is per step, :func:`linear_decay`): 1.
     """
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
     if schedule == "step":
         return gamma ** sum(1 for m in milestones if epoch >= m)
     return 1.0
+
+
+def linear_decay(step: int, total: int, warmup: float = 0.0) -> float:
+    """The ``linear`` schedule's factor at ``step`` (0-based) of ``total`` steps: 1 until the end of the warm-up
+    (``warmup`` steps, which the warm-up ramp scales), then linearly down to ``1 / (total - warmup)`` at the last
+    step (0 just after it)."""
+    span = total - warmup
+    if span <= 0:
+        return 1.0
+    return max(0.0, min(1.0, (total - step) / span))
 
 
 def _constant_factor(epoch: int) -> float:
@@ -147,12 +159,16 @@ class Trainer:
         self._ended = False  # on_train_end was emitted
 
     def _warmup(self, opt: torch.optim.Optimizer) -> None:
-        """Scale the scheduler's lr linearly over the warm-up steps (a pure function of the step: resume-safe)."""
+        """Scale the scheduler's lr linearly over the warm-up steps, and by the ``linear`` schedule's per-step decay
+        (a pure function of the step: resume-safe)."""
         cfg = self.config
         total = self.steps_per_epoch * min(cfg.warmup_epochs, cfg.epochs / 2)
-        if self.step > total or total < 1:
+        linear = cfg.schedule == "linear"
+        if (self.step > total or total < 1) and not linear:
             return
-        factor = min(1.0, (self.step + 1) / total)
+        factor = min(1.0, (self.step + 1) / total) if total >= 1 else 1.0
+        if linear:
+            factor *= linear_decay(self.step, self.steps_per_epoch * cfg.epochs, total)
         for group, lr in zip(opt.param_groups, self.scheduler.get_last_lr()):
             if group.get("lr_schedule", True):
                 group["lr"] = lr * factor
@@ -231,6 +247,8 @@ class Trainer:
             if isinstance(loader.sampler, RandomSampler):
                 loader.sampler.generator = torch.Generator().manual_seed(s)
             loader.generator = torch.Generator().manual_seed(s + 1)  # workers' base seed
+        elif isinstance(loader, BatchLoader):
+            loader.reseed(s)  # its shuffle and augmentation; the global RNGs stay the model's
 
     def _checkpoint(self, step_in_epoch: int, status: str, window: dict[str, Any] | None = None) -> None:
         if self.checkpoint_dir is None:
@@ -321,7 +339,7 @@ class Trainer:
                 x, y = self._to_device(x, y)
                 with autocast:
                     out = model(x)
-                    loss_task = task_loss(out.float(), y, self.task)
+                    loss_task = task_loss(out.float(), y, self.task, label_smoothing=cfg.label_smoothing)
                 terms = method.regularizer(model, self.step, epoch)
                 loss = loss_task + sum(terms.values()) if terms else loss_task
                 value = loss.item()
@@ -376,6 +394,8 @@ class Trainer:
             skip, rng, window = 0, None, {}
             method.on_epoch_end(model, epoch, cfg.epochs)
             self.scheduler.step()
+            if cfg.schedule == "linear":
+                self._warmup(opt)  # the lr logged below is the next step's, not the reset per-epoch one
             self.epoch = epoch + 1
             self.metrics = self._evaluate()
             logs = dict(self.metrics)
