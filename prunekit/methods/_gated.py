@@ -11,6 +11,13 @@ cost target ranks every structure of the network by a per-method score (CRISP: t
 the logit; L0: log α; L1: the filter norm relative to its group's mean; slimming: mean |γ|), and keeps
 the top-k structures for the k whose hard cost is nearest to the target (one global ranking, binary
 search over k; every group keeps at least one structure, so no layer is cut by the ranking alone).
+
+**Hardware-friendly widths** (``round_to``, :class:`WidthConfig`, an option of every target-driven method): a
+group's kept count k becomes the nearest of the multiples of ``round_to`` that fit in the group, or the whole group
+(:func:`round_count`; a group narrower than ``round_to`` keeps every channel, an emptied group stays empty), and
+the channels are the group's best by the method's own scores, its own rule's choices first (:func:`round_masks`).
+Calibration searches over rounded masks, so a calibrated result still lands on the target; the method's report
+says how far rounding moved the ratio (``rounding``: ratio without and with rounding, the shift, the flips).
 """
 
 from __future__ import annotations
@@ -150,9 +157,67 @@ def own_rule_budget(own_ratio: float, relaxed: torch.Tensor, target: float, b: f
     return abs(own_ratio - target) + b * (relaxed - relaxed.detach())
 
 
+# -- hardware-friendly widths -------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class WidthConfig:
+    """The option every target-driven method shares (its Config inherits it)."""
+
+    round_to: int = option(1, "kept widths become multiples of this (a group narrower than it stays whole; 8 suits "
+                           "most CPU/GPU kernels), chosen by the method's own ranking; the report says how far it "
+                           "moved the ratio. 1: off", unit="channels", low=1)
+
+
+def round_count(k: int, n: int, round_to: int) -> int:
+    """The kept count of a group of ``n`` nearest to ``k`` that is a multiple of ``round_to`` or ``n`` (ties: more).
+
+    ``k`` 0 stays 0 (an emptied group is the method's decision to remove a branch) and otherwise at least
+    ``min(round_to, n)`` are kept: rounding never empties a group the method kept.
+    """
+    if round_to <= 1 or k <= 0 or k >= n:
+        return max(0, min(k, n))
+    candidates = list(range(round_to, n + 1, round_to)) + [n]
+    return min(candidates, key=lambda c: (abs(c - k), -c))
+
+
+@torch.no_grad()
+def round_masks(masks: list[torch.Tensor], scores: list[torch.Tensor], round_to: int) -> list[torch.Tensor]:
+    """Every group's mask with :func:`round_count` structures: the kept ones first, each ranked by ``scores``.
+
+    Args:
+        masks: keep masks, bool [size] per group.
+        scores: per group, float [size]; higher means more important (the method's calibration scores).
+        round_to: the width multiple (1: the masks unchanged).
+    Returns:
+        bool [size] per group (on the CPU).
+    """
+    if round_to <= 1:
+        return [m.detach().bool().cpu() for m in masks]
+    out = []
+    for m, s in zip(masks, scores):
+        m, s = m.detach().bool().cpu(), s.detach().float().cpu().flatten()
+        k = round_count(int(m.sum()), m.numel(), round_to)
+        order = torch.argsort(s, descending=True, stable=True)
+        order = order[torch.argsort(m[order].to(torch.uint8), descending=True, stable=True)]  # rule's choices first
+        keep = torch.zeros_like(m)
+        keep[order[:k]] = True
+        out.append(keep)
+    return out
+
+
+def rounding_report(gated: nn.Module, before: list[torch.Tensor], after: list[torch.Tensor], round_to: int,
+                    kind: str = "macs") -> dict[str, float]:
+    """How far rounding moved a decision: ``round_to``, the ``kind`` ratio without and with rounding, the shift
+    (with − without) and ``flips`` (share of structures whose decision rounding changed)."""
+    a, b = mask_ratio(gated, before, kind), mask_ratio(gated, after, kind)
+    total = sum(int(m.numel()) for m in before)
+    flips = sum(int((x.cpu().bool() != y.cpu().bool()).sum()) for x, y in zip(before, after))
+    return {"round_to": int(round_to), "kind": kind, "ratio_unrounded": a, "ratio": b, "shift": b - a,
+            "flips": flips / max(total, 1)}
+
+
 @torch.no_grad()
 def calibrate(gated: nn.Module, scores: list[torch.Tensor], target: float, kind: str = "macs",
-              min_keep: int = 1, min_keep_fraction: float = 0.0) -> tuple[list[torch.Tensor], float]:
+              min_keep: int = 1, min_keep_fraction: float = 0.0, round_to: int = 1) -> tuple[list[torch.Tensor], float]:
     """Keep the globally top-scored structures so that the hard cost ratio is nearest to ``target``.
 
     Args:
@@ -163,6 +228,8 @@ def calibrate(gated: nn.Module, scores: list[torch.Tensor], target: float, kind:
         min_keep: structures every group keeps regardless of rank (its best ones).
         min_keep_fraction: a share of every group kept regardless of rank (rounded up; the larger of the two
             floors applies): a global ranking of unnormalised scores (e.g. BN γ) otherwise empties whole layers.
+        round_to: every candidate mask is rounded (:func:`round_masks`) before its cost is measured, so the search
+            lands on the target with rounded widths (rounding is monotone in k: the search stays a bisection).
     Returns:
         (masks: bool [size] per group, the achieved hard ratio).
     """
@@ -182,7 +249,7 @@ def calibrate(gated: nn.Module, scores: list[torch.Tensor], target: float, kind:
     def masks_for(k: int) -> list[torch.Tensor]:
         keep = forced.clone()
         keep[order[:k]] = True
-        return list(torch.split(keep, sizes))
+        return round_masks(list(torch.split(keep, sizes)), scores, round_to)
 
     lo, hi = 0, flat.numel()  # smallest k with ratio >= target lies in [lo, hi]
     while lo < hi:
@@ -250,8 +317,8 @@ def layer_rows(gated: nn.Module, state: dict[str, torch.Tensor]) -> list[dict[st
 
 
 @dataclasses.dataclass(frozen=True)
-class GateConfig:
-    """The options every method with trainable gates shares (its Config inherits them, listed first)."""
+class GateConfig(WidthConfig):
+    """The options every method with trainable gates shares (its Config inherits them, listed after its own)."""
 
     calibrate: bool = option(True, "when the own rule misses the target, correct the mask by one global ranking of "
                              "the gate logits (reported as calibration_flips)")
@@ -346,22 +413,32 @@ class GateMethod(Method):
     @torch.no_grad()
     def fix_decision(self, gated: nn.Module, scores: list[torch.Tensor], target: float | None, kind: str = "macs",
                      calibrate_to_target: bool = True, tolerance: float = 0.05) -> float:
-        """Fix the masks the method's own rule decides; calibrate only when they miss ``target``.
+        """Fix the masks the method's own rule decides (widths rounded to the config's ``round_to``); calibrate
+        only when they miss ``target``.
 
-        Records ``relaxation_macs_ratio`` and ``calibration_flips`` (:func:`decision_report`) and the final
-        ``ratio`` in ``self.report``. Returns the hard cost ratio (``kind``) of the applied masks.
+        Records ``relaxation_macs_ratio`` and ``calibration_flips`` (:func:`decision_report`; flips count every
+        changed decision, rounding included), ``rounding`` (:func:`rounding_report`, when ``round_to`` > 1) and
+        the final ``ratio`` in ``self.report``. Returns the hard cost ratio (``kind``) of the applied masks.
         """
+        r = int(getattr(self.config, "round_to", 1))
         own = self.decision_masks(gated)
-        final, ratio = own, mask_ratio(gated, own, kind)
+        final = round_masks(own, scores, r)
+        ratio, unrounded = mask_ratio(gated, final, kind), own
         if calibrate_to_target and target is not None and not within(ratio, target, tolerance):
             own_ratio = ratio
-            final, ratio = calibrate(gated, scores, target, kind)
+            final, ratio = calibrate(gated, scores, target, kind, round_to=r)
+            if r > 1:
+                unrounded = calibrate(gated, scores, target, kind)[0]
             self.report["calibrated"] = {"target": target, "ratio": ratio, "kind": kind,
                                          "kept": int(sum(int(m.sum()) for m in final))}
             logger.info("%s: own rule gave %s ratio %.4f, calibrated to %.4f (target %.4f)", self.name, kind,
                         own_ratio, ratio, target)
         apply_masks_(gated, final)
         self.report.update(decision_report(gated, own, final), ratio=ratio)
+        if r > 1:
+            self.report["rounding"] = rounding_report(gated, unrounded, final, r, kind)
+            logger.info("%s: widths rounded to multiples of %d moved the %s ratio by %+.4f", self.name, r, kind,
+                        self.report["rounding"]["shift"])
         return ratio
 
 

@@ -33,10 +33,13 @@ from prunekit.gates.base import Gate, register_gate
 from prunekit.graph import BN_TYPES, CONVT_TYPES
 from prunekit.methods._gated import (
     GateMethod,
+    WidthConfig,
     apply_masks_,
     calibrate,
     mask_ratio,
     require_gated,
+    round_masks,
+    rounding_report,
 )
 from prunekit.methods.base import option, register_method
 
@@ -112,7 +115,7 @@ def bn_scales(gated: nn.Module) -> list[torch.Tensor]:
 
 
 @dataclasses.dataclass(frozen=True)
-class PruneSchedule:
+class PruneSchedule(WidthConfig):
     """When the post-training baselines prune (their Configs inherit these options)."""
 
     mode: str = option("oneshot", "prune once, or in equal stages up to the prune epoch", choices=MODES)
@@ -150,12 +153,22 @@ class _ScheduledPrune(GateMethod):
 
     @torch.no_grad()
     def prune(self, gated: nn.Module, target: float, final: bool = True) -> float:
-        """Keep the globally top-scored structures (never re-adding pruned ones) at ``target`` MACs."""
-        scores = [torch.where(h.gate.keep.cpu(), s, torch.full_like(s, -float("inf")))
-                  for h, s in zip(gated.groups, self.scores(gated))]
-        masks, _ = calibrate(gated, scores, target, "macs", min_keep_fraction=self.config.min_keep_fraction)
-        masks = [m & h.gate.keep.cpu() | (h.critical & ~(m & h.gate.keep.cpu()).any() & (s == s.max()))
-                 for m, h, s in zip(masks, gated.groups, scores)]
+        """Keep the globally top-scored structures (never re-adding pruned ones) at ``target`` MACs; the final
+        prune rounds the kept widths to ``round_to`` (intermediate stages of ``iterative`` are not rounded)."""
+        raw = self.scores(gated)
+        scores = [torch.where(h.gate.keep.cpu(), s, torch.full_like(s, -float("inf"))) for h, s in zip(gated.groups, raw)]
+        r = int(self.config.round_to) if final else 1
+
+        def decide(round_to: int) -> list[torch.Tensor]:
+            masks, _ = calibrate(gated, scores, target, "macs", min_keep_fraction=self.config.min_keep_fraction,
+                                 round_to=round_to)
+            masks = [m & h.gate.keep.cpu() | (h.critical & ~(m & h.gate.keep.cpu()).any() & (s == s.max()))
+                     for m, h, s in zip(masks, gated.groups, scores)]
+            # a group whose previous stages left fewer channels than a multiple: rounding up re-adds its best
+            # pruned ones (by the method's scores without the −inf of the pruned)
+            return round_masks(masks, raw, round_to)
+
+        masks = decide(r)
         apply_masks_(gated, masks)
         ratio = mask_ratio(gated, masks)
         self.done += 1
@@ -163,6 +176,8 @@ class _ScheduledPrune(GateMethod):
         # the global ranking *is* this method's rule (not a correction of another one): nothing to flip
         self.report = {"ratio": ratio, "target": target, "events": self.done, "relaxation_macs_ratio": ratio,
                        "calibration_flips": 0.0}
+        if r > 1:
+            self.report["rounding"] = rounding_report(gated, decide(1), masks, r)
         logger.info("%s: pruned to hard MACs ratio %.4f (stage target %.4f)", self.name, ratio, target)
         return ratio
 

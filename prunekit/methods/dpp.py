@@ -85,7 +85,7 @@ from torch.nn.utils import parametrize
 from prunekit._device import model_device
 from prunekit.errors import ConfigError
 from prunekit.gates.dpp import DPPGate, DPPMask, DPPState, keep_count
-from prunekit.methods._gated import mask_ratio
+from prunekit.methods._gated import WidthConfig, mask_ratio, round_count
 from prunekit.methods.base import Method, option, register_method
 from prunekit.metrics import gate_layer_rows, nm_structure
 from prunekit.quant import bake_, model_size_bits, quantize_
@@ -116,8 +116,26 @@ def dpp_states(model: nn.Module) -> list[DPPState]:
     return [m for m in model.modules() if isinstance(m, DPPState)]
 
 
-def keep_for_target(model: nn.Module, example_input: torch.Tensor, target: float) -> tuple[float, float]:
-    """The ``keep`` fraction whose exactly-k masks (k = keep_count(keep, N) in every group) give ``target`` MACs.
+def group_counts(gated: nn.Module, keep: float, round_to: int = 1, banks: int = 1) -> list[int]:
+    """k per group of ``gated`` for a ``keep`` fraction: ``keep_count`` rounded to ``round_to`` (or the whole group).
+
+    Raises:
+        ConfigError: ``round_to`` and ``banks`` give a width that is not a multiple of ``banks``.
+    """
+    out = []
+    for h in gated.groups:
+        k = round_count(keep_count(keep, h.size, banks), h.size, round_to)
+        if k % banks:
+            raise ConfigError(f"round_to={round_to} gives {k} of {h.size} channels in group {h.name!r}, not a "
+                              f"multiple of banks={banks}: use a round_to that banks divides")
+        out.append(k)
+    return out
+
+
+def keep_for_target(model: nn.Module, example_input: torch.Tensor, target: float,
+                    round_to: int = 1) -> tuple[float, float]:
+    """The ``keep`` fraction whose exactly-k masks (k = keep_count(keep, N) in every group, rounded to ``round_to``
+    by :func:`group_counts`) give ``target`` MACs.
 
     Returns:
         (keep, the MACs ratio those masks give), nearest to ``target`` over a bisection of ``keep``.
@@ -127,7 +145,8 @@ def keep_for_target(model: nn.Module, example_input: torch.Tensor, target: float
     gated = augment(copy.deepcopy(model), example_input, gate="mask")
 
     def ratio(keep: float) -> float:
-        return mask_ratio(gated, [torch.arange(h.size) < keep_count(keep, h.size) for h in gated.groups])
+        ks = group_counts(gated, keep, round_to)
+        return mask_ratio(gated, [torch.arange(h.size) < k for h, k in zip(gated.groups, ks)])
 
     lo, hi = 1e-3, 1.0
     for _ in range(20):
@@ -160,7 +179,7 @@ class DPPMethod(Method):
     optimizer_help = "the run's optimizer for the weights; Adam (lr 0.03) for the logits Φ"
 
     @dataclasses.dataclass(frozen=True)
-    class Config:
+    class Config(WidthConfig):
         granularity: str = option("filter", "what a mask row chooses among: filters of a layer, kernels of a "
                                   "filter, weights of a kernel", choices=GRANULARITIES)
         keep: float = option(0.5, "fraction of candidates kept per row (ignored when target_macs is set)",
@@ -189,6 +208,8 @@ class DPPMethod(Method):
         def __post_init__(self) -> None:
             if self.target_macs is not None and self.granularity != "filter":
                 raise ConfigError(f"target_macs needs granularity 'filter', got granularity={self.granularity!r}")
+            if self.round_to > 1 and self.granularity != "filter":
+                raise ConfigError(f"round_to needs granularity 'filter', got granularity={self.granularity!r}")
 
     def __init__(self, config: Any = None, **options: Any) -> None:
         super().__init__(config, **options)
@@ -209,10 +230,12 @@ class DPPMethod(Method):
             std = INIT_SPREAD * eps if cfg.init_std is None else cfg.init_std
             keep = cfg.keep
             if cfg.target_macs is not None:
-                keep, ratio = keep_for_target(model, example_input, cfg.target_macs)
+                keep, ratio = keep_for_target(model, example_input, cfg.target_macs, cfg.round_to)
                 self.report.update(keep=keep, keep_macs_ratio=ratio)
             model = augment(model, example_input, gate="dpp", gate_options={
                 "keep": keep, "epsilon": eps, "tau": self.tau, "banks": cfg.banks, "init_std": std})
+            if cfg.round_to > 1:  # k of every group a multiple of round_to; the top-k of Φ picks them
+                self._round_k(model, keep)
             for h in model.groups:
                 h.gate.dpp.lambda_h = LAMBDA_CONV if cfg.lambda_h is None else cfg.lambda_h
                 if cfg.init == "norm":
@@ -225,6 +248,18 @@ class DPPMethod(Method):
             quantize_(target, cfg.quant_bits)
         self.initial_topk = {name: m.bool().cpu() for name, m in current_topk(model).items()}
         return model
+
+    def _round_k(self, gated: nn.Module, keep: float) -> None:
+        """Set every filter gate's k to its rounded count and report how far that moved the MACs ratio."""
+        cfg = self.config
+        before = group_counts(gated, keep, 1, cfg.banks)
+        after = group_counts(gated, keep, cfg.round_to, cfg.banks)
+        for h, k in zip(gated.groups, after):
+            h.gate.dpp.k = int(k)
+        ratios = [mask_ratio(gated, [torch.arange(h.size) < k for h, k in zip(gated.groups, ks)])
+                  for ks in (before, after)]
+        self.report["rounding"] = {"round_to": cfg.round_to, "kind": "macs", "ratio_unrounded": ratios[0],
+                                   "ratio": ratios[1], "shift": ratios[1] - ratios[0]}
 
     def _install_masks(self, model: nn.Module) -> None:
         cfg = self.config
@@ -376,7 +411,8 @@ class DPPMethod(Method):
         for s in dpp_states(model):
             if not s.frozen:
                 s.freeze_()
-        self.report = {"size": model_size_bits(model), "structure": self.structure(model),
+        kept = {k: self.report[k] for k in ("keep", "keep_macs_ratio", "rounding") if k in self.report}
+        self.report = {**kept, "size": model_size_bits(model), "structure": self.structure(model),
                        "sparsity": self.step_metrics(model).get("sparsity", 0.0),
                        "mask_moved": moved, "calibration_flips": 0.0}
         if own is not None:

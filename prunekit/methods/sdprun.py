@@ -83,7 +83,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.methods._gated import decision_report, mask_ratio
+from prunekit.methods._gated import WidthConfig, decision_report, mask_ratio, round_masks, rounding_report
 from prunekit.methods._sdprun_groups import (
     Member,
     classifier_names,
@@ -341,7 +341,7 @@ class SDPrunMethod(Method):
     recalibrate_bn_after_finalize = True
 
     @dataclasses.dataclass(frozen=True)
-    class Config:
+    class Config(WidthConfig):
         c: float = option(5e-4, "the paper's c of τ = c·γ^(1/2)·t^μ (used with target_macs=None)", low=0)
         mu: float = option(0.51, "the paper's μ: how fast τ grows with the steps t", low=0, high=1, low_open=True,
                            high_open=True)
@@ -490,19 +490,28 @@ class SDPrunMethod(Method):
         x = self.example_input.to(next(model.parameters()).device)
         gated = augment(model, x, gate=mask_gate_name())
         masks = self.decision_masks(gated)
+        final = masks
+        if self.config.round_to > 1:
+            # rounding up keeps exactly-zero channels (their output is zero: the function is unchanged); rounding
+            # down removes the smallest non-zero ones (ranked by their filters' L2 norms), with no fine-tuning
+            from prunekit.methods.baselines import filter_norms
+
+            final = round_masks(masks, filter_norms(gated, 2.0), self.config.round_to)
         removed = 0
-        for g, keep in zip(gated.groups, masks):
+        for g, keep in zip(gated.groups, final):
             if not keep.all():
                 g.set_mask(keep)
                 removed += int((~keep).sum())
         self.report = {
-            **decision_report(gated, masks, masks),
+            **decision_report(gated, masks, final),
             "zeroed_groups": removed,
             "structures": sum(int(g.size) for g in gated.groups),
             "target_macs": self.config.target_macs,
             "c": float(self.optimizer.param_groups[0]["c"]) if self.optimizer is not None else self.config.c,
             "threshold": self.optimizer.tau() if self.optimizer is not None else 0.0,
         }
+        if self.config.round_to > 1:
+            self.report["rounding"] = rounding_report(gated, masks, final, self.config.round_to)
         logger.info("sdprun.finalize: masked %d zero channels, MACs ratio %.3f", removed,
                     self.report["relaxation_macs_ratio"])
         return gated
