@@ -123,6 +123,17 @@ class CostModel:
             n = n - (1.0 - v[roots.to(v.device)]).sum()
         return n
 
+    def channels(self, values: list[torch.Tensor]) -> dict[str, tuple[torch.Tensor | float, torch.Tensor | float]]:
+        """Soft (input, output) channel counts of every conv/linear layer for per-group gate values (differentiable;
+        a depthwise conv's input count is its output count). The hook of ``prunekit.latency_table``."""
+        out = {}
+        for lc in self.layers:
+            if lc.norm:
+                continue
+            n_out = self._count(lc.name, "out", lc.c_out, values)
+            out[lc.name] = (n_out if lc.depthwise else self._count(lc.name, "in", lc.c_in, values), n_out)
+        return out
+
     def macs(self, values: list[torch.Tensor]) -> torch.Tensor:
         """Relaxed MACs per sample for per-group gate values (list aligned with ``gated.groups``)."""
         total: torch.Tensor | float = 0.0
