@@ -268,15 +268,27 @@ def gated_run():
 
 
 def test_what_if_thresholds_and_restores_the_masks(gated_run):
-    low = sup.what_if(gated_run, 0.0, max_batches=1)
+    low = sup.what_if(gated_run, 0.0, max_samples=1)
     assert low["kept"] == low["total"] and low["macs_ratio"] == pytest.approx(1.0)
     # Untrained CRISP gates all sit near sigmoid(5) ≈ 0.9933: a threshold just above removes most channels.
-    high = sup.what_if(gated_run, 0.995, max_batches=1)
+    high = sup.what_if(gated_run, 0.995, max_samples=1)
     assert high["kept"] < high["total"] and high["macs_ratio"] < 0.5
     assert set(high["per_group"].columns) == {"group", "size", "trained", "kept"}
     assert all(bool(h.gate.keep.all()) for h in gated_run.gated.groups)  # the shared model is unchanged
     with pytest.raises(sup.ConfigError, match="threshold"):
         sup.what_if(gated_run, 1.5)
+
+
+def test_what_if_reads_its_evaluation_subset_once(gated_run, monkeypatch):
+    first = sup.what_if(gated_run, 0.5, max_samples=5)
+    assert first["samples"] == 10  # whole batches: the 10-sample validation split is one batch
+    import prunekit.app_support._loaded as loaded_mod
+
+    monkeypatch.setattr(loaded_mod, "_eval_loader", lambda loaded: pytest.fail("the subset was read again"))
+    again = sup.what_if(gated_run, 0.5, max_samples=5)
+    assert again["acc"] == first["acc"] and again["samples"] == 10
+    with pytest.raises(sup.ConfigError, match="max_samples must be >= 1, got 0"):
+        gated_run.eval_batches(0)
 
 
 def test_collapse_and_compare_gives_the_page_what_it_shows(gated_run, tmp_path):

@@ -36,6 +36,22 @@ class LoadedRun:
     config: RunConfig
     experiment: Any  # prunekit.train.load.LoadedRun: model, loaders, task, example_input
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _eval_cache: dict[int, list[Any]] = field(default_factory=dict, repr=False)
+
+    def eval_batches(self, max_samples: int) -> list[Any]:
+        """The first ``max_samples`` samples (whole batches, at least one) of the run's validation split, or its
+        test split when it keeps none; read once and kept, so a what-if step is model compute only."""
+        if max_samples < 1:
+            raise ConfigError(f"max_samples must be >= 1, got {max_samples}")
+        if max_samples not in self._eval_cache:
+            batches, seen = [], 0
+            for x, y in _eval_loader(self):
+                batches.append((x, y))
+                seen += len(x)
+                if seen >= max_samples:
+                    break
+            self._eval_cache[max_samples] = batches
+        return self._eval_cache[max_samples]
 
     @property
     def model(self) -> nn.Module:
@@ -93,13 +109,18 @@ def _load_run_at(workspace: str | None, run_id: str, checkpoint: str, version: t
 
 
 # -- what-if threshold -------------------------------------------------------------------------------
-def what_if(loaded: LoadedRun, threshold: float, *, max_batches: int = 4) -> dict[str, Any]:
+# 1,024 samples: the default run's whole validation split (800 of 8,000 shapes), in ~0.3 s on a quiet 2-core CPU
+WHAT_IF_SAMPLES = 1024
+
+
+def what_if(loaded: LoadedRun, threshold: float, *, max_samples: int = WHAT_IF_SAMPLES) -> dict[str, Any]:
     """Accuracy and MACs that re-thresholding the checkpoint's gates at ``threshold`` would give.
 
     Applies every gate's own prune rule (``GatedModel.prune_``: keep iff eval gate value > threshold, a critical
     group keeps its strongest channel) on top of the checkpoint's keep masks, evaluates on the first
-    ``max_batches`` validation batches, reads the hard MACs ratio (equal to the collapsed network's), and
-    restores the masks: the shared model is unchanged afterwards.
+    ``max_samples`` validation samples (whole batches, read once per loaded run; the whole split when it is
+    smaller, so at the method's own threshold the answer is the run's reported validation accuracy), reads the
+    hard MACs ratio (equal to the collapsed network's), and restores the masks: the shared model is unchanged.
 
     Returns:
         ``{"threshold", "acc", "samples", "macs_ratio", "kept", "total", "seconds", "per_group": DataFrame}``
@@ -114,14 +135,14 @@ def what_if(loaded: LoadedRun, threshold: float, *, max_batches: int = 4) -> dic
     if gated is None:
         raise ConfigError(f"method {loaded.config.method!r} has no gates, so there is no threshold to explore")
     t0 = time.perf_counter()
-    loader = _eval_loader(loaded)
     with loaded.lock, app_threads():
+        batches = loaded.eval_batches(max_samples)
         saved = [h.gate.keep.clone() for h in gated.groups]
         try:
             trained = [int(h.hard_mask().sum()) for h in gated.groups]
             gated.prune_(threshold)
             kept = [int(h.hard_mask().sum()) for h in gated.groups]
-            res = evaluate(loaded.model, loader, loaded.experiment.task, max_batches=max_batches)
+            res = evaluate(loaded.model, batches, loaded.experiment.task)
             macs = float(macs_ratio(gated, "hard"))
         finally:
             for h, keep in zip(gated.groups, saved):
