@@ -2,7 +2,8 @@
 
 A run can end ``done`` and still have learned nothing (accuracy at chance) or have had its mask chosen by the
 final calibration rather than by the method (its own rule far from the target). ``run_experiment`` stores these
-warnings in ``result["warnings"]``; the CLI summary prints them.
+warnings in ``result["warnings"]``; the CLI summary prints them and the app shows them, so each says what to change
+in words both understand (an option's name, never a command-line flag).
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ def run_warnings(result: dict[str, Any]) -> list[str]:
     acc = (result.get("metrics") or {}).get("acc/test")
     if acc is not None and classes and classes > 1 and acc <= CHANCE_MARGIN / classes:
         out.append(f"test accuracy {acc:.1%} is near chance (1/{classes} = {1 / classes:.1%}): the network learned "
-                   "little; train longer (--epochs), check the learning rate, or start from a trained dense model")
+                   "little; train longer (more epochs), check the learning rate, or start from a trained dense model")
     cfg = result.get("config") or {}
     target = run_target(cfg.get("method"), cfg.get("method_options"))
     own = (result.get("method_report") or {}).get("relaxation_macs_ratio")
     if target is not None and own is not None and abs(own - target) > OWN_RULE_MISS * target:
         out.append(f"the method's own rule kept {own:.2f} of the dense MACs against the target {target:g}, so the "
                    "final calibration chose part of the mask; give the search more epochs or see the method's "
-                   "budget options ('prunekit list methods --details')")
+                   "budget options (their help in the run form, or 'prunekit list methods --details')")
     return out
