@@ -22,6 +22,7 @@ says how far rounding moved the ratio (``rounding``: ratio without and with roun
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -37,6 +38,7 @@ from prunekit.optim import split_optimizer
 logger = logging.getLogger(__name__)
 
 TARGET_KINDS = ("macs", "params")
+COST_KINDS = (*TARGET_KINDS, "latency")  # latency: prunekit.latency_table (needs a table on the gated model)
 
 
 def require_gated(model: nn.Module, method: str) -> Any:
@@ -108,13 +110,22 @@ def mask_ratio(gated: nn.Module, masks: list[torch.Tensor], kind: str = "macs") 
     values = gated.effective_values([m.float() for m in masks], blocks) if blocks else [m.float() for m in masks]
     if kind == "macs":
         return float(cm.macs(values)) / cm.dense_macs
+    if kind == "latency":
+        from prunekit.latency_table import latency_ratio_of
+
+        return float(latency_ratio_of(gated, values))
     return float(cm.params(values)) / cm.dense_params
 
 
 def cost_ratio(gated: nn.Module, mode: str, kind: str = "macs") -> torch.Tensor:
-    """``macs_ratio`` or ``params_ratio`` of ``prunekit.cost`` by ``kind``."""
+    """``macs_ratio`` or ``params_ratio`` of ``prunekit.cost``, or ``latency_ratio`` of ``prunekit.latency_table``,
+    by ``kind``."""
     from prunekit.cost import macs_ratio, params_ratio
 
+    if kind == "latency":
+        from prunekit.latency_table import latency_ratio
+
+        return latency_ratio(gated, mode)
     return macs_ratio(gated, mode) if kind == "macs" else params_ratio(gated, mode)
 
 
@@ -329,6 +340,20 @@ class GateConfig(WidthConfig):
                                  "optimizer (own lr, no decay)", choices=("adam", "same"))
 
 
+@dataclasses.dataclass(frozen=True)
+class LatencyConfig:
+    """A latency target instead of the MACs target, for the gated methods whose budget reads
+    :meth:`GateMethod.budget` (crisp, l0): their Config inherits these options."""
+
+    target_latency: float | None = option(None, "latency to reach instead of the MACs target: ms per forward of a "
+                                          "batch of latency_batch on this CPU (a per-layer latency table is timed "
+                                          "at prepare and cached); None: the MACs target", unit="ms", low=0,
+                                          low_open=True)
+    latency_batch: int = option(1, "batch size target_latency is for", unit="samples", low=1)
+    latency_threads: int | None = option(None, "intra-op threads target_latency is for; None: torch's thread count "
+                                         "at prepare", unit="threads", low=1)
+
+
 class GateMethod(Method):
     """A method whose ``prepare`` gates every prunable group with one gate kind.
 
@@ -349,7 +374,59 @@ class GateMethod(Method):
     def prepare(self, model: nn.Module, example_input: torch.Tensor) -> nn.Module:
         from prunekit.augment import augment
 
-        return augment(model, example_input, gate=self.gate_kind, gate_options=self.gate_options())
+        dense = copy.deepcopy(model) if getattr(self.config, "target_latency", None) is not None else None
+        gated = augment(model, example_input, gate=self.gate_kind, gate_options=self.gate_options())
+        if dense is not None:
+            self.attach_latency(gated, dense, example_input)
+        return gated
+
+    # -- a latency target -------------------------------------------------------------------------------------
+    def attach_latency(self, gated: nn.Module, dense: nn.Module, example_input: torch.Tensor) -> None:
+        """Build (or read from the cache) the latency table of ``dense`` at the config's batch and threads, keep it
+        on ``gated`` (``prunekit.latency_table``) and record the dense latency; ConfigError when the target is not
+        below it."""
+        from prunekit.latency_table import attach_table, build_latency_table, varying_dims
+
+        c = self.config
+        table = build_latency_table(dense, example_input, c.latency_batch, threads=c.latency_threads,
+                                    varying=varying_dims(gated))
+        attach_table(gated, table)
+        self.latency_info = {"dense_ms": table.dense_ms, "batch": table.key["batch"],
+                             "threads": table.key["threads"], "device": table.key["device"],
+                             "table_cached": not table.timed}
+        if not c.target_latency < table.dense_ms:
+            raise ConfigError(f"target_latency must be below the dense network's latency ({table.dense_ms:.3f} ms at "
+                              f"batch {c.latency_batch}, {table.key['threads']} threads), got {c.target_latency}")
+        self.report["latency"] = {"target_ms": float(c.target_latency), **self.latency_info}
+
+    latency_info: dict[str, Any] | None = None
+
+    def budget(self, kind: str = "macs", target: float | None = None) -> tuple[str, float | None]:
+        """(cost kind, target ratio) of the method's budget: ``("latency", target_latency ÷ dense latency)`` when
+        the config sets ``target_latency``, else ``kind`` and ``target`` unchanged."""
+        ms = getattr(self.config, "target_latency", None)
+        if ms is None:
+            return kind, target
+        if self.latency_info is None:
+            raise ConfigError("target_latency needs the latency table that prepare() builds: prepare the model first")
+        return "latency", float(ms) / self.latency_info["dense_ms"]
+
+    @torch.no_grad()
+    def latency_report(self, gated: nn.Module) -> dict[str, Any]:
+        """Predicted (table) and measured (collapsed copy, this CPU) latency of the current hard masks, ms."""
+        from prunekit.collapse import collapse
+        from prunekit.cost import cost_model, gate_values
+        from prunekit.latency import measure_latency
+        from prunekit.latency_table import gated_table
+
+        table = gated_table(gated)
+        predicted = table.predict_ms(cost_model(gated).channels(gate_values(gated, "hard")))
+        slim = collapse(gated).cpu()
+        batch, threads = table.key["batch"], table.key["threads"]
+        measured = measure_latency(slim, gated.example_input[:1].cpu(), (batch,), device="cpu", threads=threads,
+                                   repeats=20)[batch]
+        return {"predicted_ms": predicted, "measured_ms": measured,
+                "prediction_error": (predicted - measured) / max(measured, 1e-12)}
 
     #: logit units a gate can travel during the search when the config's ``gate_lr`` is None (budget_gate_lr)
     gate_travel: float = 4.0
@@ -395,6 +472,10 @@ class GateMethod(Method):
         own = self.decision_masks(model)
         if own is not None:
             out["macs_ratio/relaxation"] = mask_ratio(model, own)
+        if self.latency_info is not None:  # a latency target: the table's prediction beside the MACs
+            out["latency_ratio/expected"] = float(cost_ratio(model, "expected", "latency"))
+            if own is not None:
+                out["latency_ratio/relaxation"] = mask_ratio(model, own, "latency")
         t = self.temperature()
         if t is not None:
             out["temperature"] = float(t)
@@ -435,6 +516,11 @@ class GateMethod(Method):
                         own_ratio, ratio, target)
         apply_masks_(gated, final)
         self.report.update(decision_report(gated, own, final), ratio=ratio)
+        if kind == "latency":
+            lat = self.report.setdefault("latency", {})
+            lat.update(self.latency_report(gated))
+            logger.info("%s: latency predicted %.3f ms, measured %.3f ms after collapse (target %s ms)", self.name,
+                        lat["predicted_ms"], lat["measured_ms"], lat.get("target_ms"))
         if r > 1:
             self.report["rounding"] = rounding_report(gated, unrounded, final, r, kind)
             logger.info("%s: widths rounded to multiples of %d moved the %s ratio by %+.4f", self.name, r, kind,

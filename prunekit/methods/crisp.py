@@ -55,6 +55,7 @@ from prunekit.methods._gated import (
     TARGET_KINDS,
     GateConfig,
     GateMethod,
+    LatencyConfig,
     cost_ratio,
     cubic_ramp,
     require_gated,
@@ -142,13 +143,17 @@ class CrispMethod(GateMethod):
         "struct": "the structure term pulls the relaxed MACs towards the target",
         "prune_basis": "the prune basis pushes undecided gates to clearly on or off",
     }
+    metric_help = {"latency_ratio/expected": "relaxed latency ÷ dense latency from the per-layer latency table "
+                                             "(target_latency runs)",
+                   "latency_ratio/relaxation": "predicted latency ÷ dense latency of the mask the own rule keeps now "
+                                               "(target_latency runs)"}
     decision_rule = "keep a channel whose gate sigmoid(a·s) is above the threshold (0.25) when the search ends"
     optimizer_help = "the run's optimizer for the weights; Adam at a constant lr for the gate logits"
     bench_variants = ({},)
 
     @dataclasses.dataclass(frozen=True)
-    class Config(GateConfig):
-        target_macs: float = option(0.5, "the MACs to keep when target_kind is macs", unit="fraction of dense MACs",
+    class Config(LatencyConfig, GateConfig):
+        target_macs: float = option(0.5, "the MACs to keep when target_kind is macs (and target_latency is None)", unit="fraction of dense MACs",
                                     low=0, high=1, low_open=True)
         target_kind: str = option("macs", "what the target counts", choices=TARGET_KINDS)
         target_params: float | None = option(None, "the parameters to keep when target_kind is params",
@@ -192,8 +197,14 @@ class CrispMethod(GateMethod):
 
     @property
     def target(self) -> float:
+        """The target ratio of the budget's cost (:meth:`budget_kind`): latency, MACs or params ÷ dense."""
         c = self.config
-        return float(c.target_params if c.target_kind == "params" else c.target_macs)
+        return float(self.budget(c.target_kind, c.target_params if c.target_kind == "params" else c.target_macs)[1])
+
+    @property
+    def budget_kind(self) -> str:
+        """What the structure term counts: ``latency`` with a target_latency, else ``target_kind``."""
+        return self.budget(self.config.target_kind)[0]
 
     def gate_options(self) -> dict[str, Any]:
         return {"a": self.config.a, "init": self.config.init}
@@ -248,7 +259,7 @@ class CrispMethod(GateMethod):
             return {}
         gated = model
         c = self.config
-        terms = {"struct": c.k_struct * structure_loss(cost_ratio(gated, "expected", c.target_kind), self.target)}
+        terms = {"struct": c.k_struct * structure_loss(cost_ratio(gated, "expected", self.budget_kind), self.target)}
         if self.k_pb_now > 0:
             kept = [g.logit[g.keep] for g in gated.gates]
             terms["prune_basis"] = self.k_pb_now * prune_basis_loss(torch.cat(kept), c.sigma)
@@ -264,12 +275,12 @@ class CrispMethod(GateMethod):
         """Prune at the threshold, then calibrate to the target only if it missed; returns the hard ratio."""
         c = self.config
         scores = [h.gate.deterministic().detach() for h in gated.groups]
-        ratio = self.fix_decision(gated, scores, self.target, c.target_kind, c.calibrate, c.tolerance)
+        ratio = self.fix_decision(gated, scores, self.target, self.budget_kind, c.calibrate, c.tolerance)
         self.pruned += 1
         self.masks_fixed = True
         self.phase = "finetune"
         logger.info("crisp final prune: hard %s ratio %.4f (target %.4f), own rule %.4f, calibration flips %.3f",
-                    c.target_kind, ratio, self.target, self.report["relaxation_macs_ratio"],
+                    self.budget_kind, ratio, self.target, self.report["relaxation_macs_ratio"],
                     self.report["calibration_flips"])
         return ratio
 

@@ -53,6 +53,7 @@ from prunekit.methods._gated import (
     BudgetController,
     GateConfig,
     GateMethod,
+    LatencyConfig,
     cost_ratio,
     cubic_ramp,
     finetune_epochs,
@@ -92,7 +93,7 @@ class L0Method(GateMethod):
     optimizer_help = "the run's optimizer for the weights; Adam at a constant lr for log α"
 
     @dataclasses.dataclass(frozen=True)
-    class Config(GateConfig):
+    class Config(LatencyConfig, GateConfig):
         target_macs: float | None = option(0.5, "the MACs to keep; None: the plain expected-L0 penalty of the paper",
                                            unit="fraction of dense MACs", low=0, high=1, low_open=True, paper="None")
         lambda_l0: float | None = option(None, "weight of the L0 term; None: 4.0 with a target, 0.1 without", low=0)
@@ -112,7 +113,7 @@ class L0Method(GateMethod):
         self.masks_fixed = False
         self.scale = 1.0
         self.t = 0.0  # training time in epochs at the last scale update (resume-safe)
-        self.budget = BudgetController(self.config.budget_gain, self.config.budget_rate)
+        self.budget_pi = BudgetController(self.config.budget_gain, self.config.budget_rate)
 
     # decision_masks: GateMethod's default (eval gate not exactly 0) is L0's own rule, Louizos et al.'s
     # test-time gate
@@ -147,18 +148,18 @@ class L0Method(GateMethod):
         c = self.config
         if c.lambda_l0 is not None:
             return float(c.lambda_l0)
-        return 4.0 if c.target_macs is not None else 0.1
+        return 4.0 if c.target_macs is not None or c.target_latency is not None else 0.1
 
     def regularizer(self, model: nn.Module, step: int, epoch: int) -> dict[str, torch.Tensor]:
         if self.masks_fixed:
             return {}
-        if self.config.target_macs is None:
+        kind, target = self.budget("macs", self.config.target_macs)
+        if target is None:
             p = torch.cat([h.gate.expected()[h.gate.keep] for h in model.groups])
             return {"l0": self.lam * p.mean()}
-        c = self.config
-        own = mask_ratio(model, self.decision_masks(model))
-        b = self.budget.update(own, c.target_macs, self.search_steps()) if model.training else self.budget.b
-        return {"l0": self.lam * own_rule_budget(own, cost_ratio(model, "expected"), c.target_macs, b)}
+        own = mask_ratio(model, self.decision_masks(model), kind)
+        b = self.budget_pi.update(own, target, self.search_steps()) if model.training else self.budget_pi.b
+        return {"l0": self.lam * own_rule_budget(own, cost_ratio(model, "expected", kind), target, b)}
 
     def on_epoch_end(self, model: nn.Module, epoch: int, num_epochs: int) -> None:
         ft = finetune_epochs(self.config.finetune_epochs, num_epochs, "L0 training", FINETUNE_SHARE)
@@ -170,7 +171,8 @@ class L0Method(GateMethod):
         """Hard masks from the eval gates (calibrated to the target), folded in; gates then 1 and frozen."""
         c = self.config
         scores = [h.gate.log_alpha.detach() for h in gated.groups]
-        ratio = self.fix_decision(gated, scores, c.target_macs, "macs", c.calibrate, c.tolerance)
+        kind, target = self.budget("macs", c.target_macs)
+        ratio = self.fix_decision(gated, scores, target, kind, c.calibrate, c.tolerance)
         # kept units whose eval gate is 0 (revived by calibration) restart from 1, the others keep their value
         values = [torch.where(h.gate.keep & (h.gate.deterministic() > 0), h.gate.deterministic(),
                               torch.ones_like(h.gate.log_alpha)) for h in gated.groups]
@@ -179,7 +181,7 @@ class L0Method(GateMethod):
             h.gate.log_alpha.fill_(OPEN_LOG_ALPHA)
         freeze_gates_(gated)
         self.masks_fixed = True
-        logger.info("l0: masks fixed at hard MACs ratio %.4f", ratio)
+        logger.info("l0: masks fixed at hard %s ratio %.4f", kind, ratio)
         return ratio
 
     def search_epochs(self, epochs: int) -> int:
@@ -192,10 +194,10 @@ class L0Method(GateMethod):
         return gated
 
     def state_dict(self) -> dict[str, Any]:
-        return {"masks_fixed": self.masks_fixed, "scale": self.scale, "t": self.t, "budget": self.budget.state_dict()}
+        return {"masks_fixed": self.masks_fixed, "scale": self.scale, "t": self.t, "budget": self.budget_pi.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.masks_fixed = bool(state.get("masks_fixed", state.get("frozen", self.masks_fixed)))
         self.scale = float(state.get("scale", self.scale))
         self.t = float(state.get("t", self.t))
-        self.budget.load_state_dict(state.get("budget"))
+        self.budget_pi.load_state_dict(state.get("budget"))

@@ -1,0 +1,447 @@
+"""A per-layer latency table of a network on this device, and the relaxed latency it gives a gated network.
+
+MACs are not latency: a conv's time is not bilinear in its widths (fixed per-call cost, kernels that like multiples
+of 8, memory-bound 1×1 convs), and the non-conv layers cost time too. The table times every conv/linear of the
+network *alone*, at its input size, batch and thread count, over a small grid of (input width, output width)
+points, and the relaxed latency of a gated network is the sum over its layers of a **bilinear interpolation** of
+that grid at the layer's soft channel counts (``prunekit.cost.CostModel.channels``): differentiable in the gate
+values like the relaxed MACs, and exact on grid points.
+
+* **Grid**: per gated width C, ``GRID_FRACTIONS`` of C rounded up to a multiple of 8 (of 4 below 32 channels)
+  plus C, and 0 (a layer with no input or output channel is removed: 0 ms). A width no group can change (the
+  image's channels, the classes) is a single point. Depthwise convs have one axis (in = out), grouped convs are
+  timed whole and scaled by their MACs.
+* **Timing**: every distinct layer (same type, widths, kernel, stride, input size) is timed once; all grid points
+  are timed in turn, ``rounds`` times (interleaved, so that a change of machine load hits them all alike), and the
+  median kept. The table is made monotone (a narrower layer never costs more: cumulative maximum along both
+  axes), so the interpolation is monotone too and the relaxation never rewards keeping a channel.
+* **Whole network**: the sum of the layer times misses what the table does not time (BatchNorm, activations,
+  pooling, additions, the framework's per-module cost). The dense network is timed whole, in the same rounds, at
+  the table's batch and at a second one (4× or ¼); the rest (dense − layer sum) at the two batches splits into a
+  part that does not shrink with the widths (``const_ms``: per-call costs, measured at batch 1 on ResNet-20 as most
+  of the latency) and a part that grows with the activations (``prop_ms``, scaled by the layers' soft output
+  size). Prediction = Σ layers T(n) + const_ms + prop_ms · activations(n) ÷ activations(dense).
+* **Cache**: the table is stored as JSON in ``$XDG_CACHE_HOME/prunekit/latency`` (``~/.cache/prunekit/latency``),
+  named by a hash of the layers, the input size, batch, threads, the CPU and the torch version; a second build
+  with the same key reads it and times nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit._device import torch_threads
+from prunekit.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+GRID_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+TABLE_VERSION = 2
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONVTS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/prunekit/latency`` or ``~/.cache/prunekit/latency`` (created when a table is written)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "prunekit" / "latency"
+
+
+def width_grid(c: int, fractions: tuple[float, ...] = GRID_FRACTIONS) -> list[int]:
+    """The timed widths of a dimension of ``c`` channels: 0, then each fraction of ``c`` rounded up to a multiple of
+    8 (4 below 32 channels, 1 below 8), then ``c``."""
+    step = 8 if c >= 32 else 4 if c >= 8 else 1
+    points = {min(c, max(step, step * math.ceil(f * c / step))) for f in fractions}
+    return [0, *sorted(points | {c})]
+
+
+# -- what decides a layer's time ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerSpec:
+    """One conv/linear as the table times it: its type, full widths and everything else that sets its time.
+
+    ``rest`` is the input shape without batch and channels (spatial size; a linear's leading dims); ``mode`` is
+    ``"2d"`` (in × out grid), ``"depthwise"`` (one axis) or ``"scaled"`` (grouped: timed whole, scaled by MACs).
+    """
+
+    type: str
+    c_in: int
+    c_out: int
+    rest: tuple[int, ...]
+    kernel: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()
+    dilation: tuple[int, ...] = ()
+    output_padding: tuple[int, ...] = ()
+    groups: int = 1
+    bias: bool = True
+    mode: str = "2d"
+
+    @property
+    def key(self) -> str:
+        return json.dumps([self.type, self.c_in, self.c_out, self.rest, self.kernel, self.stride, self.padding,
+                           self.dilation, self.output_padding, self.groups, self.bias, self.mode])
+
+    def build(self, c_in: int, c_out: int, batch: int) -> tuple[nn.Module, torch.Tensor]:
+        """The layer at widths (``c_in``, ``c_out``) and an input batch for it (eval mode)."""
+        if self.type == "Linear":
+            return nn.Linear(c_in, c_out, bias=self.bias).eval(), torch.randn(batch, *self.rest, c_in)
+        cls = getattr(nn, self.type)
+        if self.mode == "depthwise":
+            c_in = c_out
+        groups = c_out if self.mode == "depthwise" else self.groups
+        kw: dict[str, Any] = {"stride": self.stride, "padding": self.padding, "dilation": self.dilation,
+                              "groups": groups, "bias": self.bias}
+        if self.output_padding:
+            kw["output_padding"] = self.output_padding
+        mod = cls(c_in, c_out, self.kernel, **kw).eval()
+        return mod, torch.randn(batch, c_in, *self.rest)
+
+
+def _spec(mod: nn.Module, ishape: torch.Size) -> LayerSpec | None:
+    if isinstance(mod, nn.Linear):
+        return LayerSpec("Linear", mod.in_features, mod.out_features, tuple(ishape[1:-1]), bias=mod.bias is not None)
+    if not isinstance(mod, _CONVS + _CONVTS) or isinstance(mod.padding, str):
+        return None
+    depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
+    mode = "depthwise" if depthwise else "scaled" if mod.groups > 1 else "2d"
+    return LayerSpec(type(mod).__name__, mod.in_channels, mod.out_channels, tuple(ishape[2:]), tuple(mod.kernel_size),
+                     tuple(mod.stride), tuple(mod.padding), tuple(mod.dilation),
+                     tuple(getattr(mod, "output_padding", ())) if isinstance(mod, _CONVTS) else (), mod.groups,
+                     mod.bias is not None, mode)
+
+
+def layer_specs(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[LayerSpec, int]]:
+    """Every conv/linear of ``model`` that runs on ``example_input`` -> (its :class:`LayerSpec`, output elements per
+    sample) (one traced forward of the first sample)."""
+    shapes: dict[str, tuple[torch.Size, int]] = {}
+
+    def record(name: str, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:  # None: output stays
+        shapes.setdefault(name, (inputs[0].shape, output.numel()))
+
+    hooks = [m.register_forward_hook(lambda m, i, o, n=name: record(n, i, o))
+             for name, m in model.named_modules() if isinstance(m, _CONVS + _CONVTS + (nn.Linear,))]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example_input[:1])
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    modules = dict(model.named_modules())
+    return {n: (s, numel) for n, (shape, numel) in shapes.items() if (s := _spec(modules[n], shape)) is not None}
+
+
+# -- interpolation -----------------------------------------------------------------------------------------
+def _bracket(grid: torch.Tensor, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cell index i (grid[i] ≤ n ≤ grid[i+1]) and the differentiable position t in it; a 1-point grid: (0, 0)."""
+    if grid.numel() == 1:
+        return torch.zeros((), dtype=torch.long), torch.zeros(())
+    n = n.clamp(float(grid[0]), float(grid[-1]))
+    i = (torch.searchsorted(grid, n.detach().reshape(1), right=True) - 1).clamp(0, grid.numel() - 2)[0]
+    return i, (n - grid[i]) / (grid[i + 1] - grid[i])
+
+
+def interpolate(grid_in: torch.Tensor, grid_out: torch.Tensor, ms: torch.Tensor, n_in: Any, n_out: Any) -> torch.Tensor:
+    """Bilinear interpolation of ``ms`` [len(grid_in), len(grid_out)] at soft widths (``n_in``, ``n_out``).
+
+    Exact on grid points, continuous, differentiable in ``n_in``/``n_out`` (0-d tensors or floats), monotone where
+    ``ms`` is monotone along both axes; widths outside the grid are clamped to it.
+    """
+    n_in, n_out = torch.as_tensor(n_in, dtype=ms.dtype), torch.as_tensor(n_out, dtype=ms.dtype)
+    i, s = _bracket(grid_in, n_in)
+    j, t = _bracket(grid_out, n_out)
+    i1, j1 = (i + 1).clamp(max=grid_in.numel() - 1), (j + 1).clamp(max=grid_out.numel() - 1)
+    return ((1 - s) * (1 - t) * ms[i, j] + s * (1 - t) * ms[i1, j] + (1 - s) * t * ms[i, j1] + s * t * ms[i1, j1])
+
+
+@dataclass
+class _Entry:
+    grid_in: torch.Tensor  # float [I]
+    grid_out: torch.Tensor  # float [O]
+    ms: torch.Tensor  # float [I, O], monotone along both axes
+    scaled: bool = False  # a grouped conv timed whole: ms[-1, -1] scaled by (n_in/c_in)(n_out/c_out), its MACs
+
+
+class LatencyTable:
+    """Timed layers of one network on one device, input size, batch and thread count.
+
+    The prediction at soft widths n is ``Σ_layers T_l(n) + const_ms + prop_ms · a(n)``: the interpolated layer
+    times plus what the table does not time (BatchNorm, activations, additions, the framework's per-module cost),
+    split into a part that does not shrink with the widths (``const_ms``) and a part proportional to the layers'
+    output activations (``a(n)``: their soft output size ÷ dense, weighted by each layer's output size).
+
+    Attributes:
+        key: what the table is valid for (layers and grids hashed, input shape, batch, threads, CPU, torch version).
+        layers: layer name -> entry key (layers with the same spec and grid share one entry).
+        outputs: layer name -> output elements per sample (the weights of a(n)).
+        dense_ms: the whole dense network, measured (ms per batch).
+        const_ms, prop_ms: the untimed rest of the dense network (dense_ms − layer sum), split by timing it at two
+            batch sizes: what stays at any batch is ``const_ms``, what grows with it is ``prop_ms``.
+        layer_sum_ms: the sum of the layer entries at full width.
+        timed: whether this object timed its layers (False: read from the cache).
+    """
+
+    def __init__(self, key: dict[str, Any], layers: dict[str, str], entries: dict[str, _Entry], dense_ms: float,
+                 const_ms: float = 0.0, outputs: dict[str, float] | None = None, timed: bool = False) -> None:
+        self.key, self.layers, self.entries, self.timed = key, layers, entries, timed
+        self.dense_ms, self.const_ms = float(dense_ms), float(const_ms)
+        self.outputs = dict(outputs or {n: 1.0 for n in layers})
+        self.layer_sum_ms = float(sum(self.layer_ms(n, *self._full(n)) for n in layers))
+        # never negative: the prediction stays monotone in every width (a rest below 0, layers timed alone slower
+        # than inside the network, is absorbed by the ratio's denominator instead)
+        self.prop_ms = max(self.dense_ms - self.layer_sum_ms - self.const_ms, 0.0)
+        self.full_ms = self.layer_sum_ms + self.const_ms + self.prop_ms  # the model's dense value (= dense_ms or more)
+
+    def _full(self, name: str) -> tuple[float, float]:
+        e = self.entries[self.layers[name]]
+        return float(e.grid_in[-1]), float(e.grid_out[-1])
+
+    def layer_ms(self, name: str, n_in: Any, n_out: Any) -> torch.Tensor:
+        """Interpolated time of layer ``name`` alone at soft widths (``n_in``, ``n_out``), ms (differentiable)."""
+        e = self.entries[self.layers[name]]
+        if e.scaled:
+            f = torch.as_tensor(n_in, dtype=torch.float64) / e.grid_in[-1] * n_out / e.grid_out[-1]
+            return e.ms[-1, -1] * f
+        return interpolate(e.grid_in, e.grid_out, e.ms, n_in, n_out)
+
+    def ms(self, counts: dict[str, tuple[Any, Any]]) -> torch.Tensor:
+        """The model's whole-network latency (ms, differentiable; :attr:`full_ms` at full width) at soft channel counts ``{layer: (n_in, n_out)}``
+        (a timed layer not in ``counts``: full width)."""
+        total: torch.Tensor | float = self.const_ms
+        act: torch.Tensor | float = 0.0
+        for name in self.layers:
+            n_in, n_out = counts.get(name, self._full(name))
+            total = total + self.layer_ms(name, n_in, n_out)
+            act = act + self.outputs[name] * torch.as_tensor(n_out, dtype=torch.float64) / self._full(name)[1]
+        return torch.as_tensor(total) + self.prop_ms * torch.as_tensor(act) / sum(self.outputs.values())
+
+    def ratio(self, counts: dict[str, tuple[Any, Any]]) -> torch.Tensor:
+        """Predicted latency ÷ dense latency at ``counts`` (float32, differentiable; 1 at full width)."""
+        return (self.ms(counts) / self.full_ms).float()
+
+    def predict_ms(self, counts: dict[str, tuple[Any, Any]]) -> float:
+        """Predicted whole-network latency (ms) at ``counts``: the ratio times the measured dense latency."""
+        return float(self.ratio(counts).detach()) * self.dense_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "layers": self.layers, "outputs": self.outputs, "dense_ms": self.dense_ms,
+                "const_ms": self.const_ms,
+                "entries": {k: {"grid_in": e.grid_in.tolist(), "grid_out": e.grid_out.tolist(), "ms": e.ms.tolist(),
+                                "scaled": e.scaled} for k, e in self.entries.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LatencyTable:
+        f64 = torch.float64
+        entries = {k: _Entry(torch.tensor(e["grid_in"], dtype=f64), torch.tensor(e["grid_out"], dtype=f64),
+                             torch.tensor(e["ms"], dtype=f64), e["scaled"]) for k, e in d["entries"].items()}
+        return cls(d["key"], d["layers"], entries, d["dense_ms"], d["const_ms"], d["outputs"])
+
+
+def split_rest(rest_a: float, batch_a: int, rest_b: float, batch_b: int) -> float:
+    """The part of the untimed rest that does not grow with the batch, from the rest at two batch sizes (a line
+    through both, clamped to [0, max(rest_a, 0)]); ``rest_a``'s batch is the table's."""
+    if batch_a == batch_b:
+        return 0.0
+    per_sample = (rest_b - rest_a) / (batch_b - batch_a)
+    return float(min(max(rest_a - per_sample * batch_a, 0.0), max(rest_a, 0.0)))
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def table_key(layers: dict[str, str], example_input: torch.Tensor, batch: int, threads: int,
+              fractions: tuple[float, ...] = GRID_FRACTIONS) -> dict[str, Any]:
+    """What a table is valid for (``layers``: name -> spec and grid); its hash names the cache file."""
+    layers_hash = hashlib.sha1(json.dumps(sorted(layers.items())).encode()).hexdigest()[:16]
+    return {"version": TABLE_VERSION, "layers": layers_hash, "input": list(example_input.shape[1:]), "batch": int(batch),
+            "threads": int(threads), "device": f"cpu: {_cpu_name()}", "torch": torch.__version__.split("+")[0],
+            "grid": list(fractions)}
+
+
+def _key_path(key: dict[str, Any], directory: Path) -> Path:
+    return directory / (hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".json")
+
+
+def _grids(spec: LayerSpec, varies: tuple[bool, bool], fractions: tuple[float, ...]) -> tuple[list[int], list[int]]:
+    if spec.mode == "scaled":
+        return [spec.c_in], [spec.c_out]
+    gi = width_grid(spec.c_in, fractions) if varies[0] and spec.mode == "2d" else [spec.c_in]
+    go = width_grid(spec.c_out, fractions) if varies[1] or spec.mode == "depthwise" else [spec.c_out]
+    return gi, go
+
+
+@torch.inference_mode()
+def _time_points(runs: list[tuple[nn.Module, torch.Tensor]], rounds: int, repeats: int) -> list[float]:
+    """Median ms of each (module, input), timed interleaved: every round times every run ``repeats`` times."""
+    for mod, x in runs:  # warm-up (allocator, oneDNN primitive cache)
+        mod(x)
+    times: list[list[float]] = [[] for _ in runs]
+    for r in range(rounds):
+        order = list(range(len(runs)))
+        order = order[r % len(order):] + order[: r % len(order)]
+        for k in order:
+            mod, x = runs[k]
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                mod(x)
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    return [statistics.median(t) for t in times]
+
+
+def _monotone(ms: torch.Tensor) -> torch.Tensor:
+    """Cumulative maximum along both axes: a narrower layer never costs more than a wider one."""
+    return torch.cummax(torch.cummax(ms, dim=0).values, dim=1).values
+
+
+def build_latency_table(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    batch: int = 1,
+    *,
+    threads: int | None = None,
+    varying: set[tuple[str, str]] | None = None,
+    rounds: int = 5,
+    repeats: int = 3,
+    fractions: tuple[float, ...] = GRID_FRACTIONS,
+    cache: bool | str | Path = True,
+) -> LatencyTable:
+    """The latency table of ``model`` (a plain network) on this CPU, from the cache when it has one.
+
+    Args:
+        model: the dense network (not gated; it is timed whole once and left unchanged).
+        example_input: one input like ``[1, C, H, W]`` (only its first sample is used).
+        batch: the batch size the latencies are for.
+        threads: intra-op threads while timing; None: torch's current count (part of the key either way).
+        varying: ``{(layer, "in"|"out")}`` dims a gate can change (others are single grid points); None: all.
+        rounds, repeats: interleaved timing passes and runs per point and pass (the median is kept).
+        fractions: grid widths as fractions of each full width (see :func:`width_grid`).
+        cache: True: the default :func:`cache_dir`; a folder; False: neither read nor write.
+    Returns:
+        the :class:`LatencyTable` (``timed`` False when it came from the cache).
+    """
+    if batch < 1:
+        raise ConfigError(f"batch must be >= 1, got {batch}")
+    if rounds < 1 or repeats < 1:
+        raise ConfigError(f"rounds and repeats must be >= 1, got rounds={rounds}, repeats={repeats}")
+    model = model.cpu()
+    x = example_input[:1].cpu()
+    threads = int(threads or torch.get_num_threads())
+    specs = layer_specs(model, x)
+    if not specs:
+        raise ConfigError(f"{type(model).__name__} has no conv or linear layer to time")
+    grids: dict[str, tuple[LayerSpec, list[int], list[int]]] = {}
+    layers: dict[str, str] = {}
+    for name, (spec, _) in specs.items():
+        v = (True, True) if varying is None else ((name, "in") in varying, (name, "out") in varying)
+        gi, go = _grids(spec, v, fractions)
+        k = json.dumps([spec.key, gi, go])
+        grids.setdefault(k, (spec, gi, go))
+        layers[name] = k
+    key = table_key(layers, x, batch, threads, fractions)
+    path = _key_path(key, cache_dir() if cache is True else Path(cache)) if cache else None
+    if path is not None and path.exists():
+        try:
+            table = LatencyTable.from_dict(json.loads(path.read_text()))
+            if table.key == key:
+                logger.info("latency table read from %s", path)
+                return table
+        except (OSError, ValueError, KeyError) as e:
+            logger.warning("latency table %s unreadable (%s); timing again", path, e)
+    t0 = time.perf_counter()
+    points = [spec.build(ci, co, batch) for spec, gi, go in grids.values() for ci in gi for co in go if ci and co]
+    # the untimed rest (dense − layer sum) at a second batch size splits it into a constant and a growing part
+    batch2 = batch * 4 if batch <= 16 else max(1, batch // 4)
+    full2 = [spec.build(gi[-1], go[-1], batch2) for spec, gi, go in grids.values()]
+    was = model.training
+    model.eval()
+    # the whole dense network is one more run of the same interleaved rounds: load drift hits it like the layers
+    dense_runs = [(model, x.expand(b, *x.shape[1:]).contiguous()) for b in (batch, batch2)]
+    try:
+        with torch_threads(threads):
+            ms = iter(_time_points([*points, *full2, *dense_runs], rounds, repeats))
+    finally:
+        model.train(was)
+    entries = {}
+    for k, (spec, gi, go) in grids.items():
+        grid = torch.tensor([[next(ms) if ci and co else 0.0 for co in go] for ci in gi], dtype=torch.float64)
+        entries[k] = _Entry(torch.tensor(gi, dtype=torch.float64), torch.tensor(go, dtype=torch.float64),
+                            _monotone(grid), spec.mode == "scaled")
+    full_ms2 = {k: next(ms) for k in grids}
+    dense, dense2 = next(ms), next(ms)
+    sum1 = sum(float(entries[k].ms[-1, -1]) for k in layers.values())
+    sum2 = sum(full_ms2[k] for k in layers.values())
+    const = split_rest(dense - sum1, batch, dense2 - sum2, batch2)
+    table = LatencyTable(key, layers, entries, dense, const, {n: float(numel) for n, (_, numel) in specs.items()},
+                         timed=True)
+    logger.info("latency table: %d layers, %d distinct, %d points timed in %.1fs; dense %.3f ms = layers %.3f + "
+                "constant %.3f + proportional %.3f", len(layers), len(entries), len(points),
+                time.perf_counter() - t0, dense, table.layer_sum_ms, table.const_ms, table.prop_ms)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(table.to_dict()))
+        tmp.replace(path)
+    return table
+
+
+# -- a gated network's relaxed latency ------------------------------------------------------------------------
+def attach_table(gated: nn.Module, table: LatencyTable) -> None:
+    """Keep ``table`` on a GatedModel (a plain attribute, as its cost model): :func:`latency_ratio` reads it."""
+    object.__setattr__(gated, "_latency_table", table)
+
+
+def find_table(gated: nn.Module) -> LatencyTable | None:
+    """The table attached to ``gated`` (None when there is none)."""
+    return getattr(gated, "_latency_table", None)
+
+
+def gated_table(gated: nn.Module) -> LatencyTable:
+    """The table attached to ``gated``; ConfigError when there is none."""
+    table = find_table(gated)
+    if table is None:
+        raise ConfigError("this gated model has no latency table: set the method's target_latency (or call "
+                          "prunekit.latency_table.attach_table) before asking for a latency ratio")
+    return table
+
+
+def varying_dims(gated: nn.Module) -> set[tuple[str, str]]:
+    """``{(layer, dim)}`` that some prunable group of ``gated`` can narrow."""
+    return {(m.name, m.dim) for h in gated.groups for m in h.group.members}
+
+
+def latency_ratio_of(gated: nn.Module, values: list[torch.Tensor]) -> torch.Tensor:
+    """Predicted latency ÷ dense latency of ``gated`` for per-group gate values (effective, block gates applied):
+    the table's bilinear interpolation at the cost model's soft channel counts (differentiable)."""
+    from prunekit.cost import cost_model
+
+    return gated_table(gated).ratio(cost_model(gated).channels(values))
+
+
+def latency_ratio(gated: nn.Module, mode: str = "expected") -> torch.Tensor:
+    """Relaxed latency ÷ dense latency at the gates' ``expected``, ``hard`` or ``eval`` values."""
+    from prunekit.cost import gate_values
+
+    return latency_ratio_of(gated, gate_values(gated, mode))
