@@ -164,21 +164,34 @@ def tradeoff(
 
 
 # -- the Explore page's runs: the trade-off chart's data ----------------------------------------------
+LATENCY_FORMS = ("eager", "inference", "onnxruntime")
+
+
 def runs_for_explore(store: Any) -> pd.DataFrame:
-    """``list_runs`` plus the latest collapse measurements (latency batch 1, slim MACs ratio) per run."""
+    """``list_runs`` plus the latest collapse measurements per run: the slim MACs ratio, its latency at batch 1 and
+    64 (``latency_b1_ms``, ``latency_b64_ms``) and, where the collapse timed them, the slim network's latency in
+    each deployed form (``latency/<eager|inference|onnxruntime>_b<batch>_ms``, ``prunekit.compare.latency_forms``)."""
     runs = store.list_runs()
-    lat, macs = [], []
+    cols: dict[str, list[Any]] = {"macs_ratio/slim": []}
+    keys = [f"latency/{f}_b{b}_ms" for f in LATENCY_FORMS for b in (1, 64)]
+    for k in ("latency_b1_ms", "latency_b64_ms", *keys):
+        cols[k] = []
     for rid in runs["id"]:
         res = store.collapse_results(rid)
         last = res[-1] if res else {}
         slim, orig = last.get("slim", {}) or {}, last.get("original", {}) or {}
-        lat_ms = slim.get("latency_b1_ms")
-        if lat_ms is None and isinstance(slim.get("latency_ms"), dict):
-            lat_ms = slim["latency_ms"].get("1")
-        lat.append(lat_ms)
-        macs.append(slim["macs"] / orig["macs"] if slim.get("macs") and orig.get("macs") else None)
-    runs = runs.assign(**{"latency_b1_ms": lat, "macs_ratio/slim": macs})
-    return runs
+        for b in (1, 64):
+            lat_ms = slim.get(f"latency_b{b}_ms")
+            if lat_ms is None and isinstance(slim.get("latency_ms"), dict):
+                lat_ms = slim["latency_ms"].get(str(b), slim["latency_ms"].get(b))
+            cols[f"latency_b{b}_ms"].append(lat_ms)
+        forms = last.get("latency_forms") or {}
+        for f in LATENCY_FORMS:
+            after = (forms.get(f) or {}).get("after") or {}
+            for b in (1, 64):
+                cols[f"latency/{f}_b{b}_ms"].append(after.get(str(b), after.get(b)))
+        cols["macs_ratio/slim"].append(slim["macs"] / orig["macs"] if slim.get("macs") and orig.get("macs") else None)
+    return runs.assign(**cols)
 
 
 def cached_runs_for_explore(workspace: str | None, ttl: float = 2.0) -> pd.DataFrame:
