@@ -29,6 +29,8 @@ SUITES: dict[str, tuple[str, str, str]] = {
     "pareto": ("prunekit.bench.pareto", "bench_pareto", "accuracy vs MACs vs latency of every method and Torch-Pruning at fixed budgets"),
     "latency": ("prunekit.bench.pareto", "bench_latency", "CPU latency vs MACs of the pareto slim networks against Torch-Pruning's"),
     "cli": ("prunekit.bench.cli", "bench_cli", "wall time of prunekit --help and of argument errors in a fresh interpreter"),
+    "data": ("prunekit.bench.data", "bench_data", "data time per epoch, per-image vs batch loader; step time NCHW vs channels_last"),
+    "recipe": ("prunekit.bench.data", "bench_recipe", "accuracy and time of each piece of the fast training recipe, alone and together"),
 }
 
 
@@ -68,6 +70,13 @@ def run_suite(name: str, out_dir: str | Path, preset: str | None = None, *, resu
             raise ConfigError(f"bench suite {name!r} does not take {key}, got {key}={value!r}")
         kwargs[key] = value
     return fn(out_dir, **kwargs)
+
+
+def shared_data_root() -> str | None:
+    """``../shared/data`` beside the repository when present (real MNIST files, the CIFAR-10 JPEG tar), else None
+    (the default search: ``$PRUNEKIT_DATA``, the cache folder, system folders)."""
+    path = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
+    return str(path) if path.is_dir() else None
 
 
 def error_reason(e: BaseException, limit: int = 200) -> str:

@@ -10,6 +10,8 @@ calls ``complete`` only when this command runs or shows its help.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +37,9 @@ if TYPE_CHECKING:
     from prunekit.train.config import RunConfig
 
 METHOD_OPT_PREFIX = "method_opt__"  # argparse dest of a generated method-option flag
+GIVEN = "given_"  # argparse dest: the train flags given on the command line (a --recipe fills only the others)
+# argparse dest -> TrainConfig field, for the flags whose name differs (the rest: same name)
+_TRAIN_DEST = {"threads": "num_threads", "workers": "num_workers", "no_amp": "amp"}
 
 
 def method_option_owners() -> dict[str, list[tuple[str, OptionSpec]]]:
@@ -123,13 +128,17 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     o.add_argument("--seed", type=int, help="random seed (data order, init, noise)")
     o.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap on steps per epoch (quick runs)")
     o.add_argument("--log-every", type=int, help="steps between logged metrics")
+    o.add_argument("--recipe", default=None,
+                   help="a training recipe: its values replace the defaults of the flags above (flags given still win); "
+                        "'fast': label smoothing, per-step linear lr decay, channels_last (see 'prunekit bench recipe')")
 
     d = p.add_argument_group("hardware")
     d.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     d.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     d.add_argument("--workers", type=int, help="data loader worker processes")
     d.add_argument("--no-amp", action="store_true", help="disable mixed precision (used on CUDA only)")
-    d.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    d.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
+                   help="channels-last memory format (--no-channels-last: off, e.g. after --recipe fast)")
 
     r = p.add_argument_group("output")
     r.add_argument("--out", default=None, metavar="DIR",
@@ -156,6 +165,7 @@ def complete(p: argparse.ArgumentParser) -> None:
     of TrainConfig and RunConfig, the optimizer and schedule choices, and the generated method-option flags."""
     from prunekit.optim import optimizer_names
     from prunekit.train.config import SCHEDULES, RunConfig, TrainConfig
+    from prunekit.train.recipe import list_recipes
 
     t, r = TrainConfig(), RunConfig()
     p.set_defaults(
@@ -167,7 +177,44 @@ def complete(p: argparse.ArgumentParser) -> None:
     actions = p._option_string_actions
     actions["--optimizer"].choices = optimizer_names()
     actions["--schedule"].choices = SCHEDULES
+    actions["--recipe"].choices = list_recipes()
+    add_train_option_flags(p)
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for action in p._actions:
+        if _TRAIN_DEST.get(action.dest, action.dest) in train_fields and not isinstance(action, _Given):
+            action.__class__ = _given_class(type(action))
     add_method_option_flags(p)
+
+
+class _Given(argparse.Action):
+    """Marks an action whose use is noted in ``namespace.given_`` (see :func:`_given_class`)."""
+
+
+@functools.cache
+def _given_class(base: type[argparse.Action]) -> type[argparse.Action]:
+    """``base`` (argparse's store, store_true, ...) that also notes its dest in ``namespace.given_`` when the flag is
+    on the command line: a --recipe value must not replace a value the user gave, even one equal to the default."""
+
+    def __call__(self: argparse.Action, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        base.__call__(self, parser, namespace, values, option_string)
+        setattr(namespace, GIVEN, (*getattr(namespace, GIVEN, ()), self.dest))
+
+    return type(f"Given{base.__name__}", (base, _Given), {"__call__": __call__})
+
+
+def add_train_option_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field declared with ``option()`` (``train_options()``), help from its spec."""
+    from prunekit.train.config import train_options
+
+    group = next((g for g in p._action_groups if g.title == "optimisation"), p)
+    for spec in train_options():
+        flag = "--" + spec.name.replace("_", "-")
+        if flag in p._option_string_actions:
+            continue
+        kind = {"int": int, "float": float}.get(spec.kind)
+        group.add_argument(flag, dest=spec.name, type=kind, default=spec.default, choices=spec.choices or None,
+                           metavar=None if spec.choices else spec.kind.upper(),
+                           help=f"{spec.describe()} [default: {spec.default!r}]".replace("%", "%%"))
 
 
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -192,15 +239,23 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The RunConfig the flags describe (ConfigError on bad values)."""
-    from prunekit.train.config import RunConfig, TrainConfig
+    from prunekit.train.config import RunConfig, train_options
+    from prunekit.train.recipe import recipe_config
 
-    train = TrainConfig(
+    values = dict(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
         momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay, schedule=args.schedule,
         milestones=tuple(args.milestones), gamma=args.gamma, warmup_epochs=args.warmup_epochs, device=args.device, amp=not args.no_amp,
         channels_last=args.channels_last, seed=args.seed, num_threads=args.threads, log_every=args.log_every,
         max_steps_per_epoch=args.max_steps_per_epoch, num_workers=args.workers,
+        **{s.name: getattr(args, s.name, s.default) for s in train_options()},
     )
+    recipe = getattr(args, "recipe", None)
+    if recipe:
+        given = {_TRAIN_DEST.get(d, d) for d in getattr(args, GIVEN, ())}
+        # the recipe's values where no flag was given
+        values = {k: v for k, v in values.items() if k in given}
+    train = recipe_config(recipe, **values)
     return RunConfig(
         model=args.model, dataset=args.dataset, method=args.method, method_options=method_options(args),
         train=train, data_root=data_root(args.data_root), data_options=parse_kv(args.data_opt, "--data-opt"),

@@ -13,7 +13,7 @@ from typing import Any
 from prunekit.data import LOADERS
 from prunekit.errors import ConfigError
 from prunekit.methods import create_method, run_target
-from prunekit.methods.base import option
+from prunekit.methods.base import OptionSpec, option, option_specs
 from prunekit.optim import optimizer_names
 from prunekit.validate import check_choice, check_range
 
@@ -72,6 +72,13 @@ class TrainConfig:
             raise ConfigError(f"loader 'batch' runs in the training process: num_workers must be 0 with it, got "
                               f"{self.num_workers} (use loader 'torch' or 'auto' for worker processes)")
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+
+
+def train_options() -> list[OptionSpec]:
+    """The TrainConfig fields declared with ``option()`` (help, unit, range or choices): the CLI generates a flag
+    for each (``--label-smoothing``, ``--loader``), as it does for the methods' options."""
+    declared = {f.name for f in dataclasses.fields(TrainConfig) if "option" in f.metadata}
+    return [s for s in option_specs(TrainConfig) if s.name in declared]
 
 
 @dataclass(frozen=True)
