@@ -48,6 +48,37 @@ def option_input(col, s, key: str):
     return col.text_input(s.name, sup.option_text(s.default), help=help_, key=key)
 
 
+def dense_latency_row() -> None:
+    """The dense network's latency on this machine, beside the method's ``target_latency`` option (measured on
+    request: it builds the model and times it)."""
+    st.markdown("**Latency target**: the form's `target_latency` (ms; empty: the MACs target) against the dense "
+                "network's latency on this machine")
+    c1, c2, c3 = st.columns([2, 1, 2])
+    lat_model = c1.selectbox("Model to time", models, index=_index(models, st.session_state.get("form_model",
+                             sup.DEFAULT_MODEL)), key="lat_model")
+    lat_batch = c2.number_input("Batch (latency_batch)", 1, 4096, 1, key="lat_batch")
+    dataset = st.session_state.get("form_dataset", sup.DEFAULT_DATASET)
+    if c3.button("Measure the dense latency", key="lat_measure",
+                 help="Times the dense model on this machine with the threads a run gets, on the input size of the "
+                      "dataset chosen below (default shapes). A run with target_latency builds its own per-layer "
+                      "table at prepare; this is the number to stay below."):
+        try:
+            with st.spinner("Timing the dense network…"):
+                st.session_state.lat_result = {"model": lat_model, "dataset": dataset, **sup.dense_latency(
+                    lat_model, dataset if dataset != sup.IMAGEFOLDER else sup.DEFAULT_DATASET, int(lat_batch),
+                    data_root=st.session_state.get("form_data_root"))}
+        except Exception as e:
+            st.session_state.lat_result = None
+            st.error(f"Cannot time {lat_model}: {sup.describe_error(e)}")
+    res = st.session_state.get("lat_result")
+    if res:
+        c3.metric(f"dense {res['model']}, batch {res['batch']}", f"{res['ms']:.2f} ms",
+                  help=f"{res['threads']} thread(s), input {'×'.join(map(str, res['input']))} ({res['dataset']})")
+        st.caption(f"Dense {res['model']} runs in {res['ms']:.2f} ms at batch {res['batch']} on this machine "
+                   f"({res['threads']} threads): target_latency {res['ms'] / 2:.2f} asks for half of it. Set "
+                   f"latency_batch to {res['batch']} too.")
+
+
 # -- start a run -------------------------------------------------------------------------------
 with st.expander("Start a run", expanded=True):
     method = st.selectbox("Method", methods, index=_index(methods, sup.DEFAULT_METHOD), key="form_method",
@@ -114,6 +145,8 @@ with st.expander("Start a run", expanded=True):
             st.page_link("pages/2_Live.py", label="Watch it live", icon="📈")
         except Exception as e:
             st.error(f"Could not start the run: {sup.describe_error(e)}")
+    if tfield and sup.latency_field(method):  # after the form: its submit button stays the page's first button
+        st.fragment(dense_latency_row)()
 
 
 # -- all runs ----------------------------------------------------------------------------------

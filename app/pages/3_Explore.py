@@ -21,6 +21,16 @@ if runs.empty:
     st.info("No runs yet: start a few at different targets on the Runs page, then compare them here.")
     st.stop()
 sup.watch_statuses(store, runs)  # a run that ends while this page is open: its label and points follow
+# cost axis label -> (column of sup.runs_for_explore, axis title)
+COST_AXES = {
+    "MACs kept (hard mask)": ("macs_ratio/hard", "MACs kept (fraction of dense)"),
+    "latency, batch 1 (after collapse)": ("latency_b1_ms", "latency at batch 1 (ms, eager PyTorch, this machine)"),
+    "latency, batch 64 (after collapse)": ("latency_b64_ms", "latency at batch 64 (ms, eager PyTorch, this machine)"),
+    "latency, ONNX Runtime, batch 1": ("latency/onnxruntime_b1_ms",
+                                       "latency at batch 1 (ms, ONNX Runtime, BatchNorm folded, this machine)"),
+    "latency, ONNX Runtime, batch 64": ("latency/onnxruntime_b64_ms",
+                                        "latency at batch 64 (ms, ONNX Runtime, BatchNorm folded, this machine)"),
+}
 
 
 # -- trade-off across runs ----------------------------------------------------------------------
@@ -36,7 +46,9 @@ def trade_off() -> None:
     sweep = c1.selectbox("Sweep", list(sweep_names), format_func=sweep_names.get, key="ex_sweep")
     model = c2.selectbox("Model", ["all"] + sorted(runs["model"].dropna().unique()), key="ex_model")
     dataset = c3.selectbox("Dataset", ["all"] + sorted(runs["dataset"].dropna().unique()), key="ex_dataset")
-    axis = c4.radio("Cost axis", ["MACs kept (hard mask)", "latency, batch 1 (after collapse)"], key="ex_axis")
+    axis = c4.radio("Cost axis", list(COST_AXES), key="ex_axis",
+                    help="Latency is measured on this machine when a run is collapsed (Collapse & compare): eager "
+                         "PyTorch, and ONNX Runtime (BatchNorm folded) when onnxruntime is installed.")
     view = runs
     if sweep:
         view = view[view["sweep_id"] == sweep]
@@ -45,18 +57,19 @@ def trade_off() -> None:
     if dataset != "all":
         view = view[view["dataset"] == dataset]
     y = "acc/test" if view["acc/test"].notna().any() else "acc/val"
+    x, xl = COST_AXES[axis]
     if axis.startswith("MACs"):
-        x, xl = "macs_ratio/hard", "MACs kept (fraction of dense)"
         anchors = viz.anchor_points(model if model != "all" else None, dataset if dataset != "all" else None)
     else:
-        x, xl, anchors = "latency_b1_ms", "latency at batch 1 (ms, this machine)", None
+        anchors = None
     fig, reading = sup.tradeoff(view, x=x, y=y, anchors=anchors, x_label=xl)
     st.plotly_chart(fig, key="ex_tradeoff")
     st.caption(reading)
     if anchors is not None and anchors.empty:
         st.caption("Published anchor points (METHODS.md) appear when you filter to ResNet-56 on CIFAR-10.")
-    if x.startswith("latency") and view[x].isna().all():
-        st.info("Latency is measured when a run is collapsed: use the Collapse & compare page first.")
+    if x.startswith("latency") and (x not in view or view[x].isna().all()):
+        st.info("Latency is measured when a run is collapsed: use the Collapse & compare page first"
+                + (" (ONNX Runtime timings need the onnxruntime package)." if "onnxruntime" in x else "."))
 
 
 trade_off()

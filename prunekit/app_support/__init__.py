@@ -54,7 +54,9 @@ from prunekit.app_support._form import (
     dataset_name,
     default_config,
     default_data_root,
+    dense_latency,
     form_datasets,
+    latency_field,
     method_fields,
     method_help,
     option_text,
@@ -155,7 +157,7 @@ __all__ = [
     "statuses_changed", "watch_statuses",
     # _form
     "DEFAULT_DATASET", "DEFAULT_METHOD", "DEFAULT_MODEL", "DEFAULT_TARGET", "IMAGEFOLDER", "FieldSpec",
-    "build_run_config", "check_dataset", "dataset_name", "default_config", "default_data_root", "form_datasets", "method_fields", "method_help", "run_target", "option_text", "own_threshold", "parse_option", "target_field",
+    "build_run_config", "check_dataset", "dataset_name", "default_config", "default_data_root", "form_datasets", "method_fields", "method_help", "run_target", "dense_latency", "latency_field", "option_text", "own_threshold", "parse_option", "target_field",
     # _loaded
     "LoadedRun", "cached_run", "collapse_and_compare", "find_gated", "jsonable", "load_run", "what_if",
     "widths_frame", "zip_files",

@@ -4,6 +4,7 @@ back to a RunConfig. Everything the form knows about a method comes from the met
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -84,6 +85,41 @@ def method_fields(method: str) -> list[OptionSpec]:
 def target_field(method: str) -> str | None:
     """The name of the method's size-target option (``Method.target_option``), if it has one."""
     return method_class(method).target_option
+
+
+def latency_field(method: str) -> str | None:
+    """``"target_latency"`` when the method takes a latency target (``_gated.LatencyConfig``), else None."""
+    return "target_latency" if any(s.name == "target_latency" for s in method_fields(method)) else None
+
+
+def dense_latency(model: str, dataset: str, batch: int = 1, threads: int | None = None,
+                  data_root: str | None = None) -> dict[str, Any]:
+    """The dense ``model``'s latency on ``dataset``'s input size at ``batch``, on this CPU with the threads a run
+    of the app gets (``prunekit._device.run_threads``): what a ``target_latency`` is measured against.
+
+    Returns:
+        ``{"ms", "batch", "threads", "input"}`` (median of 20 runs after 3 warm-ups; cached per process).
+    """
+    from prunekit._device import run_threads
+
+    return dict(_dense_latency(model, dataset, int(batch), run_threads(threads), (data_root or "").strip() or None))
+
+
+@functools.lru_cache(maxsize=32)
+def _dense_latency(model: str, dataset: str, batch: int, threads: int, data_root: str | None) -> dict[str, Any]:
+    import torch
+
+    from prunekit.data import dataset_info
+    from prunekit.latency import measure_latency
+    from prunekit.models import create_model
+
+    if batch < 1:
+        raise ConfigError(f"batch must be >= 1, got {batch}")
+    info = dataset_info(dataset, data_root)
+    net = create_model(model, num_classes=info.num_classes, in_channels=info.in_channels)
+    x = torch.zeros(1, info.in_channels, *info.image_size)
+    ms = measure_latency(net, x, (batch,), device="cpu", threads=threads, repeats=20)[batch]
+    return {"ms": ms, "batch": batch, "threads": threads, "input": [info.in_channels, *info.image_size]}
 
 
 def own_threshold(config: dict[str, Any]) -> float | None:
