@@ -3,28 +3,21 @@ with the dense network's latency measured beside it."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("streamlit")
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from test_app import _app  # noqa: E402 -- the app tests' page runner
 
 from prunekit import app_support as sup  # noqa: E402
 from prunekit.train.config import RunConfig, TrainConfig  # noqa: E402
 from prunekit.train.store import RunStore  # noqa: E402
 
-APP = Path(__file__).resolve().parents[1] / "app"
-
 
 @pytest.fixture
-def workspace(tmp_path, monkeypatch) -> Path:
+def store(tmp_path, monkeypatch) -> RunStore:
+    """The run store of a fresh workspace, the one the app pages open."""
     monkeypatch.setenv("PRUNEKIT_HOME", str(tmp_path))
-    return tmp_path
-
-
-def _app(page: str) -> AppTest:
-    return AppTest.from_file(str(APP / page), default_timeout=60)
+    return RunStore(tmp_path)
 
 
 def _done_run(store: RunStore, acc: float, macs: float, ort_b1: float | None) -> str:
@@ -42,8 +35,7 @@ def _done_run(store: RunStore, acc: float, macs: float, ort_b1: float | None) ->
     return rid
 
 
-def test_runs_for_explore_carries_every_timed_form(workspace):
-    store = RunStore(workspace)
+def test_runs_for_explore_carries_every_timed_form(store):
     _done_run(store, 0.8, 0.5, 0.7)
     _done_run(store, 0.7, 0.3, None)
     runs = sup.runs_for_explore(store).sort_values("acc/test")
@@ -53,8 +45,7 @@ def test_runs_for_explore_carries_every_timed_form(workspace):
     assert runs["latency/onnxruntime_b1_ms"].iloc[1] == 0.7
 
 
-def test_explore_cost_axis_offers_measured_latency_eager_and_onnxruntime(workspace):
-    store = RunStore(workspace)
+def test_explore_cost_axis_offers_measured_latency_eager_and_onnxruntime(store):
     _done_run(store, 0.8, 0.5, 0.7)
     _done_run(store, 0.7, 0.3, 0.4)
     at = _app("pages/3_Explore.py").run()
@@ -68,16 +59,15 @@ def test_explore_cost_axis_offers_measured_latency_eager_and_onnxruntime(workspa
     assert not any("Collapse & compare page first" in i.value for i in at.info)
 
 
-def test_explore_says_when_onnxruntime_was_not_timed(workspace):
-    _done_run(RunStore(workspace), 0.8, 0.5, None)
+def test_explore_says_when_onnxruntime_was_not_timed(store):
+    _done_run(store, 0.8, 0.5, None)
     at = _app("pages/3_Explore.py").run()
     at.radio(key="ex_axis").set_value("latency, ONNX Runtime, batch 64").run()
     assert not at.exception, at.exception
     assert any("onnxruntime package" in i.value for i in at.info)
 
 
-def test_runs_form_offers_a_latency_target_beside_the_dense_latency(workspace, monkeypatch):
-    store = RunStore(workspace)
+def test_runs_form_offers_a_latency_target_beside_the_dense_latency(store, monkeypatch):
     monkeypatch.setattr(sup, "start", lambda cfg, ws=None: store.create_run(cfg.to_dict()))
     at = _app("pages/1_Runs.py").run()
     at.selectbox(key="form_method").set_value("crisp").run()

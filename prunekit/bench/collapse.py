@@ -7,6 +7,14 @@ whether it handles it, its pruning time and speedup. The dense, prunekit-slim an
 of one model are timed interleaved (``prunekit.latency.measure_latency_interleaved``), so a change of
 machine load cannot pass for a difference between the tools. A model that cannot be handled is reported
 with its reason (analysis time is bounded, no hangs).
+
+**round_to and the latency table** (presets with ``round_to``; issue 17 items 3 and 4). 50 % masks keep widths that
+are already multiples of 8 on most models, so round_to is measured on masks of *uneven* widths: every group keeps
+a random share drawn from U(0.35, 0.65) (seeded), "off" as drawn, "on" rounded to multiples of ``round_to`` by
+``prunekit.methods._gated.round_masks`` (random scores). Both slim networks are timed interleaved with the dense
+one (eager, and with ``inference`` as deployed); the speed-up ÷ MACs reduction of each uses its own MACs. The
+latency table of the dense network (``prunekit.latency_table``, batch 1 and 64, torch's thread count) predicts
+both slim networks' latency ÷ dense; the fit column is predicted ÷ measured − 1 (eager, same interleaved run).
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ from prunekit.bench import error_reason, md_table, write_report
 from prunekit.compare import latency_forms
 from prunekit.errors import ConfigError
 from prunekit.latency import measure_latency_interleaved
+from prunekit.latency_table import build_latency_table, varying_dims
+from prunekit.methods._gated import round_masks
 from prunekit.models import list_models
 
 log = logging.getLogger(__name__)
@@ -35,6 +45,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "size": 32,
         "tv_size": 64,
         "repeats": 5,
+        "round_to": 8,
+        "table": {"rounds": 2, "repeats": 1},
     },
     # every in-house model and every torchvision classification model
     "full": {"models": None, "size": 32, "tv_size": 64, "repeats": 5},
@@ -46,8 +58,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "repeats": 5,
         "inference": True,
         "onnxruntime": True,
+        "round_to": 8,
+        "table": {"rounds": 5, "repeats": 2},
+    },
+    # the latency preset's columns on two small models: a check that takes about a minute on 2 cores
+    "latency-quick": {
+        "models": ["resnet20", "mobilenetv2"],
+        "size": 32,
+        "tv_size": 64,
+        "repeats": 3,
+        "inference": True,
+        "onnxruntime": True,
+        "round_to": 8,
+        "table": {"rounds": 2, "repeats": 1},
     },
 }
+BATCHES = (1, 64)
 
 
 def _models(preset: dict[str, Any]) -> list[str]:
@@ -60,6 +86,51 @@ def _half_masks(gated, seed: int = 0) -> None:
         keep = torch.zeros(h.size, dtype=torch.bool)
         keep[torch.randperm(h.size, generator=g)[: max(1, h.size // 2)]] = True
         h.set_mask(keep)
+
+
+def _uneven_masks(gated, seed: int = 0) -> None:
+    """Every group keeps a random share from U(0.35, 0.65) of its channels (at least one)."""
+    g = torch.Generator().manual_seed(seed)
+    for h in gated.groups:
+        share = 0.35 + 0.3 * float(torch.rand(1, generator=g))
+        keep = torch.zeros(h.size, dtype=torch.bool)
+        keep[torch.randperm(h.size, generator=g)[: max(1, round(share * h.size))]] = True
+        h.set_mask(keep)
+
+
+def _round_to_row(name: str, x: torch.Tensor, nets: dict[str, torch.nn.Module], cfg: dict[str, Any]) -> dict[str, Any]:
+    """Uneven masks, collapsed as drawn (``uneven``) and rounded to ``round_to`` (``rounded``); their MACs and the
+    latency table's predicted latency ratios at every batch of :data:`BATCHES`."""
+    from prunekit.cost import cost_model, gate_values
+
+    kwargs = {"aux_logits": False, "init_weights": False} if name in ("tv:googlenet", "tv:inception_v3") else {}
+    model = pk.create_model(name, num_classes=10, **kwargs).eval()
+    dense_copy = pk.create_model(name, num_classes=10, **kwargs).eval()
+    dense_copy.load_state_dict(model.state_dict())
+    gated = pk.augment(model, x, timeout_s=60)
+    _uneven_masks(gated)
+    drawn = [h.gate.keep.clone() for h in gated.groups]
+    scores = [torch.rand(h.size, generator=torch.Generator().manual_seed(h.index)) for h in gated.groups]
+    rounded = round_masks(drawn, scores, cfg["round_to"])
+    t0 = time.perf_counter()
+    tables = {b: build_latency_table(dense_copy, x, b, varying=varying_dims(gated), **cfg["table"]) for b in BATCHES}
+    t_table = time.perf_counter() - t0
+    macs0 = pk.count_macs(dense_copy, x)
+    row: dict[str, Any] = {"round_to": cfg["round_to"], "table_s": t_table,
+                           "table_cached": all(not t.timed for t in tables.values())}
+    for key, masks in (("uneven", drawn), ("rounded", rounded)):
+        for h, m in zip(gated.groups, masks):
+            h.set_mask(m)
+        counts = cost_model(gated).channels(gate_values(gated, "hard"))
+        slim = pk.collapse(gated)
+        nets[key] = slim
+        macs = pk.count_macs(slim, x)
+        row[key] = {"macs_after": macs, "macs_reduction": macs0 / max(macs, 1),
+                    "multiples": sum(int(m.sum()) % cfg["round_to"] == 0 or bool(m.all()) for m in masks),
+                    "groups": len(masks),
+                    "predicted_ratio": {b: float(t.ratio(counts)) for b, t in tables.items()}}
+    nets.setdefault("dense", dense_copy)
+    return row
 
 
 def _prunekit_row(name: str, x: torch.Tensor, nets: dict[str, torch.nn.Module]) -> dict[str, Any]:
@@ -127,7 +198,21 @@ def _add_latency(row: dict[str, Any], nets: dict[str, torch.nn.Module], x: torch
     """
     if "dense" not in nets:
         return
-    lat = measure_latency_interleaved(nets, x, (1, 64), rounds=cfg["repeats"], repeats=2)
+    lat = measure_latency_interleaved(nets, x, BATCHES, rounds=cfg["repeats"], repeats=2)
+    rt = row.get("round_to")
+    if rt and rt.get("ok"):
+        for key in ("uneven", "rounded"):
+            r = rt[key]
+            r["latency_ms"] = lat[key]
+            for b in BATCHES:
+                measured = lat[key][b] / lat["dense"][b]
+                r[f"speedup_over_macs_b{b}"] = 1 / measured / r["macs_reduction"]
+                r[f"fit_b{b}"] = r["predicted_ratio"][b] / measured - 1
+            if cfg.get("inference"):
+                forms = latency_forms(nets["dense"], nets[key], x, BATCHES, rounds=cfg["repeats"], onnxruntime=False,
+                                      eager=False)["inference"]
+                for b in BATCHES:
+                    r[f"speedup_inf_over_macs_b{b}"] = forms["before"][b] / forms["after"][b] / r["macs_reduction"]
     # (row, key suffix, {"before": {batch: ms}, "after": {batch: ms}})
     timed = [(key, "", {"before": lat["dense"], "after": lat[key]}) for key in ("prunekit", "torch_pruning") if key in lat]
     if cfg.get("inference") and "prunekit" in nets:
@@ -145,6 +230,44 @@ def _add_latency(row: dict[str, Any], nets: dict[str, torch.nn.Module], x: torch
             r[f"speedup{tag}_over_macs_b{b}"] = r[f"speedup{tag}_b{b}"] / r["macs_reduction"]
 
 
+def _round_to_md(results: dict[str, Any], cfg: dict[str, Any]) -> str:
+    """The round_to and latency-table section of the report."""
+    headers = ["model", "MACs red. off→on", "groups on multiples off→on", "speedup÷MACs b1 off→on", "b64 off→on"]
+    if cfg.get("inference"):
+        headers += ["inference form b1 off→on", "b64 off→on"]
+    headers += ["table fit b1 off/on", "table fit b64 off/on", "table s"]
+    rows = []
+
+    def pair(r: dict[str, Any], key: str, fmt: str = "{:.2f}") -> str:
+        a, b = r["uneven"].get(key), r["rounded"].get(key)
+        return "—" if a is None or b is None else f"{fmt.format(a)}→{fmt.format(b)}"
+
+    for name, row in results.items():
+        r = row.get("round_to")
+        if not r:
+            continue
+        if not r.get("ok"):
+            rows.append([name, "fails: " + r["error"]] + [None] * (len(headers) - 2))
+            continue
+        cells = [name, pair(r, "macs_reduction"),
+                 f"{r['uneven']['multiples']}→{r['rounded']['multiples']} of {r['rounded']['groups']}",
+                 pair(r, "speedup_over_macs_b1"), pair(r, "speedup_over_macs_b64")]
+        if cfg.get("inference"):
+            cells += [pair(r, "speedup_inf_over_macs_b1"), pair(r, "speedup_inf_over_macs_b64")]
+        cells += [pair(r, "fit_b1", "{:+.0%}").replace("→", " / "), pair(r, "fit_b64", "{:+.0%}").replace("→", " / "),
+                  r["table_s"]]
+        rows.append(cells)
+    return (
+        f"\n## round_to={cfg['round_to']} and the latency table\n\nUneven masks (every group keeps U(0.35, 0.65) of its "
+        "channels, seeded): off = as drawn, on = rounded to multiples of round_to by the same random ranking. "
+        "Speed-up ÷ MACs reduction with each network's own MACs, timed interleaved with the dense network. Table fit = "
+        "the latency table's predicted latency ratio (slim ÷ dense) ÷ the measured eager ratio − 1 "
+        f"(table: batch 1 and 64, {torch.get_num_threads()} thread(s), {cfg['table']['rounds']} rounds × "
+        f"{cfg['table']['repeats']} runs per grid point; 'table s' = time to build both, 0 when cached).\n\n"
+        + md_table(headers, rows)
+    )
+
+
 def _guard(fn, *args) -> dict[str, Any]:
     try:
         return {"ok": True, **fn(*args)}
@@ -159,7 +282,9 @@ def bench_collapse(
 
     Args:
         out_dir: results folder.
-        preset: ``quick`` (8 models: ResNet-56, tv:resnet50 and one of each family) or ``full`` (the whole zoo).
+        preset: ``quick`` (8 models: ResNet-56, tv:resnet50 and one of each family), ``full`` (the whole zoo),
+            ``latency`` (issue 17's six models: inference form, ONNX Runtime, round_to, latency-table fit) or
+            ``latency-quick`` (the latency preset's columns on ResNet-20 and MobileNetV2).
         models: override the model list.
         torch_pruning: also prune each model with Torch-Pruning's MagnitudePruner at the same ratio.
     """
@@ -176,6 +301,8 @@ def bench_collapse(
         row = {"input": list(x.shape), "prunekit": _guard(_prunekit_row, name, x, nets)}
         if torch_pruning:
             row["torch_pruning"] = _guard(_torch_pruning_row, name, x, nets)
+        if cfg.get("round_to"):
+            row["round_to"] = _guard(_round_to_row, name, x, nets, cfg)
         try:
             _add_latency(row, nets, x, cfg)
         except Exception as e:  # noqa: BLE001 - a network that cannot be timed is reported, not fatal
@@ -205,6 +332,7 @@ def bench_collapse(
             ort = p.get("latency_ms_ort", {}).get("after", {})
             row += [p.get("speedup_inf_over_macs_b1"), p.get("speedup_inf_over_macs_b64"),
                     p.get("speedup_ort_over_macs_b1"), p.get("speedup_ort_over_macs_b64"), ort.get(1), ort.get(64)]
+    md_round = _round_to_md(results, cfg) if cfg.get("round_to") else ""
     ok = sum(r["prunekit"]["ok"] for r in results.values())
     tp_ok = sum(r.get("torch_pruning", {}).get("ok", False) for r in results.values())
     md = (
@@ -215,5 +343,6 @@ def bench_collapse(
         f"CPU provider, {torch.get_num_threads()} intra-op thread(s).\n\n"
         + md_table(headers, rows)
         + f"\nprunekit handled {ok}/{len(results)} models, Torch-Pruning {tp_ok}/{len(results)}.\n"
+        + md_round
     )
     return write_report(out_dir, "collapse", {"preset": preset, "models": results}, md)
