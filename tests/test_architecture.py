@@ -18,8 +18,8 @@ above; a module belongs to the layer of the longest name in :data:`LAYERS` that 
 0. foundation: ``errors``, ``_registry``, ``_device`` (and ``validate``, the option checks, when it exists)
 1. primitives: ``graph`` (channel groups), ``gates`` (relaxations), ``metrics`` (mask statistics, used by the
    DPP gate), ``models`` (the zoo), ``data`` (datasets)
-2. building blocks: ``augment`` (gating a model), ``cost``, ``io``, ``bn``, ``latency``, ``inference`` (BN
-   folding, channels_last), ``quant``, ``optim``, ``_slim_modules``
+2. building blocks: ``augment`` (gating a model), ``cost``, ``io``, ``bn``, ``latency``, ``latency_table`` (the
+   per-layer latency table), ``inference`` (BN folding, channels_last), ``quant``, ``optim``, ``_slim_modules``
 3. ``collapse``
 4. ``methods``
 5. ``train`` (loop, experiment, run store, runner, sweeps)
@@ -44,8 +44,8 @@ SOURCE = Path(__file__).resolve().parents[1] / PACKAGE
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("prunekit.errors", "prunekit._registry", "prunekit._device", "prunekit.validate"),
     ("prunekit.graph", "prunekit.gates", "prunekit.metrics", "prunekit.models", "prunekit.data"),
-    ("prunekit.augment", "prunekit.cost", "prunekit.io", "prunekit.bn", "prunekit.latency", "prunekit.inference",
-     "prunekit.quant", "prunekit.optim", "prunekit._slim_modules"),
+    ("prunekit.augment", "prunekit.cost", "prunekit.io", "prunekit.bn", "prunekit.latency", "prunekit.latency_table",
+     "prunekit.inference", "prunekit.quant", "prunekit.optim", "prunekit._slim_modules"),
     ("prunekit.collapse",),
     ("prunekit.methods",),
     ("prunekit.train",),

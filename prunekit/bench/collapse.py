@@ -11,7 +11,7 @@ with its reason (analysis time is bounded, no hangs).
 **round_to and the latency table** (presets with ``round_to``; issue 17 items 3 and 4). 50 % masks keep widths that
 are already multiples of 8 on most models, so round_to is measured on masks of *uneven* widths: every group keeps
 a random share drawn from U(0.35, 0.65) (seeded), "off" as drawn, "on" rounded to multiples of ``round_to`` by
-``prunekit.methods._gated.round_masks`` (random scores). Both slim networks are timed interleaved with the dense
+``prunekit.methods.round_masks`` (random scores). Both slim networks are timed interleaved with the dense
 one (eager, and with ``inference`` as deployed); the speed-up ÷ MACs reduction of each uses its own MACs. The
 latency table of the dense network (``prunekit.latency_table``, batch 1 and 64, torch's thread count) predicts
 both slim networks' latency ÷ dense; the fit column is predicted ÷ measured − 1 (eager, same interleaved run).
@@ -33,7 +33,7 @@ from prunekit.compare import latency_forms
 from prunekit.errors import ConfigError
 from prunekit.latency import measure_latency_interleaved
 from prunekit.latency_table import build_latency_table, varying_dims
-from prunekit.methods._gated import round_masks
+from prunekit.methods import round_masks
 from prunekit.models import list_models
 
 log = logging.getLogger(__name__)

@@ -354,6 +354,14 @@ class LatencyConfig:
                                          "at prepare", unit="threads", low=1)
 
 
+#: the step metrics a method with a latency target logs (``GateMethod.step_metrics``), for its ``metric_help``
+LATENCY_METRIC_HELP = {
+    "latency_ratio/expected": "relaxed latency ÷ dense latency from the per-layer latency table (target_latency runs)",
+    "latency_ratio/relaxation": "predicted latency ÷ dense latency of the mask the own rule keeps now (target_latency "
+                                "runs)",
+}
+
+
 class GateMethod(Method):
     """A method whose ``prepare`` gates every prunable group with one gate kind.
 

@@ -52,6 +52,7 @@ from torch import nn
 from prunekit.errors import ConfigError
 from prunekit.gates.relaxations import prune_basis
 from prunekit.methods._gated import (
+    LATENCY_METRIC_HELP,
     TARGET_KINDS,
     GateConfig,
     GateMethod,
@@ -143,10 +144,7 @@ class CrispMethod(GateMethod):
         "struct": "the structure term pulls the relaxed MACs towards the target",
         "prune_basis": "the prune basis pushes undecided gates to clearly on or off",
     }
-    metric_help = {"latency_ratio/expected": "relaxed latency ÷ dense latency from the per-layer latency table "
-                                             "(target_latency runs)",
-                   "latency_ratio/relaxation": "predicted latency ÷ dense latency of the mask the own rule keeps now "
-                                               "(target_latency runs)"}
+    metric_help = LATENCY_METRIC_HELP
     decision_rule = "keep a channel whose gate sigmoid(a·s) is above the threshold (0.25) when the search ends"
     optimizer_help = "the run's optimizer for the weights; Adam at a constant lr for the gate logits"
     bench_variants = ({},)

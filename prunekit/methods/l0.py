@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from prunekit.methods._gated import (
+    LATENCY_METRIC_HELP,
     BudgetController,
     GateConfig,
     GateMethod,
@@ -89,6 +90,7 @@ class L0Method(GateMethod):
     paper = "Louizos, Welling, Kingma 2018 (L0 regularisation)"
     target_option = "target_macs"
     loss_help = {"l0": "the L0 term lowers the expected number of open gates towards the budget"}
+    metric_help = LATENCY_METRIC_HELP
     decision_rule = "keep a channel whose deterministic test-time gate clamp(sigmoid(log α)·1.2 − 0.1, 0, 1) is above 0"
     optimizer_help = "the run's optimizer for the weights; Adam at a constant lr for log α"
 
