@@ -38,6 +38,10 @@ what the threshold decides; only when that misses the target by more than ``tole
 the report says how much it changed (``relaxation_macs_ratio``, ``calibration_flips``).
 
 Threshold: 0.25, the paper's typical value (the reference CLI's 0.025 assumes hundreds of epochs).
+
+``target_latency`` (ms at ``latency_batch`` on this CPU) replaces the MACs target: F̃/F₀ becomes the relaxed latency
+÷ dense latency of the per-layer latency table (``prunekit.latency_table``) and t = target_latency ÷ dense latency;
+the report's ``latency`` says what the table predicts and what the collapsed network measures.
 """
 
 from __future__ import annotations
