@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit import heads
 from prunekit._device import model_device
 from prunekit.errors import ConfigError, UnsupportedModelError
 from prunekit.gates import create_gate
@@ -52,13 +53,26 @@ class GroupHandle:
         return f"Group({self.name!r}, size={self.size}, members={len(self.members)}, critical={self.critical})"
 
 
-class _GateHook:
-    """Forward hook multiplying a module's output channels by the current gate values."""
+def _broadcast(v: torch.Tensor, like: torch.Tensor, last: bool) -> torch.Tensor:
+    """``v`` [C] shaped to multiply ``like`` along its channel dim: the last for a Linear's features
+    ([N, C] or tokens [B, T, C], channels-last [B, H, W, C]), dim 1 for convs and BatchNorms."""
+    if last:
+        return v
+    return v.view(1, -1, *([1] * (like.dim() - 2)))
 
-    def __init__(self, owner: GatedModel, entries: list[tuple[int, Member]], width: int) -> None:
+
+class _GateHook:
+    """Forward hook multiplying a module's output channels by the current gate values.
+
+    As a forward pre-hook (``dim="in"``) it multiplies the input features of a Linear instead (the heads
+    of an attention module, gated at its output projection's input).
+    """
+
+    def __init__(self, owner: GatedModel, entries: list[tuple[int, Member]], width: int, last: bool = False) -> None:
         self.owner_ref = owner
         self.entries = entries
         self.width = width
+        self.last = last
         self.full = len(entries) == 1 and entries[0][1].covers_all
 
     def mask(self, values: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
@@ -74,7 +88,14 @@ class _GateHook:
         if values is None:  # the base model called on its own: no gating
             return None
         v = self.mask(values, output)
-        return output * v.view(1, -1, *([1] * (output.dim() - 2)))
+        return output * _broadcast(v, output, self.last)
+
+    def pre(self, module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        values = self.owner_ref._values
+        if values is None:
+            return None
+        x = inputs[0]
+        return (x * self.mask(values, x), *inputs[1:])
 
 
 class _BlockHook:
@@ -88,7 +109,7 @@ class _BlockHook:
         values = self.owner_ref._block_values
         if values is None:
             return None
-        return output * values[self.index].to(output.dtype).view(1, -1, *([1] * (output.dim() - 2)))
+        return output * _broadcast(values[self.index].to(output.dtype), output, isinstance(module, nn.Linear))
 
 
 class GatedModel(nn.Module):
@@ -135,6 +156,9 @@ class GatedModel(nn.Module):
         for h in self.groups:
             for m in h.group.gate_points:
                 entries.setdefault(m.name, []).append((h.index, m))
+        for name, ents in entries.items():
+            if len({m.dim for _, m in ents}) > 1:
+                raise UnsupportedModelError(f"layer {name!r} would be gated at both its input and its output")
         # An affine BatchNorm's gate is folded into its scale and shift for each forward:
         # g ⊙ (γ x̂ + β) = (gγ) x̂ + gβ costs two vector products instead of one more pass over the
         # activations (forward and backward). Other gate points (convs, linears) use forward hooks.
@@ -142,8 +166,14 @@ class GatedModel(nn.Module):
         self._point_hooks: dict[str, _GateHook] = {}
         for name, ents in entries.items():
             module = names[name]
+            if ents[0][1].dim == "in":
+                # the input features of a Linear (attention heads); collapse folds it into its columns
+                hook = self._point_hooks[name] = _GateHook(self, ents, module.in_features, last=True)
+                module.pk_gate_dim = "in"
+                self._hooks.append(module.register_forward_pre_hook(hook.pre))
+                continue
             width = ents[0][1].module.num_features if hasattr(module, "num_features") else _out_width(module)
-            hook = self._point_hooks[name] = _GateHook(self, ents, width)
+            hook = self._point_hooks[name] = _GateHook(self, ents, width, last=isinstance(module, nn.Linear))
             if _foldable(module):
                 self._bn_points[name] = (hook, None)
             else:
@@ -224,6 +254,40 @@ class GatedModel(nn.Module):
         return f"groups={len(self.groups)}, fixed={len(self.fixed_groups)}"
 
 
+def run_naming_layer(model: nn.Module, fn: Callable[[], Any], error: type[Exception], what: str) -> Any:
+    """Call ``fn()`` (a forward of ``model``); a failure inside it is re-raised as ``error`` naming the layer.
+
+    The innermost module that had started and not finished its forward is the one named, with its type.
+    """
+    stack: list[str] = []
+    failed: list[str] = []
+    handles = []
+
+    def enter(name: str):
+        def hook(module: nn.Module, inputs: Any) -> None:
+            stack.append(name)
+
+        return hook
+
+    def leave(module: nn.Module, inputs: Any, output: Any) -> None:
+        if stack:
+            stack.pop()
+
+    for name, mod in model.named_modules():
+        handles.append(mod.register_forward_pre_hook(enter(name or "<root>")))
+        handles.append(mod.register_forward_hook(leave))
+    try:
+        return fn()
+    except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as e:
+        failed = list(stack)
+        layer = failed[-1] if failed else "<root>"
+        kind = type(model.get_submodule(layer)).__name__ if layer != "<root>" else type(model).__name__
+        raise error(f"{what} fails in layer {layer!r} ({kind}): {e}") from e
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def find_gated(model: nn.Module) -> GatedModel | None:
     """The :class:`GatedModel` that is ``model`` or sits inside it (e.g. under a method's wrapper); None if none."""
     return next((m for m in model.modules() if isinstance(m, GatedModel)), None)
@@ -240,7 +304,9 @@ def _out_width(module: nn.Module) -> int:
 
 
 def is_gate_hook(hook: Callable[..., Any]) -> bool:
-    return isinstance(hook, (_GateHook, _BlockHook))
+    """True for prunekit's gate hooks (forward hooks, and the bound ``pre`` of an input gate)."""
+    owner = getattr(hook, "__self__", hook)
+    return isinstance(owner, (_GateHook, _BlockHook))
 
 
 def augment(
@@ -278,6 +344,9 @@ def augment(
     target = model if inplace else copy.deepcopy(model)
     device = model_device(target)
     example_input = example_input.to(device)
+    converted = heads.convert_(target)  # attention modules whose heads need a separate head width
+    if converted:
+        log.info("attention modules made head-prunable: %s", ", ".join(converted))
     groups = analyze(target, example_input, filter_fn=filter_fn, timeout_s=timeout_s)
     prunable = [g for g in groups if g.prunable]
     if not prunable:
@@ -287,6 +356,13 @@ def augment(
     branches = residual_branches(groups) if block_gate else []
     block_gates = [create_gate(block_gate, 1, **(block_gate_options or {})).to(device) for _ in branches]
     gated = GatedModel(target, groups, gates, example_input[:1], branches, block_gates)
+    was_training = gated.training
+    gated.eval()
+    try:
+        with torch.no_grad():
+            run_naming_layer(target, lambda: gated(example_input[:1]), UnsupportedModelError, f"gated {type(model).__name__}")
+    finally:
+        gated.train(was_training)
     for attr in ("pk_spec", "pk_task"):
         if hasattr(model, attr):
             setattr(gated, attr, getattr(model, attr))

@@ -24,9 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit import heads
 from prunekit._slim_modules import ConstantMap, EmptyChannels, Removed, resize_module_, set_submodule_
-from prunekit.augment import GatedModel, is_gate_hook
-from prunekit.errors import CollapseError, ConfigError
+from prunekit.augment import GatedModel, is_gate_hook, run_naming_layer
+from prunekit.errors import CollapseError, ConfigError, UnsupportedModelError
 from prunekit.graph import BN_TYPES, CONVT_TYPES, dim_size, is_depthwise
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,9 @@ log = logging.getLogger(__name__)
 
 def _strip_gate_hooks(model: nn.Module) -> None:
     for m in model.modules():
-        for key in [k for k, h in m._forward_hooks.items() if is_gate_hook(h)]:
-            del m._forward_hooks[key]
+        for hooks in (m._forward_hooks, m._forward_pre_hooks):
+            for key in [k for k, h in hooks.items() if is_gate_hook(h)]:
+                del hooks[key]
 
 
 @torch.no_grad()
@@ -49,7 +51,14 @@ def _scale(module: nn.Module, attr: str, v: torch.Tensor, inplace: bool) -> None
 
 @torch.no_grad()
 def fold_into_(module: nn.Module, v: torch.Tensor, name: str, *, inplace: bool = False) -> None:
-    """Multiply a gate point's output channels by ``v`` inside its parameters (BN γ/β, or weight/bias)."""
+    """Multiply a gate point's output channels by ``v`` inside its parameters (BN γ/β, or weight/bias).
+
+    A Linear gated at its input (``module.pk_gate_dim == "in"``: attention heads before the output
+    projection) gets ``v`` folded into its weight's columns instead; its bias is untouched.
+    """
+    if getattr(module, "pk_gate_dim", "out") == "in":
+        _scale(module, "weight", v.view(1, -1), inplace)
+        return
     if isinstance(module, BN_TYPES):
         if not module.affine:
             raise CollapseError(f"cannot fold a gate into non-affine BatchNorm {name!r}")
@@ -107,6 +116,11 @@ def _plan(gated: GatedModel, keep: list[torch.Tensor]) -> dict[str, dict[str, An
     plan: dict[str, dict[str, Any]] = {}
     for name in names:
         mod = modules[name]
+        heads_m = masks.get((name, "heads"))
+        if heads_m is not None:
+            if not heads_m.all():
+                plan[name] = {"heads": heads_m.nonzero().flatten()}
+            continue
         out_m = masks.get((name, "out"))
         in_m = masks.get((name, "in"))
         if isinstance(mod, BN_TYPES) or isinstance(mod, nn.PReLU) or is_depthwise(mod):
@@ -133,18 +147,27 @@ def _plan(gated: GatedModel, keep: list[torch.Tensor]) -> dict[str, dict[str, An
 
 
 def _apply(slim: nn.Module, plan: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Carry out ``plan`` on ``slim``; returns the per-layer spec that ``load_slim`` replays in order."""
     modules = dict(slim.named_modules())
     layers: dict[str, dict[str, Any]] = {}
     for name, step in plan.items():
-        if "replace" in step:
-            rep = step["replace"]
-            set_submodule_(slim, name, rep)
-            layers[name] = rep.spec()
-        else:
-            mod = modules[name]
-            resize_module_(mod, step["out"], step["in"])
-            layers[name] = {"type": "resize", **_widths(mod)}
-    return layers
+        try:
+            if "heads" in step:
+                heads.set_heads_(modules[name], step["heads"])
+            elif "replace" in step:
+                rep = step["replace"]
+                set_submodule_(slim, name, rep)
+                layers[name] = rep.spec()
+            else:
+                mod = modules[name]
+                resize_module_(mod, step["out"], step["in"])
+                layers[name] = {"type": "resize", **_widths(mod)}
+        except (RuntimeError, ValueError, IndexError, UnsupportedModelError) as e:
+            raise CollapseError(f"cannot slice layer {name!r} ({type(modules[name]).__name__}): {e}") from e
+    # head-prunable attention first: load_slim converts these modules (and sets their head count) before
+    # it resizes their projections
+    first = {n: heads.head_spec(m) for n, m in slim.named_modules() if n and heads.layout(m) is not None}
+    return {**first, **layers}
 
 
 def _widths(mod: nn.Module) -> dict[str, int]:
@@ -197,17 +220,17 @@ def collapse(
         keep = [v != 0 for v in values]
         inputs = _check_inputs(gated, example_input)
         with torch.no_grad():
-            refs = [gated(x) for x in inputs] if check else []
+            refs = [run_naming_layer(gated.model, lambda x=x: gated(x), CollapseError, "the gated network") for x in inputs] if check else []
         dummy: list[str] = []
         slim, layers = _build(gated, values, keep, block_values)
         if check:
             try:
                 diff = _max_diff(slim, inputs, refs)
-            except RuntimeError as e:
+            except CollapseError as e:
                 # an op between producer and consumer could not carry zero channels: keep one zeroed channel
                 empty = [h for h in gated.groups if not keep[h.index].any()]
                 if not empty:
-                    raise CollapseError(f"collapsed network fails to run: {e}") from e
+                    raise
                 for h in empty:
                     keep[h.index] = keep[h.index].clone()
                     keep[h.index][0] = True
@@ -254,6 +277,8 @@ def _build(
     for b, bv in zip(gated.branches, block_values):
         # the block gate scales the branch's last BN; 0 makes the branch add exactly nothing
         fold_into_(modules[b.end.name], bv.expand(_width(modules[b.end.name])), b.end.name)
+    for m in slim.modules():
+        m.__dict__.pop("pk_gate_dim", None)  # folded: the slim network has no gates
     layers = _apply(slim, _plan(gated, keep))
     _unshare(slim, gated.model)
     slim.eval()
@@ -270,7 +295,7 @@ def _width(mod: nn.Module) -> int:
 def _max_diff(slim: nn.Module, inputs: list[torch.Tensor], refs: list[torch.Tensor]) -> float:
     diff = 0.0
     for x, ref in zip(inputs, refs):
-        y = slim(x)
+        y = run_naming_layer(slim, lambda x=x: slim(x), CollapseError, "the collapsed network")
         if y.shape != ref.shape:
             raise CollapseError(f"collapsed output shape {tuple(y.shape)} != gated output shape {tuple(ref.shape)}")
         diff = max(diff, float((y - ref).abs().max()))

@@ -1,8 +1,11 @@
 """Exact and relaxed cost: MACs and parameters.
 
 Convention: 1 MAC = one multiply-add, counted by ``torch.utils.flop_counter`` (FLOPs / 2) for convolutions,
-transposed convolutions and matrix products, per input sample. BatchNorm, activations, pooling and
-additions are not counted (the usual convention of DepGraph/thop tables; state it beside every number).
+transposed convolutions and matrix products, per input sample. BatchNorm, LayerNorm, softmax, activations,
+pooling and additions are not counted (the usual convention of DepGraph/thop tables; state it beside every
+number). Attention's two matrix products are counted: Q·Kᵀ and A·V cost 2·T_q·T_k·d MACs per head of width
+d (per window for Swin), whether computed by ``matmul`` or by ``scaled_dot_product_attention`` (whose CPU
+kernel the flop counter does not know; prunekit registers the same formula for it).
 
 The relaxed cost replaces each layer's channel counts by the sum of its gate values, so that
 for a conv  F̃ = H_out·W_out·k_h·k_w/groups · (Σ g_in)(Σ g_out), and equals the exact count of the
@@ -15,31 +18,49 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from prunekit.augment import GatedModel
 from prunekit.errors import ConfigError
 from prunekit.graph import BN_TYPES, CONV_TYPES, CONVT_TYPES, is_depthwise
+from prunekit.heads import layout
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.model if isinstance(model, GatedModel) else model
 
 
+def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _flop_counter() -> FlopCounterMode:
+    """A flop counter that also counts CPU scaled-dot-product attention (same formula as the GPU kernels)."""
+    extra = {}
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is not None:
+        extra[op] = _cpu_sdpa_flop
+    return FlopCounterMode(display=False, custom_mapping=extra)
+
+
 @torch.no_grad()
+def _count(net: nn.Module, example_input: torch.Tensor) -> FlopCounterMode:
+    was = net.training
+    net.eval()
+    try:
+        with _flop_counter() as fc:
+            net(example_input)
+    finally:
+        net.train(was)
+    return fc
+
+
 def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
     """Exact MACs per sample of one forward pass (flop counter FLOPs / 2 / batch size).
 
     A GatedModel is counted as its dense base network (gates only mask).
     """
-    net = _unwrap(model)
-    was = net.training
-    net.eval()
-    try:
-        with FlopCounterMode(display=False) as fc:
-            net(example_input)
-    finally:
-        net.train(was)
+    fc = _count(_unwrap(model), example_input)
     return int(round(fc.get_total_flops() / 2 / example_input.shape[0]))
 
 
@@ -58,6 +79,7 @@ class _LayerCost:
     c_out: int
     depthwise: bool
     norm: bool  # BatchNorm: params 2·C, no MACs
+    heads: bool = False  # attention's matrix products: MACs ∝ kept heads (c_out = num_heads), no params
 
 
 class CostModel:
@@ -78,7 +100,7 @@ class CostModel:
         was = net.training
         net.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _flop_counter() as fc:
                 net(x)
         finally:
             net.train(was)
@@ -104,6 +126,20 @@ class CostModel:
         for name, mod in net.named_modules():
             if isinstance(mod, BN_TYPES) and mod.affine:
                 self.layers.append(_LayerCost(name, 0.0, 0.0, 2, mod.num_features, mod.num_features, False, True))
+        # attention matrix products: a head-prunable module's FLOPs minus its two projections'
+        flops = {k: sum(v.values()) for k, v in fc.get_flop_counts().items()}
+        root = net._get_name()
+        batch = x.shape[0]
+        for name, mod in net.named_modules():
+            lay = layout(mod) if name else None
+            if lay is None:
+                continue
+            own = flops.get(f"{root}.{name}", 0) - sum(flops.get(f"{root}.{name}.{c}", 0) for c in (lay.qkv, lay.proj))
+            per_head = float(sum(getattr(mod, p).numel() for p, _ in lay.per_head))  # e.g. Swin's bias table
+            if own > 0 or per_head:
+                self.layers.append(
+                    _LayerCost(name, max(own, 0) / 2 / batch, per_head, 0, lay.num_heads, lay.num_heads, False, False, True)
+                )
         self.other_params = sum(p.numel() for p in net.parameters()) - sum(
             lc.weight + lc.bias * lc.c_out for lc in self.layers
         )
@@ -112,7 +148,9 @@ class CostModel:
         for h in gated.groups:
             for m in h.group.members:
                 self._slices.setdefault((m.name, m.dim), []).append((h.index, m.root_idxs))
-        self.dense_macs = float(sum(lc.macs for lc in self.layers))
+        # MACs no layer above explains (matrix products outside attention modules prunekit knows): constant
+        self.other_macs = max(0.0, fc.get_total_flops() / 2 / batch - sum(lc.macs for lc in self.layers))
+        self.dense_macs = float(sum(lc.macs for lc in self.layers)) + self.other_macs
         self.dense_params = float(sum(p.numel() for p in net.parameters()))
 
     def _count(self, name: str, dim: str, full: int, values: list[torch.Tensor]) -> torch.Tensor | float:
@@ -128,7 +166,7 @@ class CostModel:
         a depthwise conv's input count is its output count). The hook of ``prunekit.latency_table``."""
         out = {}
         for lc in self.layers:
-            if lc.norm:
+            if lc.norm or lc.heads:
                 continue
             n_out = self._count(lc.name, "out", lc.c_out, values)
             out[lc.name] = (n_out if lc.depthwise else self._count(lc.name, "in", lc.c_in, values), n_out)
@@ -136,9 +174,12 @@ class CostModel:
 
     def macs(self, values: list[torch.Tensor]) -> torch.Tensor:
         """Relaxed MACs per sample for per-group gate values (list aligned with ``gated.groups``)."""
-        total: torch.Tensor | float = 0.0
+        total: torch.Tensor | float = self.other_macs
         for lc in self.layers:
             if lc.norm or lc.macs == 0:
+                continue
+            if lc.heads:
+                total = total + lc.macs * self._count(lc.name, "heads", lc.c_out, values) / lc.c_out
                 continue
             n_out = self._count(lc.name, "out", lc.c_out, values)
             if lc.depthwise:
@@ -152,6 +193,9 @@ class CostModel:
         """Relaxed parameter count."""
         total: torch.Tensor | float = float(self.other_params)
         for lc in self.layers:
+            if lc.heads:
+                total = total + lc.weight * self._count(lc.name, "heads", lc.c_out, values) / lc.c_out
+                continue
             n_out = self._count(lc.name, "out", lc.c_out, values)
             if lc.norm:
                 total = total + 2 * n_out

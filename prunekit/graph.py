@@ -20,8 +20,11 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
+from prunekit import heads
 from prunekit.errors import UnsupportedModelError
+from prunekit.heads import HeadLayout
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +116,8 @@ def dim_size(module: nn.Module, dim: str) -> int:
         return module.out_channels if dim == "out" else module.in_channels
     if isinstance(module, nn.PReLU):
         return module.num_parameters
+    if dim == "heads":
+        return module.num_heads
     raise UnsupportedModelError(f"no channel dimension known for {type(module).__name__}")
 
 
@@ -145,22 +150,87 @@ def _is_internal(module: object) -> bool:
     return not isinstance(module, nn.Module) or type(module).__module__.startswith("torch_pruning")
 
 
+# Torch-Pruning follows reshapes by its flatten rule only; a reshape that splits or merges the channel dim
+# (the channel shuffle view(B, g, C/g, H, W) → transpose → view(B, C, H, W)) gets a wrong index map or none
+# (issue 19: a division by zero in its shape inference). prunekit records every op's input and output
+# shape while Torch-Pruning traces, stops the propagation at such reshapes, and keeps every group that
+# reaches one whole: a documented fallback that still gates every group not crossing the shuffle.
+_TP_PATCH_LOCK = threading.Lock()
+# Torch-Pruning's shape inference recurses once per op; transformers need more than a thread's default stack.
+_GRAPH_STACK_BYTES = 256 * 1024 * 1024
+
+
+class _ShapeRecorder(TorchFunctionMode):
+    """Records (input shape, output shape) per autograd node created during a forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: dict[object, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and out.grad_fn is not None and args and isinstance(args[0], torch.Tensor):
+            self.shapes.setdefault(out.grad_fn, (tuple(args[0].shape), tuple(out.shape)))
+        return out
+
+
+def _splits_channels(shapes: tuple[tuple[int, ...], tuple[int, ...]] | None) -> bool:
+    """A reshape that changes dim 1 other than a flatten to [B, features] (which Torch-Pruning follows)."""
+    if shapes is None:
+        return False
+    i, o = shapes
+    return len(i) >= 2 and len(o) > 2 and i[1] != o[1]
+
+
+def _stop(idxs: list) -> list:
+    return []
+
+
 def _build_graph(model: nn.Module, example_input: torch.Tensor, timeout_s: float):
+    """Torch-Pruning's dependency graph of ``model``, its groups (classifier outputs protected), the
+    protected layers, and the ids of the channel-splitting reshape ops where propagation was stopped."""
     import torch_pruning as tp
+    from torch_pruning.dependency import index_mapping
 
     result: dict[str, object] = {}
+    recorder = _ShapeRecorder()
+    unfollowed: dict[int, object] = {}
+    original = index_mapping.update_reshape_index_mapping
+
+    def guarded(graph, node) -> None:
+        if id(node.module) not in unfollowed:
+            try:
+                if not _splits_channels(recorder.shapes.get(node.grad_fn)):
+                    original(graph, node)
+                    return
+            except (ZeroDivisionError, ValueError, IndexError) as e:
+                log.debug("reshape %s not followed: %s", node.name, e)
+            unfollowed[id(node.module)] = node.module
+        for dep in node.dependencies:  # leaving the reshape: propagation stops here
+            dep.index_mapping = [_stop]
 
     def work() -> None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                result["dg"] = tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+                builder = tp.DependencyGraph()
+                with recorder:
+                    dg = builder.build_dependency(model, example_inputs=example_input)
+                protected = _protected_layers(dg)
+                result["out"] = (dg, list(dg.get_all_groups(ignored_layers=protected)), protected)
         except BaseException as e:  # noqa: BLE001 - re-raised below with context
             result["error"] = e
 
-    t = threading.Thread(target=work, daemon=True, name="prunekit-graph")
-    t.start()
-    t.join(timeout_s)
+    with _TP_PATCH_LOCK:
+        index_mapping.update_reshape_index_mapping = guarded
+        old_stack = threading.stack_size(_GRAPH_STACK_BYTES)
+        try:
+            t = threading.Thread(target=work, daemon=True, name="prunekit-graph")
+            t.start()
+        finally:
+            threading.stack_size(old_stack)
+        t.join(timeout_s)
+        index_mapping.update_reshape_index_mapping = original
     if t.is_alive():
         raise UnsupportedModelError(
             f"dependency analysis of {type(model).__name__} did not finish within {timeout_s:.0f} s; "
@@ -169,7 +239,7 @@ def _build_graph(model: nn.Module, example_input: torch.Tensor, timeout_s: float
     if "error" in result:
         e = result["error"]
         raise UnsupportedModelError(f"cannot trace {type(model).__name__} for dependency analysis: {e}") from e
-    return result["dg"]
+    return (*result["out"], set(unfollowed))
 
 
 def _protected_layers(dg) -> list[nn.Module]:
@@ -217,19 +287,27 @@ def analyze(
     was_training = model.training
     model.eval()  # tracing must not update BatchNorm running statistics
     try:
-        dg = _build_graph(model, example_input, timeout_s)
+        dg, tp_groups, protected, unfollowed = _build_graph(model, example_input, timeout_s)
     finally:
         model.train(was_training)
     names = {m: n for n, m in model.named_modules()}
+    param_names = {id(p): n for n, p in model.named_parameters()}
     order = {m: i for i, m in enumerate(model.modules())}
-    protected = _protected_layers(dg)
     stem = _first_weighted(dg, order)
+    layouts = _head_layouts(model)
+    head_owned = {(f"{n}.{lay.qkv}", "out"): n for n, (_, lay) in layouts.items()}
+    head_owned.update({(f"{n}.{lay.proj}", "in"): n for n, (_, lay) in layouts.items()})
 
     groups: list[ChannelGroup] = []
-    for tg in dg.get_all_groups(ignored_layers=protected):
+    for tg in tp_groups:
         members: list[Member] = []
+        bare: list[str] = []
+        shuffled = False
         for item in tg.items:
             mod = item.dep.target.module
+            shuffled = shuffled or id(mod) in unfollowed or id(item.dep.source.module) in unfollowed
+            if isinstance(mod, nn.Parameter):
+                bare.append(param_names.get(id(mod), "?"))
             if _is_internal(mod):
                 continue
             dim = "out" if (isinstance(mod, BN_TYPES + (nn.PReLU,)) or dg.is_out_channel_pruning_fn(item.dep.handler)) else "in"
@@ -248,6 +326,22 @@ def analyze(
         size = len(tg.items[0].idxs)
         group = ChannelGroup(name=names.get(root, "?"), size=size, members=_merge(members), gate_points=[])
         problems = [p for p in (_member_problem(m) for m in group.members) if p]
+        problems += [
+            f"layer {m.name!r} is an attention projection of {head_owned[(m.name, m.dim)]!r}: its inner width is "
+            "pruned by whole heads"
+            for m in group.members
+            if (m.name, m.dim) in head_owned
+        ]
+        if shuffled:
+            problems.append(
+                f"the channels of {group.name!r} pass a channel shuffle (reshape–transpose–reshape) that the "
+                "dependency analysis does not follow; kept whole"
+            )
+        if bare:
+            problems.append(
+                f"parameter {bare[0]!r} (a bare nn.Parameter, e.g. a layer scale) spans these channels; "
+                "prunekit slices only layers' parameters"
+            )
         if problems:
             group.prunable, group.reason = False, problems[0]
         if filter_fn is not None and not filter_fn(root, group.name):
@@ -260,9 +354,40 @@ def analyze(
             or any(isinstance(m.module, CONV_TYPES + CONVT_TYPES) and max(_tuple(m.module.stride)) > 1 for m in producers)
         )
         groups.append(group)
+    for name, (mod, lay) in layouts.items():
+        group = _head_group(model, name, mod, lay)
+        if filter_fn is not None and not filter_fn(mod, name):
+            group.prunable, group.reason = False, f"excluded by filter_fn at {name!r}"
+        groups.append(group)
     groups.sort(key=lambda g: order.get(g.members[0].module, 0))
     log.debug("analyzed %s: %d groups (%d prunable)", type(model).__name__, len(groups), sum(g.prunable for g in groups))
     return groups
+
+
+def _head_layouts(model: nn.Module) -> dict[str, tuple[nn.Module, HeadLayout]]:
+    out: dict[str, tuple[nn.Module, HeadLayout]] = {}
+    for name, mod in model.named_modules():
+        lay = heads.layout(mod)
+        if lay is not None and name:
+            out[name] = (mod, lay)
+    return out
+
+
+def _head_group(model: nn.Module, name: str, mod: nn.Module, lay: HeadLayout) -> ChannelGroup:
+    """One group per attention module: its heads, each the Q/K/V rows and projection columns of one head.
+
+    The gate multiplies the projection's input per head (a forward pre-hook; folded into its columns).
+    """
+    qkv, proj = mod.get_submodule(lay.qkv), mod.get_submodule(lay.proj)
+    rows, cols, hs = heads.head_members(lay)
+    gate = Member(f"{name}.{lay.proj}", proj, "in", torch.arange(len(cols)), cols)
+    members = [
+        Member(f"{name}.{lay.qkv}", qkv, "out", torch.arange(len(rows)), rows),
+        gate,
+        Member(name, mod, "heads", torch.arange(len(hs)), hs),
+    ]
+    # critical: the prune rule keeps one head, so the layout never has zero heads
+    return ChannelGroup(name=name, size=lay.num_heads, members=members, gate_points=[gate], critical=True)
 
 
 def _tuple(x) -> tuple[int, ...]:

@@ -20,6 +20,7 @@ from torch import nn
 from prunekit._slim_modules import build_slim_module, resize_module_, set_submodule_
 from prunekit.errors import CheckpointError, ConfigError
 from prunekit.graph import BN_TYPES, is_depthwise
+from prunekit.heads import apply_head_spec_
 from prunekit.models import create_model
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,15 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
     base = dict(spec["base"])
     kwargs = dict(base.pop("kwargs", {}) or {})
     model = create_model(**base, **kwargs)
-    modules = dict(model.named_modules())
     for name, layer in spec.get("layers", {}).items():
-        if name not in modules:
-            raise CheckpointError(f"spec names layer {name!r}, which the base model does not have")
-        if layer["type"] == "resize":
-            mod = modules[name]
+        try:
+            mod = model.get_submodule(name)
+        except AttributeError:
+            raise CheckpointError(f"spec names layer {name!r}, which the base model does not have") from None
+        if layer["type"] == "heads":
+            # converts the attention module if needed (nn.MultiheadAttention → MultiheadSelfAttention)
+            apply_head_spec_(model, name, layer)
+        elif layer["type"] == "resize":
             out = layer.get("out")
             inn = layer.get("in")
             resize_module_(

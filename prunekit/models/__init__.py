@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.models import cifar_resnet, mobilenetv2, unet, vgg  # noqa: F401  (importing them registers their models)
+from prunekit.models import cifar_resnet, mobilenetv2, unet, vgg, vit  # noqa: F401  (importing them registers their models)
 from prunekit.models._weights import load_weights_
 from prunekit.models.registry import _MODELS, TV_PREFIX, register_model
 
