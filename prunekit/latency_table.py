@@ -16,11 +16,13 @@ values like the relaxed MACs, and exact on grid points.
   median kept. The table is made monotone (a narrower layer never costs more: cumulative maximum along both
   axes), so the interpolation is monotone too and the relaxation never rewards keeping a channel.
 * **Whole network**: the sum of the layer times misses what the table does not time (BatchNorm, activations,
-  pooling, additions, the framework's per-module cost). The dense network is timed whole, in the same rounds, at
-  the table's batch and at a second one (4× or ¼); the rest (dense − layer sum) at the two batches splits into a
-  part that does not shrink with the widths (``const_ms``: per-call costs, measured at batch 1 on ResNet-20 as most
-  of the latency) and a part that grows with the activations (``prop_ms``, scaled by the layers' soft output
-  size). Prediction = Σ layers T(n) + const_ms + prop_ms · activations(n) ÷ activations(dense).
+  pooling, additions, the framework's per-module cost). The dense network is timed whole in the same rounds, and
+  the rest (dense − layer sum) is split into a part that does not shrink with the widths (``const_ms``: per-call
+  costs, most of ResNet-20's latency at batch 1) and a part that grows with the activations (``prop_ms``, scaled
+  by the layers' soft output size): prediction = Σ layers T(n) + const_ms + prop_ms · activations(n) ÷
+  activations(dense). The split is solved from a **reference network** (every group at half width, collapsed,
+  timed in the same rounds: the table then predicts it exactly), or, without one, from the rest at a second batch
+  size (4× or ¼; noisier).
 * **Cache**: the table is stored as JSON in ``$XDG_CACHE_HOME/prunekit/latency`` (``~/.cache/prunekit/latency``),
   named by a hash of the layers, the input size, batch, threads, the CPU and the torch version; a second build
   with the same key reads it and times nothing.
@@ -220,16 +222,21 @@ class LatencyTable:
             return e.ms[-1, -1] * f
         return interpolate(e.grid_in, e.grid_out, e.ms, n_in, n_out)
 
-    def ms(self, counts: dict[str, tuple[Any, Any]]) -> torch.Tensor:
-        """The model's whole-network latency (ms, differentiable; :attr:`full_ms` at full width) at soft channel counts ``{layer: (n_in, n_out)}``
-        (a timed layer not in ``counts``: full width)."""
-        total: torch.Tensor | float = self.const_ms
+    def _parts(self, counts: dict[str, tuple[Any, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Σ layer times in ms, output activations ÷ dense) at soft channel counts (differentiable)."""
+        total: torch.Tensor | float = 0.0
         act: torch.Tensor | float = 0.0
         for name in self.layers:
             n_in, n_out = counts.get(name, self._full(name))
             total = total + self.layer_ms(name, n_in, n_out)
             act = act + self.outputs[name] * torch.as_tensor(n_out, dtype=torch.float64) / self._full(name)[1]
-        return torch.as_tensor(total) + self.prop_ms * torch.as_tensor(act) / sum(self.outputs.values())
+        return torch.as_tensor(total), torch.as_tensor(act) / sum(self.outputs.values())
+
+    def ms(self, counts: dict[str, tuple[Any, Any]]) -> torch.Tensor:
+        """The model's whole-network latency (ms, differentiable; :attr:`full_ms` at full width) at soft channel
+        counts ``{layer: (n_in, n_out)}`` (a timed layer not in ``counts``: full width)."""
+        layers, act = self._parts(counts)
+        return layers + self.const_ms + self.prop_ms * act
 
     def ratio(self, counts: dict[str, tuple[Any, Any]]) -> torch.Tensor:
         """Predicted latency ÷ dense latency at ``counts`` (float32, differentiable; 1 at full width)."""
@@ -251,6 +258,19 @@ class LatencyTable:
         entries = {k: _Entry(torch.tensor(e["grid_in"], dtype=f64), torch.tensor(e["grid_out"], dtype=f64),
                              torch.tensor(e["ms"], dtype=f64), e["scaled"]) for k, e in d["entries"].items()}
         return cls(d["key"], d["layers"], entries, d["dense_ms"], d["const_ms"], d["outputs"])
+
+
+def fit_const(table: LatencyTable, counts: dict[str, tuple[Any, Any]], measured_ms: float) -> float:
+    """The constant part of the untimed rest that makes ``table`` predict ``measured_ms`` (a pruned network timed
+    in the same rounds as the dense one) at ``counts``, clamped to [0, max(rest, 0)].
+
+    With L the layer sum, a the activation share and R = dense − L(full): L(n) + C + (R − C)·a(n) = measured.
+    """
+    rest = table.dense_ms - table.layer_sum_ms
+    layers, act = (float(v) for v in table._parts(counts))
+    if act >= 1.0 - 1e-9:
+        return 0.0
+    return float(min(max((measured_ms - layers - rest * act) / (1.0 - act), 0.0), max(rest, 0.0)))
 
 
 def split_rest(rest_a: float, batch_a: int, rest_b: float, batch_b: int) -> float:
@@ -327,6 +347,7 @@ def build_latency_table(
     repeats: int = 3,
     fractions: tuple[float, ...] = GRID_FRACTIONS,
     cache: bool | str | Path = True,
+    reference: tuple[dict[str, tuple[float, float]], nn.Module] | None = None,
 ) -> LatencyTable:
     """The latency table of ``model`` (a plain network) on this CPU, from the cache when it has one.
 
@@ -339,6 +360,10 @@ def build_latency_table(
         rounds, repeats: interleaved timing passes and runs per point and pass (the median is kept).
         fractions: grid widths as fractions of each full width (see :func:`width_grid`).
         cache: True: the default :func:`cache_dir`; a folder; False: neither read nor write.
+        reference: (channel counts, the collapsed network at those counts), e.g. every group at half width
+            (``prunekit.methods.latency_reference``): timed in the same rounds, and the constant part of the
+            untimed rest is solved so that the table predicts it (:func:`fit_const`). None: the rest is split by
+            timing the dense network at a second batch size (:func:`split_rest`; noisier).
     Returns:
         the :class:`LatencyTable` (``timed`` False when it came from the cache).
     """
@@ -361,6 +386,7 @@ def build_latency_table(
         grids.setdefault(k, (spec, gi, go))
         layers[name] = k
     key = table_key(layers, x, batch, threads, fractions)
+    key["reference"] = reference is not None
     path = _key_path(key, cache_dir() if cache is True else Path(cache)) if cache else None
     if path is not None and path.exists():
         try:
@@ -372,30 +398,37 @@ def build_latency_table(
             logger.warning("latency table %s unreadable (%s); timing again", path, e)
     t0 = time.perf_counter()
     points = [spec.build(ci, co, batch) for spec, gi, go in grids.values() for ci in gi for co in go if ci and co]
-    # the untimed rest (dense − layer sum) at a second batch size splits it into a constant and a growing part
+    # the untimed rest (dense − layer sum) is split by a reference network or by a second batch size
     batch2 = batch * 4 if batch <= 16 else max(1, batch // 4)
-    full2 = [spec.build(gi[-1], go[-1], batch2) for spec, gi, go in grids.values()]
-    was = model.training
-    model.eval()
-    # the whole dense network is one more run of the same interleaved rounds: load drift hits it like the layers
-    dense_runs = [(model, x.expand(b, *x.shape[1:]).contiguous()) for b in (batch, batch2)]
+    full2 = [] if reference else [spec.build(gi[-1], go[-1], batch2) for spec, gi, go in grids.values()]
+    nets = [model] + ([reference[1].cpu()] if reference else [])
+    modes = [n.training for n in nets]
+    # the whole networks are more runs of the same interleaved rounds: load drift hits them like the layers
+    whole = [(n.eval(), x.expand(batch, *x.shape[1:]).contiguous()) for n in nets]
+    if not reference:
+        whole.append((model, x.expand(batch2, *x.shape[1:]).contiguous()))
     try:
         with torch_threads(threads):
-            ms = iter(_time_points([*points, *full2, *dense_runs], rounds, repeats))
+            ms = iter(_time_points([*points, *full2, *whole], rounds, repeats))
     finally:
-        model.train(was)
+        for n, mode in zip(nets, modes):
+            n.train(mode)
     entries = {}
     for k, (spec, gi, go) in grids.items():
         grid = torch.tensor([[next(ms) if ci and co else 0.0 for co in go] for ci in gi], dtype=torch.float64)
         entries[k] = _Entry(torch.tensor(gi, dtype=torch.float64), torch.tensor(go, dtype=torch.float64),
                             _monotone(grid), spec.mode == "scaled")
-    full_ms2 = {k: next(ms) for k in grids}
-    dense, dense2 = next(ms), next(ms)
-    sum1 = sum(float(entries[k].ms[-1, -1]) for k in layers.values())
-    sum2 = sum(full_ms2[k] for k in layers.values())
-    const = split_rest(dense - sum1, batch, dense2 - sum2, batch2)
-    table = LatencyTable(key, layers, entries, dense, const, {n: float(numel) for n, (_, numel) in specs.items()},
-                         timed=True)
+    outputs = {n: float(numel) for n, (_, numel) in specs.items()}
+    if reference:
+        dense, ref_ms = next(ms), next(ms)
+        const = fit_const(LatencyTable(key, layers, entries, dense, 0.0, outputs), reference[0], ref_ms)
+    else:
+        full_ms2 = {k: next(ms) for k in grids}
+        dense, dense2 = next(ms), next(ms)
+        sum1 = sum(float(entries[k].ms[-1, -1]) for k in layers.values())
+        sum2 = sum(full_ms2[k] for k in layers.values())
+        const = split_rest(dense - sum1, batch, dense2 - sum2, batch2)
+    table = LatencyTable(key, layers, entries, dense, const, outputs, timed=True)
     logger.info("latency table: %d layers, %d distinct, %d points timed in %.1fs; dense %.3f ms = layers %.3f + "
                 "constant %.3f + proportional %.3f", len(layers), len(entries), len(points),
                 time.perf_counter() - t0, dense, table.layer_sum_ms, table.const_ms, table.prop_ms)

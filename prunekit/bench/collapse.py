@@ -13,8 +13,9 @@ are already multiples of 8 on most models, so round_to is measured on masks of *
 a random share drawn from U(0.35, 0.65) (seeded), "off" as drawn, "on" rounded to multiples of ``round_to`` by
 ``prunekit.methods.round_masks`` (random scores). Both slim networks are timed interleaved with the dense
 one (eager, and with ``inference`` as deployed); the speed-up ÷ MACs reduction of each uses its own MACs. The
-latency table of the dense network (``prunekit.latency_table``, batch 1 and 64, torch's thread count) predicts
-both slim networks' latency ÷ dense; the fit column is predicted ÷ measured − 1 (eager, same interleaved run).
+latency table of the dense network (``prunekit.latency_table``, batch 1 and 64, torch's thread count; its untimed
+rest fitted to a half-width reference network, as a ``target_latency`` run does) predicts both slim networks'
+latency ÷ dense; the fit column is predicted ÷ measured − 1 (eager, same interleaved run).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from prunekit.compare import latency_forms
 from prunekit.errors import ConfigError
 from prunekit.latency import measure_latency_interleaved
 from prunekit.latency_table import build_latency_table, varying_dims
-from prunekit.methods import round_masks
+from prunekit.methods import latency_reference, round_masks
 from prunekit.models import list_models
 
 log = logging.getLogger(__name__)
@@ -108,12 +109,14 @@ def _round_to_row(name: str, x: torch.Tensor, nets: dict[str, torch.nn.Module], 
     dense_copy = pk.create_model(name, num_classes=10, **kwargs).eval()
     dense_copy.load_state_dict(model.state_dict())
     gated = pk.augment(model, x, timeout_s=60)
+    reference = latency_reference(gated)  # every group at half width: what the table fits its untimed rest to
     _uneven_masks(gated)
     drawn = [h.gate.keep.clone() for h in gated.groups]
     scores = [torch.rand(h.size, generator=torch.Generator().manual_seed(h.index)) for h in gated.groups]
     rounded = round_masks(drawn, scores, cfg["round_to"])
     t0 = time.perf_counter()
-    tables = {b: build_latency_table(dense_copy, x, b, varying=varying_dims(gated), **cfg["table"]) for b in BATCHES}
+    tables = {b: build_latency_table(dense_copy, x, b, varying=varying_dims(gated), reference=reference,
+                                     **cfg["table"]) for b in BATCHES}
     t_table = time.perf_counter() - t0
     macs0 = pk.count_macs(dense_copy, x)
     row: dict[str, Any] = {"round_to": cfg["round_to"], "table_s": t_table,

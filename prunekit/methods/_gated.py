@@ -362,6 +362,26 @@ class LatencyConfig:
                                          "at prepare", unit="threads", low=1)
 
 
+@torch.no_grad()
+def latency_reference(gated: nn.Module, share: float = 0.5) -> tuple[dict[str, tuple[Any, Any]], nn.Module]:
+    """(channel counts, collapsed network) of ``gated`` with every group at ``share`` of its width (at least one
+    channel): the reference a latency table fits its untimed rest to (``build_latency_table(reference=...)``).
+    The gated model's keep masks are restored."""
+    from prunekit.collapse import collapse
+    from prunekit.cost import cost_model, gate_values
+
+    saved = [h.gate.keep.clone() for h in gated.groups]
+    try:
+        for h in gated.groups:
+            h.set_mask(torch.arange(h.size) < max(1, round(share * h.size)))
+        counts = cost_model(gated).channels(gate_values(gated, "hard"))
+        slim = collapse(gated)
+    finally:
+        for h, m in zip(gated.groups, saved):
+            h.set_mask(m)
+    return {k: (float(a), float(b)) for k, (a, b) in counts.items()}, slim
+
+
 #: the step metrics a method with a latency target logs (``GateMethod.step_metrics``), for its ``metric_help``
 LATENCY_METRIC_HELP = {
     "latency_ratio/expected": "relaxed latency ÷ dense latency from the per-layer latency table (target_latency runs)",
@@ -405,7 +425,7 @@ class GateMethod(Method):
 
         c = self.config
         table = build_latency_table(dense, example_input, c.latency_batch, threads=c.latency_threads,
-                                    varying=varying_dims(gated))
+                                    varying=varying_dims(gated), reference=latency_reference(gated))
         attach_table(gated, table)
         self.latency_info = {"dense_ms": table.dense_ms, "batch": table.key["batch"],
                              "threads": table.key["threads"], "device": table.key["device"],
