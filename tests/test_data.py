@@ -301,6 +301,29 @@ def test_cifar10_from_jpg_folder_and_tar(isolated_places):
     assert len(te) == 20
 
 
+def test_decoded_cache_is_keyed_by_the_tar_checksum(isolated_places, monkeypatch):
+    """A copy of the tar (new mtime, same bytes) reuses the decoded arrays; changed bytes decode again."""
+    import prunekit.data.vision as vision
+
+    data = isolated_places / "data"
+    _write_jpeg_folder(data / "build", list(vision.CIFAR10_CLASSES), n=1)
+    with tarfile.open(data / "cifar10-jpg.tar", "w") as tar:
+        tar.add(data / "build" / "train", arcname="train")
+        tar.add(data / "build" / "test", arcname="test")
+    shutil.rmtree(data / "build")
+    first = vision._cached_decode(data / "cifar10-jpg.tar", "test", vision.CIFAR10_CLASSES)
+    os.utime(data / "cifar10-jpg.tar", (time.time() + 100, time.time() + 100))  # as a fresh copy has
+    decoded = []
+    real = vision._tar_splits
+    monkeypatch.setattr(vision, "_tar_splits", lambda *a: decoded.append(a) or real(*a))
+    again = vision._cached_decode(data / "cifar10-jpg.tar", "test", vision.CIFAR10_CLASSES)
+    assert decoded == [] and np.array_equal(first[0], again[0])
+    with (data / "cifar10-jpg.tar").open("ab") as f:  # other bytes: decoded again
+        f.write(b"\0" * 1024)
+    vision._cached_decode(data / "cifar10-jpg.tar", "test", vision.CIFAR10_CLASSES)
+    assert len(decoded) == 1
+
+
 @pytest.mark.slow
 def test_cifar10_from_shared_tar(shared_data, tmp_path, isolated_places):
     tar = shared_data / "cifar10-jpg.tar"

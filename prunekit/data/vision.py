@@ -9,7 +9,8 @@ Accepted layouts (in each searched folder, see :mod:`prunekit.data._locate`):
   (unpickled with a loader that only admits the NumPy array types, so the file cannot run code), or for
   CIFAR-10 an image-folder copy ``train/<class>/*.jpg`` + ``test/<class>/*.jpg`` as ``<dir>/cifar10-jpg``,
   ``<dir>/cifar10`` or the tar file ``<dir>/cifar10-jpg.tar``. JPEGs are decoded once and kept as a
-  ``.npz`` beside the source (or in the cache folder) for the next time.
+  ``.npz`` beside the source (or in the cache folder) for the next time, keyed by the source's path, size and
+  mtime and (a tar) its SHA-256, so a copy of the same tar reuses them.
 
 Only when nothing is found and ``download=True`` is torchvision's download tried, into the cache folder.
 """
@@ -17,6 +18,7 @@ Only when nothing is found and ``download=True`` is torchvision's download tried
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import logging
 import pickle
@@ -231,24 +233,46 @@ def _tar_splits(tar_path: Path, classes: tuple[str, ...]) -> dict[str, tuple[np.
     return out
 
 
+def _sha256(path: Path) -> str:
+    """Hex SHA-256 of a file (~0.3 s for the 93 MB CIFAR-10 tar); ``""`` for a folder."""
+    if not path.is_file():
+        return ""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _cached_decode(source: Path, split: str, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Decoded images of an image-folder copy or its tar, cached as ``.npz`` keyed by the source's size+mtime."""
+    """Decoded images of an image-folder copy or its tar, cached as ``.npz``.
+
+    The cache is keyed by the source's path, size and mtime (no read of the source when they match) and, for a tar,
+    by its SHA-256: a copy of the tar (new path or mtime, same bytes) reuses the decoded arrays instead of spending
+    ~40 s decoding 60,000 JPEGs again.
+    """
     st = source.stat()
     stamp = f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     cache = writable_cache_for(source) / f"{source.name.split('.')[0]}.{split}.npz"
+    digest = None
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
             if str(z["source"]) == stamp:
                 return z["images"], z["labels"]
+            if "sha256" in z.files and str(z["sha256"]):
+                digest = _sha256(source)
+                if str(z["sha256"]) == digest:
+                    return z["images"], z["labels"]
     log.info("decoding %s (%s), once; cached at %s", source, split, cache)
     if source.is_file():
         splits = _tar_splits(source, classes)
     else:
         splits = {s: _folder_split(source, s, classes) for s in ("train", "test")}
+    digest = _sha256(source) if digest is None else digest
     for s, (images, labels) in splits.items():
         target = cache.with_name(f"{source.name.split('.')[0]}.{s}.npz")
         tmp = target.with_suffix(".tmp.npz")
-        np.savez(tmp, images=images, labels=labels, source=np.asarray(stamp))
+        np.savez(tmp, images=images, labels=labels, source=np.asarray(stamp), sha256=np.asarray(digest))
         tmp.replace(target)
     return splits[split]
 
