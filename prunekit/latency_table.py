@@ -15,14 +15,13 @@ values like the relaxed MACs, and exact on grid points.
   are timed in turn, ``rounds`` times (interleaved, so that a change of machine load hits them all alike), and the
   median kept. The table is made monotone (a narrower layer never costs more: cumulative maximum along both
   axes), so the interpolation is monotone too and the relaxation never rewards keeping a channel.
-* **Whole network**: the sum of the layer times misses what the table does not time (BatchNorm, activations,
-  pooling, additions, the framework's per-module cost). The dense network is timed whole in the same rounds, and
-  the rest (dense − layer sum) is split into a part that does not shrink with the widths (``const_ms``: per-call
-  costs, most of ResNet-20's latency at batch 1) and a part that grows with the activations (``prop_ms``, scaled
-  by the layers' soft output size): prediction = Σ layers T(n) + const_ms + prop_ms · activations(n) ÷
-  activations(dense). The split is solved from a **reference network** (every group at half width, collapsed,
-  timed in the same rounds: the table then predicts it exactly), or, without one, from the rest at a second batch
-  size (4× or ¼; noisier).
+* **Whole network**: the layers timed alone are not the network (BatchNorm, activations, pooling, additions and
+  the framework's per-call cost are not timed, and a layer inside the network need not speed up as it does alone).
+  The dense network is timed whole in the same rounds; the predicted ratio is ``c + (1 − c)·S(n)`` with S the
+  width-dependent part (the layer sum, plus the untimed rest in proportion to the output activations, ÷ its dense
+  value) and c the share of the dense latency that does not shrink (:class:`LatencyTable`). c is solved from a
+  **reference network** (every group at half width, collapsed, timed in the same rounds: the table then predicts
+  it exactly), or, without one, from the rest at a second batch size (4× or ¼; noisier).
 * **Cache**: the table is stored as JSON in ``$XDG_CACHE_HOME/prunekit/latency`` (``~/.cache/prunekit/latency``),
   named by a hash of the layers, the input size, batch, threads, the CPU and the torch version; a second build
   with the same key reads it and times nothing.
@@ -183,32 +182,34 @@ class _Entry:
 class LatencyTable:
     """Timed layers of one network on one device, input size, batch and thread count.
 
-    The prediction at soft widths n is ``Σ_layers T_l(n) + const_ms + prop_ms · a(n)``: the interpolated layer
-    times plus what the table does not time (BatchNorm, activations, additions, the framework's per-module cost),
-    split into a part that does not shrink with the widths (``const_ms``) and a part proportional to the layers'
-    output activations (``a(n)``: their soft output size ÷ dense, weighted by each layer's output size).
+    The predicted latency ratio (slim ÷ dense) at soft widths n is ``c + (1 − c) · S(n)``: ``S(n) = (Σ_layers T_l(n)
+    + rest · a(n)) ÷ (Σ_layers T_l(full) + rest)`` is what scales with the widths (the interpolated layer times, and
+    the untimed rest ``rest = dense − layer sum`` of BatchNorm, activations and additions in proportion to the layers'
+    soft output activations ``a(n)``), and ``c`` (:attr:`const_share`) the share of the dense latency that does not
+    shrink at all (per-call costs; layers that run slower inside the network than alone).
 
     Attributes:
         key: what the table is valid for (layers and grids hashed, input shape, batch, threads, CPU, torch version).
         layers: layer name -> entry key (layers with the same spec and grid share one entry).
         outputs: layer name -> output elements per sample (the weights of a(n)).
         dense_ms: the whole dense network, measured (ms per batch).
-        const_ms, prop_ms: the untimed rest of the dense network (dense_ms − layer sum), split by timing it at two
-            batch sizes: what stays at any batch is ``const_ms``, what grows with it is ``prop_ms``.
-        layer_sum_ms: the sum of the layer entries at full width.
+        const_share: c in [0, 1).
+        layer_sum_ms: the sum of the layer entries at full width; ``rest_ms`` = max(dense − layer sum, 0).
         timed: whether this object timed its layers (False: read from the cache).
     """
 
     def __init__(self, key: dict[str, Any], layers: dict[str, str], entries: dict[str, _Entry], dense_ms: float,
-                 const_ms: float = 0.0, outputs: dict[str, float] | None = None, timed: bool = False) -> None:
+                 const_share: float = 0.0, outputs: dict[str, float] | None = None, timed: bool = False) -> None:
         self.key, self.layers, self.entries, self.timed = key, layers, entries, timed
-        self.dense_ms, self.const_ms = float(dense_ms), float(const_ms)
+        self.dense_ms, self.const_share = float(dense_ms), float(min(max(const_share, 0.0), 1.0 - 1e-6))
         self.outputs = dict(outputs or {n: 1.0 for n in layers})
         self.layer_sum_ms = float(sum(self.layer_ms(n, *self._full(n)) for n in layers))
-        # never negative: the prediction stays monotone in every width (a rest below 0, layers timed alone slower
-        # than inside the network, is absorbed by the ratio's denominator instead)
-        self.prop_ms = max(self.dense_ms - self.layer_sum_ms - self.const_ms, 0.0)
-        self.full_ms = self.layer_sum_ms + self.const_ms + self.prop_ms  # the model's dense value (= dense_ms or more)
+        self.rest_ms = max(self.dense_ms - self.layer_sum_ms, 0.0)
+
+    @property
+    def const_ms(self) -> float:
+        """The part of the dense latency that does not shrink with the widths (ms)."""
+        return self.const_share * self.dense_ms
 
     def _full(self, name: str) -> tuple[float, float]:
         e = self.entries[self.layers[name]]
@@ -232,15 +233,15 @@ class LatencyTable:
             act = act + self.outputs[name] * torch.as_tensor(n_out, dtype=torch.float64) / self._full(name)[1]
         return torch.as_tensor(total), torch.as_tensor(act) / sum(self.outputs.values())
 
-    def ms(self, counts: dict[str, tuple[Any, Any]]) -> torch.Tensor:
-        """The model's whole-network latency (ms, differentiable; :attr:`full_ms` at full width) at soft channel
-        counts ``{layer: (n_in, n_out)}`` (a timed layer not in ``counts``: full width)."""
+    def scalable(self, counts: dict[str, tuple[Any, Any]]) -> torch.Tensor:
+        """S(n): the part of the prediction that scales with the widths, ÷ its dense value (float64)."""
         layers, act = self._parts(counts)
-        return layers + self.const_ms + self.prop_ms * act
+        return (layers + self.rest_ms * act) / max(self.layer_sum_ms + self.rest_ms, 1e-12)
 
     def ratio(self, counts: dict[str, tuple[Any, Any]]) -> torch.Tensor:
-        """Predicted latency ÷ dense latency at ``counts`` (float32, differentiable; 1 at full width)."""
-        return (self.ms(counts) / self.full_ms).float()
+        """Predicted latency ÷ dense latency at soft channel counts ``{layer: (n_in, n_out)}`` (a timed layer not in
+        ``counts``: full width); float32, differentiable, monotone in every width, 1 at full width."""
+        return (self.const_share + (1.0 - self.const_share) * self.scalable(counts)).float()
 
     def predict_ms(self, counts: dict[str, tuple[Any, Any]]) -> float:
         """Predicted whole-network latency (ms) at ``counts``: the ratio times the measured dense latency."""
@@ -248,7 +249,7 @@ class LatencyTable:
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "layers": self.layers, "outputs": self.outputs, "dense_ms": self.dense_ms,
-                "const_ms": self.const_ms,
+                "const_share": self.const_share,
                 "entries": {k: {"grid_in": e.grid_in.tolist(), "grid_out": e.grid_out.tolist(), "ms": e.ms.tolist(),
                                 "scaled": e.scaled} for k, e in self.entries.items()}}
 
@@ -257,20 +258,16 @@ class LatencyTable:
         f64 = torch.float64
         entries = {k: _Entry(torch.tensor(e["grid_in"], dtype=f64), torch.tensor(e["grid_out"], dtype=f64),
                              torch.tensor(e["ms"], dtype=f64), e["scaled"]) for k, e in d["entries"].items()}
-        return cls(d["key"], d["layers"], entries, d["dense_ms"], d["const_ms"], d["outputs"])
+        return cls(d["key"], d["layers"], entries, d["dense_ms"], d["const_share"], d["outputs"])
 
 
-def fit_const(table: LatencyTable, counts: dict[str, tuple[Any, Any]], measured_ms: float) -> float:
-    """The constant part of the untimed rest that makes ``table`` predict ``measured_ms`` (a pruned network timed
-    in the same rounds as the dense one) at ``counts``, clamped to [0, max(rest, 0)].
-
-    With L the layer sum, a the activation share and R = dense − L(full): L(n) + C + (R − C)·a(n) = measured.
-    """
-    rest = table.dense_ms - table.layer_sum_ms
-    layers, act = (float(v) for v in table._parts(counts))
-    if act >= 1.0 - 1e-9:
+def fit_const_share(table: LatencyTable, counts: dict[str, tuple[Any, Any]], measured_ratio: float) -> float:
+    """The constant share c that makes ``table`` predict ``measured_ratio`` (a pruned network's latency ÷ the dense
+    one's, timed in the same rounds) at ``counts``: c + (1 − c)·S = measured, clamped to [0, 1)."""
+    s = float(table.scalable(counts))
+    if s >= 1.0 - 1e-9:
         return 0.0
-    return float(min(max((measured_ms - layers - rest * act) / (1.0 - act), 0.0), max(rest, 0.0)))
+    return float(min(max((measured_ratio - s) / (1.0 - s), 0.0), 1.0 - 1e-6))
 
 
 def split_rest(rest_a: float, batch_a: int, rest_b: float, batch_b: int) -> float:
@@ -362,7 +359,7 @@ def build_latency_table(
         cache: True: the default :func:`cache_dir`; a folder; False: neither read nor write.
         reference: (channel counts, the collapsed network at those counts), e.g. every group at half width
             (``prunekit.methods.latency_reference``): timed in the same rounds, and the constant part of the
-            untimed rest is solved so that the table predicts it (:func:`fit_const`). None: the rest is split by
+            untimed rest is solved so that the table predicts it (:func:`fit_const_share`). None: the rest is split by
             timing the dense network at a second batch size (:func:`split_rest`; noisier).
     Returns:
         the :class:`LatencyTable` (``timed`` False when it came from the cache).
@@ -421,17 +418,17 @@ def build_latency_table(
     outputs = {n: float(numel) for n, (_, numel) in specs.items()}
     if reference:
         dense, ref_ms = next(ms), next(ms)
-        const = fit_const(LatencyTable(key, layers, entries, dense, 0.0, outputs), reference[0], ref_ms)
+        share = fit_const_share(LatencyTable(key, layers, entries, dense, 0.0, outputs), reference[0], ref_ms / dense)
     else:
         full_ms2 = {k: next(ms) for k in grids}
         dense, dense2 = next(ms), next(ms)
         sum1 = sum(float(entries[k].ms[-1, -1]) for k in layers.values())
         sum2 = sum(full_ms2[k] for k in layers.values())
-        const = split_rest(dense - sum1, batch, dense2 - sum2, batch2)
-    table = LatencyTable(key, layers, entries, dense, const, outputs, timed=True)
-    logger.info("latency table: %d layers, %d distinct, %d points timed in %.1fs; dense %.3f ms = layers %.3f + "
-                "constant %.3f + proportional %.3f", len(layers), len(entries), len(points),
-                time.perf_counter() - t0, dense, table.layer_sum_ms, table.const_ms, table.prop_ms)
+        share = split_rest(dense - sum1, batch, dense2 - sum2, batch2) / max(dense, 1e-12)
+    table = LatencyTable(key, layers, entries, dense, share, outputs, timed=True)
+    logger.info("latency table: %d layers, %d distinct, %d points timed in %.1fs; dense %.3f ms, layers alone "
+                "%.3f ms, constant share %.2f", len(layers), len(entries), len(points), time.perf_counter() - t0,
+                dense, table.layer_sum_ms, table.const_share)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

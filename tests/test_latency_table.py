@@ -136,28 +136,28 @@ def test_latency_target_run_trains_and_reports_predicted_and_measured(method):
     assert "latency_ratio/expected" in logs[-1] and "latency_ratio/relaxation" in logs[-1]
 
 
-def test_the_untimed_rest_is_fitted_to_a_reference_network():
-    """dense = layers + C + P: C (constant per call) and P (grows with the activations) are solved so that the
-    table predicts the reference network's measured latency."""
+def test_the_constant_share_is_fitted_to_a_reference_network():
+    """ratio = c + (1 − c)·S(n): c, the share of the dense latency that does not shrink, is solved so that the table
+    predicts the reference network's measured ratio; full width stays the dense latency."""
     from prunekit.methods import latency_reference
 
     d = _table().to_dict()
-    d["const_ms"] = 0.0
-    base = lt.LatencyTable.from_dict(d)
-    d["dense_ms"] = base.layer_sum_ms + 10.0  # an untimed rest of 10 ms
+    d["const_share"] = 0.0
     base = lt.LatencyTable.from_dict(d)
     half = {n: (base._full(n)[0] / 2, base._full(n)[1] / 2) for n in base.layers}
-    layers, act = (float(v) for v in base._parts(half))
-    measured = layers + 3.0 + 7.0 * act  # the truth: 3 ms constant, 7 ms with the activations
-    d["const_ms"] = lt.fit_const(base, half, measured)
+    s = float(base.scalable(half))
+    assert 0 < s < 1
+    measured = 0.3 + 0.7 * s  # the truth: 30 % of the dense latency does not shrink
+    d["const_share"] = lt.fit_const_share(base, half, measured)
     fitted = lt.LatencyTable.from_dict(d)
-    assert fitted.const_ms == pytest.approx(3.0) and fitted.prop_ms == pytest.approx(7.0)
-    assert float(fitted.ms(half)) == pytest.approx(measured)
+    assert fitted.const_share == pytest.approx(0.3) and fitted.const_ms == pytest.approx(0.3 * fitted.dense_ms)
+    assert float(fitted.ratio(half)) == pytest.approx(measured, rel=1e-6)
     assert fitted.predict_ms({}) == pytest.approx(fitted.dense_ms)
+    assert lt.fit_const_share(base, half, 0.0) == 0.0  # faster than the layers promise: no negative share
     # the reference of a gated model: half of every group, collapsed; its masks come back untouched
     gated = augment(make_tiny_cnn((8, 12, 16)), torch.randn(2, 3, 8, 8), gate="mask")
     counts, slim = latency_reference(gated)
     assert counts["3"] == (4.0, 6.0) and all(bool(h.gate.keep.all()) for h in gated.groups)
     assert slim[3].out_channels == 6
     table = _table(make_tiny_cnn((8, 12, 16)), varying=lt.varying_dims(gated), reference=(counts, slim))
-    assert table.key["reference"] and 0 <= table.const_ms <= max(table.dense_ms - table.layer_sum_ms, 0)
+    assert table.key["reference"] and 0 <= table.const_share < 1

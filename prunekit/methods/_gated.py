@@ -509,7 +509,7 @@ class GateMethod(Method):
         if own is not None:
             out["macs_ratio/relaxation"] = mask_ratio(model, own)
         if self.latency_info is not None:  # a latency target: the table's prediction beside the MACs
-            out["latency_ratio/expected"] = float(cost_ratio(model, "expected", "latency"))
+            out["latency_ratio/expected"] = float(cost_ratio(model, "expected", "latency").detach())
             if own is not None:
                 out["latency_ratio/relaxation"] = mask_ratio(model, own, "latency")
         t = self.temperature()
