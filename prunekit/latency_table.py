@@ -13,7 +13,8 @@ values like the relaxed MACs, and exact on grid points.
   timed whole and scaled by their MACs.
 * **Timing**: every distinct layer (same type, widths, kernel, stride, input size) is timed once; all grid points
   are timed in turn, ``rounds`` times (interleaved, so that a change of machine load hits them all alike), and the
-  median kept. The table is made monotone (a narrower layer never costs more: cumulative maximum along both
+  fastest run kept (load only adds time; a slow outlier at a narrow width would otherwise spread to the wider
+  points through the monotone table). The table is made monotone (a narrower layer never costs more: cumulative maximum along both
   axes), so the interpolation is monotone too and the relaxation never rewards keeping a channel.
 * **Whole network**: the layers timed alone are not the network (BatchNorm, activations, pooling, additions and
   the framework's per-call cost are not timed, and a layer inside the network need not speed up as it does alone).
@@ -35,7 +36,6 @@ import logging
 import math
 import os
 import platform
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,7 +312,9 @@ def _grids(spec: LayerSpec, varies: tuple[bool, bool], fractions: tuple[float, .
 
 @torch.inference_mode()
 def _time_points(runs: list[tuple[nn.Module, torch.Tensor]], rounds: int, repeats: int) -> list[float]:
-    """Median ms of each (module, input), timed interleaved: every round times every run ``repeats`` times."""
+    """Fastest ms of each (module, input) over ``rounds`` × ``repeats`` runs, timed interleaved (every round times every
+    run ``repeats`` times). The minimum, not the median: a shared machine's load only ever adds time, and one slow
+    sample at a small width would spread to every wider grid point through the monotone table."""
     for mod, x in runs:  # warm-up (allocator, oneDNN primitive cache)
         mod(x)
     times: list[list[float]] = [[] for _ in runs]
@@ -325,7 +327,7 @@ def _time_points(runs: list[tuple[nn.Module, torch.Tensor]], rounds: int, repeat
                 t0 = time.perf_counter()
                 mod(x)
                 times[k].append((time.perf_counter() - t0) * 1e3)
-    return [statistics.median(t) for t in times]
+    return [min(t) for t in times]
 
 
 def _monotone(ms: torch.Tensor) -> torch.Tensor:

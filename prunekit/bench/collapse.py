@@ -47,7 +47,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tv_size": 64,
         "repeats": 5,
         "round_to": 8,
-        "table": {"rounds": 2, "repeats": 1},
+        "table": {"rounds": 3, "repeats": 2},
     },
     # every in-house model and every torchvision classification model
     "full": {"models": None, "size": 32, "tv_size": 64, "repeats": 5},
@@ -71,7 +71,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "inference": True,
         "onnxruntime": True,
         "round_to": 8,
-        "table": {"rounds": 2, "repeats": 1},
+        "table": {"rounds": 3, "repeats": 2},
     },
 }
 BATCHES = (1, 64)
