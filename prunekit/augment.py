@@ -20,7 +20,7 @@ from prunekit._device import model_device
 from prunekit.errors import ConfigError, UnsupportedModelError
 from prunekit.gates import create_gate
 from prunekit.gates.base import Gate
-from prunekit.graph import Branch, ChannelGroup, Member, analyze, residual_branches
+from prunekit.graph import Branch, ChannelGroup, Member, analyze, residual_branches, run_naming_layer
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,8 @@ class _GateHook:
         self.entries = entries
         self.width = width
         self.last = last
-        self.full = len(entries) == 1 and entries[0][1].covers_all
+        # the whole gate vector is the multiplier only when the group is exactly this layer's channels
+        self.full = len(entries) == 1 and entries[0][1].covers_all and owner.groups[entries[0][0]].size == width
 
     def mask(self, values: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
         if self.full:
@@ -252,40 +253,6 @@ class GatedModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"groups={len(self.groups)}, fixed={len(self.fixed_groups)}"
-
-
-def run_naming_layer(model: nn.Module, fn: Callable[[], Any], error: type[Exception], what: str) -> Any:
-    """Call ``fn()`` (a forward of ``model``); a failure inside it is re-raised as ``error`` naming the layer.
-
-    The innermost module that had started and not finished its forward is the one named, with its type.
-    """
-    stack: list[str] = []
-    failed: list[str] = []
-    handles = []
-
-    def enter(name: str):
-        def hook(module: nn.Module, inputs: Any) -> None:
-            stack.append(name)
-
-        return hook
-
-    def leave(module: nn.Module, inputs: Any, output: Any) -> None:
-        if stack:
-            stack.pop()
-
-    for name, mod in model.named_modules():
-        handles.append(mod.register_forward_pre_hook(enter(name or "<root>")))
-        handles.append(mod.register_forward_hook(leave))
-    try:
-        return fn()
-    except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as e:
-        failed = list(stack)
-        layer = failed[-1] if failed else "<root>"
-        kind = type(model.get_submodule(layer)).__name__ if layer != "<root>" else type(model).__name__
-        raise error(f"{what} fails in layer {layer!r} ({kind}): {e}") from e
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def find_gated(model: nn.Module) -> GatedModel | None:

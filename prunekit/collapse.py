@@ -26,9 +26,9 @@ from torch import nn
 
 from prunekit import heads
 from prunekit._slim_modules import ConstantMap, EmptyChannels, Removed, resize_module_, set_submodule_
-from prunekit.augment import GatedModel, is_gate_hook, run_naming_layer
+from prunekit.augment import GatedModel, is_gate_hook
 from prunekit.errors import CollapseError, ConfigError, UnsupportedModelError
-from prunekit.graph import BN_TYPES, CONVT_TYPES, dim_size, is_depthwise
+from prunekit.graph import BN_TYPES, CONVT_TYPES, dim_size, is_depthwise, run_naming_layer
 
 log = logging.getLogger(__name__)
 

@@ -108,9 +108,10 @@ class CostModel:
                 h.remove()
         modules = dict(net.named_modules())
         self.layers: list[_LayerCost] = []
+        batch = x.shape[0]
         for name, (ishape, oshape) in shapes.items():
             mod = modules[name]
-            n = oshape[0]
+            n = batch  # per input sample (a Linear inside window attention sees batch × windows rows)
             if isinstance(mod, nn.Linear):
                 macs = oshape.numel() / n * mod.in_features
             elif isinstance(mod, CONVT_TYPES):
@@ -129,7 +130,6 @@ class CostModel:
         # attention matrix products: a head-prunable module's FLOPs minus its two projections'
         flops = {k: sum(v.values()) for k, v in fc.get_flop_counts().items()}
         root = net._get_name()
-        batch = x.shape[0]
         for name, mod in net.named_modules():
             lay = layout(mod) if name else None
             if lay is None:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -215,7 +217,9 @@ def _build_graph(model: nn.Module, example_input: torch.Tensor, timeout_s: float
                 warnings.simplefilter("ignore")
                 builder = tp.DependencyGraph()
                 with recorder:
-                    dg = builder.build_dependency(model, example_inputs=example_input)
+                    dg = run_naming_layer(
+                        model, lambda: builder.build_dependency(model, example_inputs=example_input), UnsupportedModelError, "tracing"
+                    )
                 protected = _protected_layers(dg)
                 result["out"] = (dg, list(dg.get_all_groups(ignored_layers=protected)), protected)
         except BaseException as e:  # noqa: BLE001 - re-raised below with context
@@ -240,6 +244,40 @@ def _build_graph(model: nn.Module, example_input: torch.Tensor, timeout_s: float
         e = result["error"]
         raise UnsupportedModelError(f"cannot trace {type(model).__name__} for dependency analysis: {e}") from e
     return (*result["out"], set(unfollowed))
+
+
+def run_naming_layer(model: nn.Module, fn: Callable[[], Any], error: type[Exception], what: str) -> Any:
+    """Call ``fn()`` (a forward of ``model``); a failure inside it is re-raised as ``error`` naming the layer.
+
+    The innermost module that had started and not finished its forward is the one named, with its type.
+    """
+    stack: list[str] = []
+    failed: list[str] = []
+    handles = []
+
+    def enter(name: str):
+        def hook(module: nn.Module, inputs: Any) -> None:
+            stack.append(name)
+
+        return hook
+
+    def leave(module: nn.Module, inputs: Any, output: Any) -> None:
+        if stack:
+            stack.pop()
+
+    for name, mod in model.named_modules():
+        handles.append(mod.register_forward_pre_hook(enter(name or "<root>")))
+        handles.append(mod.register_forward_hook(leave))
+    try:
+        return fn()
+    except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as e:
+        failed = list(stack)
+        layer = failed[-1] if failed else "<root>"
+        kind = type(model.get_submodule(layer)).__name__ if layer != "<root>" else type(model).__name__
+        raise error(f"{what} fails in layer {layer!r} ({kind}): {e}") from e
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _protected_layers(dg) -> list[nn.Module]:

@@ -1,4 +1,5 @@
-"""Model registry: in-house CIFAR-sized networks and every torchvision classification model as ``tv:<name>``.
+"""Model registry: in-house CIFAR-sized networks, every torchvision classification model as ``tv:<name>`` and
+every timm model as ``timm:<name>`` (with the optional extra ``prunekit[timm]``).
 
 Every model returned by :func:`create_model` carries two plain attributes:
 
@@ -18,23 +19,31 @@ from torch import nn
 from prunekit.errors import ConfigError
 from prunekit.models import cifar_resnet, mobilenetv2, unet, vgg, vit  # noqa: F401  (importing them registers their models)
 from prunekit.models._weights import load_weights_
-from prunekit.models.registry import _MODELS, TV_PREFIX, register_model
+from prunekit.models.registry import _MODELS, TIMM_PREFIX, TV_PREFIX, register_model
 
 
-def list_models(include_torchvision: bool = True) -> list[str]:
-    """In-house model names (sorted), then ``tv:<name>`` for every torchvision classification model."""
+def list_models(include_torchvision: bool = True, include_timm: bool = False) -> list[str]:
+    """In-house model names (sorted), then ``tv:<name>`` for every torchvision classification model, then
+    (``include_timm``, when timm is installed) ``timm:<name>`` for every timm architecture."""
     names = _MODELS.names()
     if include_torchvision:
         from prunekit.models._torchvision import torchvision_names
 
         names += [TV_PREFIX + n for n in torchvision_names()]
+    if include_timm:
+        from prunekit.models._timm import timm_names
+
+        names += [TIMM_PREFIX + n for n in timm_names()]
     return names
 
 
 def model_task(name: str) -> str:
-    """``"classification"`` or ``"segmentation"`` for a registered name (``tv:`` models classify)."""
+    """``"classification"`` or ``"segmentation"`` for a registered name (``tv:`` and ``timm:`` models classify)."""
     if name.startswith(TV_PREFIX):
         _check_tv_name(name)
+        return "classification"
+    if name.startswith(TIMM_PREFIX):
+        _check_timm_name(name)
         return "classification"
     return _MODELS.get(name).task if name in _MODELS else _raise_unknown(name)
 
@@ -50,7 +59,8 @@ def create_model(
     """Build a model by registry name.
 
     Args:
-        name: an in-house name (``resnet20``, ``vgg16``, ``unet``, ...) or ``tv:<torchvision name>``.
+        name: an in-house name (``resnet20``, ``vgg16``, ``unet``, ``vit_tiny32``, ...), ``tv:<torchvision name>``
+            or ``timm:<timm name>`` (never with pretrained weights).
         num_classes: output classes (segmentation: including background).
         in_channels: input image channels.
         weights: optional local state-dict file (``torch.save`` or ``.safetensors``); never downloaded.
@@ -80,6 +90,12 @@ def create_model(
         _check_tv_name(name)
         model = build_torchvision(name[len(TV_PREFIX) :], num_classes, in_channels, **opts)
         task = "classification"
+    elif name.startswith(TIMM_PREFIX):
+        from prunekit.models._timm import build_timm
+
+        _check_timm_name(name)
+        model = build_timm(name[len(TIMM_PREFIX) :], num_classes, in_channels, **opts)
+        task = "classification"
     else:
         if name not in _MODELS:
             _raise_unknown(name)
@@ -105,8 +121,16 @@ def _check_tv_name(name: str) -> None:
         _raise_unknown(name)
 
 
+def _check_timm_name(name: str) -> None:
+    from prunekit.models._timm import _timm, timm_names
+
+    _timm()  # a clear "pip install 'prunekit[timm]'" when timm is missing
+    if name[len(TIMM_PREFIX) :] not in timm_names():
+        raise ConfigError(_MODELS.unknown_message(name, list_models(include_torchvision=False, include_timm=True)))
+
+
 def _raise_unknown(name: str) -> Any:
     raise ConfigError(_MODELS.unknown_message(name, list_models(include_torchvision=True)))
 
 
-__all__ = ["TV_PREFIX", "create_model", "list_models", "model_task", "register_model"]
+__all__ = ["TIMM_PREFIX", "TV_PREFIX", "create_model", "list_models", "model_task", "register_model"]

@@ -11,6 +11,7 @@ from prunekit._registry import Registry
 from prunekit.errors import ConfigError
 
 TV_PREFIX = "tv:"
+TIMM_PREFIX = "timm:"
 
 Builder = Callable[..., nn.Module]
 
@@ -39,8 +40,9 @@ def register_model(name: str | None = None, *, task: str = "classification") -> 
 
     def deco(builder: Builder) -> Builder:
         key = name or builder.__name__
-        if key.startswith(TV_PREFIX):
-            raise ConfigError(f"model names starting with {TV_PREFIX!r} are reserved for torchvision, got {key!r}")
+        for prefix, owner in ((TV_PREFIX, "torchvision"), (TIMM_PREFIX, "timm")):
+            if key.startswith(prefix):
+                raise ConfigError(f"model names starting with {prefix!r} are reserved for {owner}, got {key!r}")
         _MODELS.add(key, _Entry(builder, task))
         return builder
 

@@ -1,0 +1,127 @@
+"""The engine on the wider zoo (issue 19): ConvNeXt, ShuffleNetV2, ViT, Swin and timm's CNNs and transformers.
+
+Random masks → collapse → max |slim − gated| ≤ 1e-4 → relaxed MACs/params at hard gates equal the counted ones →
+save/load reproduces the outputs exactly. ``tests/test_collapse.py`` runs the same check over the in-house models
+(``vit_tiny32`` included) and twelve torchvision CNNs; this file adds the models that need the Linear-feature gates,
+head groups or the channel-shuffle fallback, and timm. Inputs are the smallest each model allows.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_collapse import TORCHVISION as CNN_TV
+from test_collapse import _random_masks, _randomize_bn
+
+import prunekit as pk
+from prunekit.models import list_models, model_task
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# name -> (input side, builder options)
+TORCHVISION = {
+    "tv:convnext_tiny": (32, {}),
+    "tv:shufflenet_v2_x0_5": (64, {}),
+    "tv:shufflenet_v2_x1_0": (64, {}),
+    "tv:vit_b_16": (32, {"image_size": 32}),
+    "tv:swin_t": (32, {}),
+    "tv:mobilenet_v3_large": (64, {}),
+    "tv:regnet_y_400mf": (64, {}),
+    "tv:mnasnet1_0": (64, {}),
+    "tv:squeezenet1_0": (64, {}),
+    "tv:resnet34": (64, {}),
+}
+TIMM = {
+    "timm:deit_tiny_patch16_224": (64, {"img_size": 64}),
+    "timm:vit_small_patch16_224": (64, {"img_size": 64}),
+    "timm:swin_tiny_patch4_window7_224": (32, {"img_size": 32, "window_size": 4}),
+    "timm:resnet18": (64, {}),
+    "timm:resnet18d": (64, {}),
+    "timm:convnext_atto": (64, {}),
+    "timm:mobilenetv3_small_050": (64, {}),
+    "timm:efficientnet_b0": (64, {}),
+    "timm:regnetx_002": (64, {}),
+    "timm:lcnet_050": (64, {}),
+    "timm:poolformer_s12": (64, {}),
+}
+# Transformers: each attention module's heads are one gated group.
+WITH_HEADS = {"tv:vit_b_16", "tv:swin_t", "timm:deit_tiny_patch16_224", "timm:vit_small_patch16_224",
+              "timm:swin_tiny_patch4_window7_224"}  # fmt: skip
+SLOW = {"tv:vit_b_16", "tv:convnext_tiny"}
+
+
+def test_the_zoo_covers_the_issue() -> None:
+    assert len(set(CNN_TV) | set(TORCHVISION)) >= 20 and len(TIMM) >= 10
+    assert {"tv:convnext_tiny", "tv:shufflenet_v2_x0_5", "tv:vit_b_16", "tv:swin_t"} <= set(TORCHVISION)
+
+
+def _case(name: str):
+    return pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name
+
+
+def _check(name: str, size: int, options: dict, tmp_path) -> pk.GatedModel:
+    model = pk.create_model(name, num_classes=10, **options).eval()
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        _randomize_bn(model, size)
+    gated = pk.augment(model, x[:1])
+    _random_masks(gated)
+    gated.eval()
+    slim = pk.collapse(gated)
+    with torch.no_grad():
+        ref, out = gated(x), slim(x)
+    assert (out - ref).abs().max().item() <= 1e-4
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in slim.modules())
+    macs = pk.count_macs(slim, x[:1])
+    assert macs < pk.count_macs(model, x[:1])
+    if not slim.pk_collapse["dummy_channels"]:
+        assert macs == pytest.approx(float(pk.relaxed_macs(gated, "hard")), rel=1e-6)
+        assert pk.count_params(slim) == pytest.approx(float(pk.relaxed_params(gated, "hard")), rel=1e-6)
+    loaded = pk.load_slim(pk.save_slim(slim, tmp_path / "slim.safetensors"))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), out)
+    return gated
+
+
+@pytest.mark.parametrize("name", [_case(n) for n in [*TORCHVISION, *TIMM]])
+def test_random_masks_collapse_exactly(name: str, tmp_path) -> None:
+    if name.startswith("timm:"):
+        pytest.importorskip("timm")
+    size, options = {**TORCHVISION, **TIMM}[name]
+    gated = _check(name, size, options, tmp_path)
+    heads = [h for h in gated.groups if any(m.dim == "heads" for m in h.members)]
+    assert bool(heads) == (name in WITH_HEADS)
+
+
+def test_convnext_gates_its_hidden_width_and_keeps_the_residual_width_with_the_reason() -> None:
+    model = pk.create_model("tv:convnext_tiny", num_classes=10).eval()
+    gated = pk.augment(model, torch.randn(1, 3, 32, 32))
+    dims = {h.name: h.size for h in gated.groups}
+    # every CNBlock's Linear(C, 4C) → GELU → Linear(4C, C): 3 + 3 + 9 + 3 blocks
+    assert len(dims) == 18 and dims["features.1.0.block.3"] == 384 and dims["features.7.2.block.3"] == 3072
+    assert all(m.module.__class__.__name__ == "Linear" for h in gated.groups for m in h.members)
+    assert gated.fixed_groups and all("LayerNorm" in g.reason for g in gated.fixed_groups)
+
+
+def test_shufflenet_gates_the_groups_that_do_not_cross_the_shuffle() -> None:
+    model = pk.create_model("tv:shufflenet_v2_x0_5", num_classes=10).eval()
+    gated = pk.augment(model, torch.randn(1, 3, 64, 64))
+    # the inner width of every block's branch2 (1×1 conv → depthwise → 1×1 conv) is gated
+    assert len(gated.groups) == 16 + 2  # 16 blocks, plus the stem and the final 1×1 conv (conv5)
+    shuffled = [g for g in gated.fixed_groups if "channel shuffle" in (g.reason or "")]
+    assert shuffled and all(g.prunable is False for g in shuffled)
+    for h in gated.groups:
+        assert not any(m.name.endswith("branch1.2") and m.dim == "out" for m in h.members)  # crosses the shuffle
+
+
+def test_timm_names_build_without_weights_and_are_refused_when_unknown() -> None:
+    pytest.importorskip("timm")
+    model = pk.create_model("timm:resnet18", num_classes=7, in_channels=1).eval()
+    assert model.pk_spec["name"] == "timm:resnet18" and model(torch.randn(1, 1, 32, 32)).shape == (1, 7)
+    assert model_task("timm:resnet18") == "classification"
+    with pytest.raises(pk.ConfigError, match="timm:resnet18"):
+        pk.create_model("timm:resnet1")
+    with pytest.raises(pk.ConfigError, match="never downloaded"):
+        pk.create_model("timm:resnet18", pretrained=True)
+    assert "timm:resnet18" in list_models(include_timm=True)
+    assert not any(n.startswith("timm:") for n in list_models())
