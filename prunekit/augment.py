@@ -296,13 +296,18 @@ def augment(
         gate: registered gate kind (``crisp``, ``hardconcrete``, ``bernoulli``, ``dpp``, ...).
         gate_options: keyword options of the gate kind (e.g. ``{"a": 5.0}``).
         filter_fn: ``filter_fn(root_module, name) -> bool``; groups whose root fails stay whole.
-        inplace: gate ``model`` itself instead of a deep copy.
+        inplace: gate ``model`` itself instead of a deep copy. Either way, attention modules whose head width
+            is derived from the embedding width (``nn.MultiheadAttention``, torchvision's Swin attention) are
+            replaced in the gated network by equivalent head-prunable modules (``prunekit.heads.convert``).
         timeout_s: bound on the graph analysis.
         block_gate: also gate every residual branch as a whole with a one-unit gate of this kind
             (e.g. ``"bernoulli"`` for the growing method); a closed block removes the branch.
         block_gate_options: keyword options of the block gate kind.
     Returns:
         a :class:`GatedModel`; ``.groups`` lists the prunable groups.
+    Raises:
+        UnsupportedModelError: nothing to prune, the graph cannot be traced, or the gated network fails to
+            run (the message names the layer).
     """
     if isinstance(model, GatedModel):
         raise ConfigError("model is already gated (a GatedModel); pass the plain model")

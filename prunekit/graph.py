@@ -9,6 +9,11 @@ traces autograd once and propagates index mappings through cat/split/reshape/ele
 is exactly the problem, already solved and maintained for the torchvision zoo. prunekit uses it only
 to *discover* groups; gating, cost, collapse and save/load are prunekit's own (``augment.py``,
 ``cost.py``, ``collapse.py``, ``io.py``), so no per-architecture rules exist anywhere.
+
+Two additions of prunekit's own: attention heads (``prunekit.heads``: one group per head-prunable attention
+module, by module type, whose Q/K/V and projection widths Torch-Pruning's channel groups must not cut), and
+reshapes that split the channel dim (a channel shuffle), where the propagation stops and the groups that
+reach them stay whole.
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ class Member:
     Attributes:
         name: module path inside the model (``layer1.0.conv1``).
         module: the module itself.
-        dim: ``"out"`` (output channels / features; BatchNorm's only dim) or ``"in"``.
+        dim: ``"out"`` (output channels / features; BatchNorm's only dim), ``"in"``, or ``"heads"`` (the heads of
+            an attention module, see ``prunekit.heads``).
         idxs: LongTensor [k], indices into that dimension of the module.
         root_idxs: LongTensor [k], the group positions (0..size-1) those indices carry.
     """

@@ -10,6 +10,7 @@ and stays whole.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from prunekit.errors import ConfigError
@@ -32,12 +33,13 @@ class _Block(nn.Module):
 
 
 class SmallViT(nn.Module):
-    """``[N, in_channels, S, S] -> [N, num_classes]`` for ``S = image_size``.
+    """``[N, in_channels, H, W] -> [N, num_classes]``; position embeddings are learned for ``image_size`` and
+    resized for other inputs (e.g. 28×28 MNIST).
 
     Args:
         num_classes: classifier outputs.
         in_channels: input image channels.
-        image_size: input side in pixels (a multiple of ``patch_size``).
+        image_size: input side the position embeddings are learned for (a multiple of ``patch_size``).
         patch_size: side of a square patch.
         dim: token width.
         depth: number of encoder blocks.
@@ -65,7 +67,8 @@ class SmallViT(nn.Module):
             raise ConfigError(f"depth must be >= 1, got {depth}")
         if num_heads < 1 or dim % num_heads:
             raise ConfigError(f"num_heads must divide dim={dim}, got {num_heads}")
-        tokens = (image_size // patch_size) ** 2
+        self.grid = image_size // patch_size
+        tokens = self.grid**2
         self.patch = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
@@ -78,9 +81,20 @@ class SmallViT(nn.Module):
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
 
+    def _pos_embed(self, h: int, w: int) -> torch.Tensor:
+        """Position embeddings [1, 1 + h·w, dim]; bilinearly resized when the patch grid is not the trained one."""
+        g = self.grid
+        if (h, w) == (g, g):
+            return self.pos_embed
+        grid = self.pos_embed[:, 1:].reshape(1, g, g, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
+        return torch.cat([self.pos_embed[:, :1], grid], dim=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch(x).flatten(2).transpose(1, 2)  # [N, T, dim]
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        x = self.patch(x)  # [N, dim, h, w]
+        pos = self._pos_embed(x.shape[2], x.shape[3])
+        x = x.flatten(2).transpose(1, 2)  # [N, T, dim]
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + pos
         x = self.norm(self.blocks(x))
         return self.head(x[:, 0])
 
