@@ -37,6 +37,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from prunekit.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 GRID_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+Reference = tuple[dict[str, tuple[float, float]], nn.Module]  # (channel counts, the network at those counts)
 TABLE_VERSION = 2
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONVTS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -346,7 +348,7 @@ def build_latency_table(
     repeats: int = 3,
     fractions: tuple[float, ...] = GRID_FRACTIONS,
     cache: bool | str | Path = True,
-    reference: tuple[dict[str, tuple[float, float]], nn.Module] | None = None,
+    reference: Reference | Callable[[], Reference] | None = None,
 ) -> LatencyTable:
     """The latency table of ``model`` (a plain network) on this CPU, from the cache when it has one.
 
@@ -360,7 +362,8 @@ def build_latency_table(
         fractions: grid widths as fractions of each full width (see :func:`width_grid`).
         cache: True: the default :func:`cache_dir`; a folder; False: neither read nor write.
         reference: (channel counts, the collapsed network at those counts), e.g. every group at half width
-            (``prunekit.methods.latency_reference``): timed in the same rounds, and the constant part of the
+            (``prunekit.methods.latency_reference``), or a function returning it (called only when timing): timed
+            in the same rounds, and the constant part of the
             untimed rest is solved so that the table predicts it (:func:`fit_const_share`). None: the rest is split by
             timing the dense network at a second batch size (:func:`split_rest`; noisier).
     Returns:
@@ -396,6 +399,8 @@ def build_latency_table(
         except (OSError, ValueError, KeyError) as e:
             logger.warning("latency table %s unreadable (%s); timing again", path, e)
     t0 = time.perf_counter()
+    if callable(reference):
+        reference = reference()
     points = [spec.build(ci, co, batch) for spec, gi, go in grids.values() for ci in gi for co in go if ci and co]
     # the untimed rest (dense − layer sum) is split by a reference network or by a second batch size
     batch2 = batch * 4 if batch <= 16 else max(1, batch // 4)

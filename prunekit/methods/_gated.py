@@ -425,7 +425,7 @@ class GateMethod(Method):
 
         c = self.config
         table = build_latency_table(dense, example_input, c.latency_batch, threads=c.latency_threads,
-                                    varying=varying_dims(gated), reference=latency_reference(gated))
+                                    varying=varying_dims(gated), reference=lambda: latency_reference(gated))
         attach_table(gated, table)
         self.latency_info = {"dense_ms": table.dense_ms, "batch": table.key["batch"],
                              "threads": table.key["threads"], "device": table.key["device"],
