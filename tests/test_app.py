@@ -489,6 +489,12 @@ def test_bench_markdown_reports_load_and_both_rerender_clocks():
     md = markdown_table(res)
     assert "0.21 s (Playwright wall clock 0.33 s)" in md
     assert "[3.1, 4.0, 5.2]" in md and "0.90×" in md
+    assert "what-if" not in md  # an older result without the what-if phase still renders
+    res.update(what_if_median_s=0.7, collapse_app_s=30.0, collapse_cli_s=12.0, collapse_app_over_cli=2.5)
+    res["passed"].update(what_if_median_s=True, collapse_app_over_cli=False)
+    md = markdown_table(res)
+    assert "| what-if step while a run trains (median, key press → app idle) | 0.70 s | ≤ 1 s | yes |" in md
+    assert "2.50× (30.0 s / 12.0 s) | ≤ 2× | no |" in md
 
 
 def test_what_if_slider_starts_at_the_methods_own_threshold(workspace):

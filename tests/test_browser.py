@@ -190,3 +190,92 @@ def test_chart_legends_cover_no_axis_title_or_tick_label(tmp_path):
                 page.close()
         finally:
             browser.close()
+
+
+def _metric(page, label: str) -> str:
+    """The value of the ``st.metric`` labelled ``label``."""
+    box = page.locator("[data-testid='stMetric']", has_text=label).first
+    box.wait_for(timeout=120000)
+    return box.locator("[data-testid='stMetricValue']").inner_text()
+
+
+@pytest.mark.timeout(1800)  # the default experiment trains for real: ~2 min on a quiet 2-core machine, 10+ when busy
+def test_newcomer_walk_default_run_to_a_loaded_slim_model(server, tmp_path):
+    """Issue 20, done-when: the newcomer's path end to end in Chromium. Start the default experiment from Home,
+    see Live advance, find Explore's what-if at the method's own threshold giving the run's validation accuracy
+    (within 1 point), see the Model view, collapse, download the slim model and load it with ``pk.load_slim``."""
+    import zipfile
+
+    import torch
+
+    import prunekit as pk
+    from prunekit.app_support import open_store
+
+    with sync_api.sync_playwright() as p:
+        browser = launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        page.set_default_timeout(120000)  # a first page load on a busy 2-core machine
+        try:
+            page.goto(server.url)
+            page.get_by_role("button", name="Start the default experiment").click()
+            page.get_by_text(re.compile(r"Started run r\w+")).wait_for(timeout=60000)
+            _shot(page, "walk_1_home_started")
+            store = open_store(server.workspace)
+            rid = str(store.list_runs()["id"].iloc[0])
+
+            page.goto(server.url + "/Live")
+            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60000)
+            seen, deadline = set(), time.monotonic() + 300
+            while time.monotonic() < deadline and len(seen) < 2:
+                step = _live_step(page)
+                if step > 0:
+                    seen.add(step)
+                time.sleep(1.0)
+            assert len(seen) >= 2, f"the live view never advanced: saw steps {sorted(seen)}"
+            _shot(page, "walk_2_live")
+            page.get_by_text("status: done").wait_for(timeout=900000)
+            info = store.get_run(rid)
+            assert info.status == "done", info.error
+            val_acc = info.result["metrics"]["acc/val"]
+            _shot(page, "walk_3_live_done")
+
+            page.goto(server.url + "/Explore")
+            page.get_by_text("What if the threshold were different?").wait_for(timeout=60000)
+            shown = _metric(page, "accuracy (val subset)")
+            wait_app_idle(page, 120000)
+            _shot(page, "walk_4_explore")
+            assert abs(float(shown.rstrip("%")) - 100 * val_acc) <= 1.0, (shown, val_acc)
+
+            page.goto(server.url + "/Model")
+            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60000)
+            wait_app_idle(page, 60000)
+            _shot(page, "walk_5_model")
+            assert page.locator("[data-testid='stException']").count() == 0
+
+            page.goto(server.url + "/Collapse")
+            page.get_by_role("button", name="Collapse").click()
+            page.get_by_text(re.compile(r"Collapsed in")).first.wait_for(timeout=300000)
+            button = page.get_by_role("button", name=re.compile("Download slim model"))
+            button.wait_for(timeout=60000)
+            _shot(page, "walk_6_collapse")
+            with page.expect_download(timeout=60000) as got:
+                button.click()
+            archive = tmp_path / "slim.zip"
+            got.value.save_as(archive)
+
+            page.goto(server.url + "/Model")
+            page.get_by_role("tab", name="After collapse").click()
+            page.get_by_text(re.compile(r"Collapse of step \d+")).wait_for(timeout=60000)
+            _shot(page, "walk_7_model_collapsed")
+        finally:
+            browser.close()
+
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(tmp_path / "slim")
+    [path] = [f for f in (tmp_path / "slim").rglob("*") if f.is_file()]
+    slim = pk.load_slim(path).eval()
+    result = store.collapse_results(rid)[-1]
+    assert sum(t.numel() for t in slim.parameters()) == result["slim"]["params"]
+    with torch.no_grad():
+        out = slim(torch.rand(2, 3, 32, 32))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()

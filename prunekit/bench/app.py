@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -44,7 +45,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-TARGETS = {"first_chart_s": 3.0, "rerender_median_s": 0.5, "throughput_ratio": 0.8}
+TARGETS = {"first_chart_s": 3.0, "rerender_median_s": 0.5, "throughput_ratio": 0.8, "what_if_median_s": 1.0,
+           "collapse_app_over_cli": 2.0}
 
 
 def free_port() -> int:
@@ -171,6 +173,66 @@ def _bench_config(epochs: int, steps: int) -> Any:
     )
 
 
+def _gated_config(epochs: int, steps: int) -> Any:
+    """A short CRISP run: a checkpoint with gates for the what-if and collapse timings."""
+    return sup.build_run_config(method="crisp", data_options={"num_samples": 512}, epochs=epochs,
+                                max_steps_per_epoch=steps, batch_size=32, log_every=5)
+
+
+def _choose_run(page: Any, run_id: str) -> None:
+    """Pick ``run_id`` in the page's run select box (the first combobox labelled Run)."""
+    page.get_by_role("combobox", name="Run").first.click()
+    page.get_by_role("option", name=re.compile(rf"^{re.escape(run_id)} ")).first.click()
+    wait_app_idle(page, 120000)
+
+
+def _what_if_steps(page: Any, url: str, run_id: str, steps: int) -> list[float]:
+    """Seconds from a slider key press (threshold + 0.01) to the app idle again with the new evaluation shown."""
+    page.goto(url + "/Explore")
+    page.get_by_text("What if the threshold were different?").wait_for(timeout=60000)
+    wait_app_idle(page, 120000)
+    combos = page.get_by_role("combobox", name="Run")
+    if combos.count() > 1:  # Explore's what-if has its own picker below the trade-off chart
+        combos.nth(1).click()
+        page.get_by_role("option", name=re.compile(rf"^{re.escape(run_id)} ")).first.click()
+    page.locator("[data-testid='stMetric']", has_text="accuracy (val subset)").first.wait_for(timeout=120000)
+    wait_app_idle(page, 120000)
+    slider = page.get_by_role("slider", name="Threshold").first
+    times = []
+    for _ in range(steps):
+        slider.focus()
+        t0 = time.perf_counter()
+        slider.press("ArrowRight")
+        page.wait_for_function("() => !!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=5000)
+        wait_app_idle(page, 60000)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def _collapse_in_app(page: Any, url: str, run_id: str) -> float:
+    """Seconds from the Collapse button to the "Collapsed in" line."""
+    page.goto(url + "/Collapse")
+    page.get_by_role("button", name="Collapse").wait_for(timeout=60000)
+    wait_app_idle(page, 60000)
+    _choose_run(page, run_id)
+    t0 = time.perf_counter()
+    page.get_by_role("button", name="Collapse").click()
+    page.get_by_text(re.compile(r"Collapsed in|Collapse refused")).first.wait_for(timeout=600000)
+    seconds = time.perf_counter() - t0
+    if page.get_by_text(re.compile("Collapse refused")).count():
+        raise RuntimeError(f"the app refused to collapse run {run_id}")
+    return seconds
+
+
+def _collapse_cli(workspace: Path, run_id: str, out: Path) -> float:
+    """Wall seconds of ``prunekit collapse RUN`` in a fresh process, as a user at a shell sees it."""
+    env = {**os.environ, "PRUNEKIT_HOME": str(workspace)}
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "prunekit", "collapse", run_id, "--out", str(out)], check=True, env=env,
+                   cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+    return time.perf_counter() - t0
+
+
 def _throughput(workspace: Path, cfg: Any, timeout: float) -> float:
     info = start_run(cfg, workspace=workspace).wait(timeout)
     if info.status != "done":
@@ -183,10 +245,16 @@ def bench_app(
 ) -> dict[str, Any]:
     """Measure the app in headless Chromium; write ``app.json`` and ``app.md`` to ``out_dir``.
 
+    The what-if steps and both collapses run while a background training run goes (stopped afterwards), as a user
+    exploring one run while the next trains would see them; the CLI collapse is a fresh ``prunekit collapse``
+    process (imports included), the in-app one a click on a page whose server has the run loaded already or not.
+
     Returns:
         ``{"first_chart_s": [..], "first_chart_median_s", "rerender_s": [..], "rerender_median_s",
         "rerender_wall_s": [..], "rerender_wall_median_s", "throughput_headless", "throughput_app_open",
-        "throughput_ratio", "load_average_before" / "_start" / "_end", "targets", "passed": {...}}``.
+        "throughput_ratio", "what_if_s": [..], "what_if_median_s", "collapse_app_s", "collapse_cli_s",
+        "collapse_app_over_cli", "load_average_before" / "_start" / "_end" / "_what_if", "targets",
+        "passed": {...}}``.
     """
     from playwright.sync_api import sync_playwright
 
@@ -234,6 +302,21 @@ def bench_app(
             wait_app_idle(page)
         res["load_average_end"] = load_average()
         info = handle.wait(600)
+
+        # What-if and collapse of a gated run while another run trains in the background.
+        gated = start_run(_gated_config(epochs, steps), workspace=ws).wait(600)
+        if gated.status != "done":
+            raise RuntimeError(f"benchmark CRISP run ended {gated.status}: {gated.error}")
+        background = start_run(_bench_config(50, 0), workspace=ws)
+        try:
+            res["load_average_what_if"] = load_average()
+            res["what_if_s"] = _what_if_steps(page, server.url, gated.id, repeats)
+            res["collapse_app_s"] = _collapse_in_app(page, server.url, gated.id)
+            res["collapse_cli_s"] = _collapse_cli(ws, gated.id, out_dir / "cli-slim.pt")
+            res["background_status"] = background.status
+        finally:
+            background.stop()
+            background.wait(120)
         browser.close()
     if info.status != "done":
         raise RuntimeError(f"benchmark run with the app open ended {info.status}: {info.error}")
@@ -243,11 +326,15 @@ def bench_app(
     res["rerender_s"], res["rerender_median_s"] = rerenders, statistics.median(rerenders)
     res["rerender_wall_s"], res["rerender_wall_median_s"] = walls, statistics.median(walls)
     res["run_status_during_rerenders"] = during
+    res["what_if_median_s"] = statistics.median(res["what_if_s"])
+    res["collapse_app_over_cli"] = res["collapse_app_s"] / res["collapse_cli_s"]
     res["targets"] = TARGETS
     res["passed"] = {
         "first_chart_s": res["first_chart_median_s"] <= TARGETS["first_chart_s"],
         "rerender_median_s": res["rerender_median_s"] <= TARGETS["rerender_median_s"],
         "throughput_ratio": res["throughput_ratio"] >= TARGETS["throughput_ratio"],
+        "what_if_median_s": res["what_if_median_s"] <= TARGETS["what_if_median_s"],
+        "collapse_app_over_cli": res["collapse_app_over_cli"] <= TARGETS["collapse_app_over_cli"],
     }
     (out_dir / "app.json").write_text(json.dumps(res, indent=2))
     (out_dir / "app.md").write_text(markdown_table(res))
@@ -276,6 +363,14 @@ def markdown_table(res: dict[str, Any]) -> str:
             res["passed"]["throughput_ratio"],
         ),
     ]
+    if "what_if_median_s" in res:
+        rows += [
+            ("what-if step while a run trains (median, key press → app idle)", f"{res['what_if_median_s']:.2f} s",
+             "≤ 1 s", res["passed"]["what_if_median_s"]),
+            ("collapse in the app / `prunekit collapse` in a shell, while a run trains",
+             f"{res['collapse_app_over_cli']:.2f}× ({res['collapse_app_s']:.1f} s / {res['collapse_cli_s']:.1f} s)",
+             "≤ 2×", res["passed"]["collapse_app_over_cli"]),
+        ]
     lines = ["| measure | measured | target | met |", "| --- | --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {'yes' if d else 'no'} |" for a, b, c, d in rows]
     load = res.get("load_average_start") or res.get("load_average_before")
