@@ -131,7 +131,9 @@ def test_latency_target_run_trains_and_reports_predicted_and_measured(method):
     lat = result["method_report"]["latency"]
     assert lat["batch"] == 1 and lat["threads"] == 1 and lat["table_cached"]
     assert lat["dense_ms"] == dense_ms and lat["target_ms"] == pytest.approx(dense_ms / 2)
-    assert lat["predicted_ms"] > 0 and lat["measured_ms"] > 0
+    assert lat["predicted_ms"] > 0 and lat["measured_ms"] > 0 and lat["measured_dense_ms"] > 0
+    assert lat["measured_ratio"] == pytest.approx(lat["measured_ms"] / lat["measured_dense_ms"])
+    assert lat["prediction_error"] == pytest.approx(lat["predicted_ratio"] / lat["measured_ratio"] - 1)
     assert lat["predicted_ms"] == pytest.approx(result["method_report"]["ratio"] * dense_ms, rel=1e-6)
     assert "latency_ratio/expected" in logs[-1] and "latency_ratio/relaxation" in logs[-1]
 

@@ -449,20 +449,26 @@ class GateMethod(Method):
 
     @torch.no_grad()
     def latency_report(self, gated: nn.Module) -> dict[str, Any]:
-        """Predicted (table) and measured (collapsed copy, this CPU) latency of the current hard masks, ms."""
+        """The table's prediction for the current hard masks beside the collapsed network's measured latency on this
+        CPU: the slim network and the dense one (the same model collapsed with every channel) timed interleaved, so
+        the measured ratio holds under a changing load; ``prediction_error`` = predicted ÷ measured ratio − 1."""
         from prunekit.collapse import collapse
         from prunekit.cost import cost_model, gate_values
-        from prunekit.latency import measure_latency
+        from prunekit.latency import measure_latency_interleaved
         from prunekit.latency_table import gated_table
 
         table = gated_table(gated)
-        predicted = table.predict_ms(cost_model(gated).channels(gate_values(gated, "hard")))
+        counts = cost_model(gated).channels(gate_values(gated, "hard"))
+        predicted = float(table.ratio(counts))
         slim = collapse(gated).cpu()
+        dense = latency_reference(gated, 1.0)[1].cpu()
         batch, threads = table.key["batch"], table.key["threads"]
-        measured = measure_latency(slim, gated.example_input[:1].cpu(), (batch,), device="cpu", threads=threads,
-                                   repeats=20)[batch]
-        return {"predicted_ms": predicted, "measured_ms": measured,
-                "prediction_error": (predicted - measured) / max(measured, 1e-12)}
+        ms = measure_latency_interleaved({"dense": dense, "slim": slim}, gated.example_input[:1].cpu(), (batch,),
+                                         rounds=5, repeats=3, threads=threads)
+        measured = ms["slim"][batch] / ms["dense"][batch]
+        return {"predicted_ms": predicted * table.dense_ms, "predicted_ratio": predicted,
+                "measured_ms": ms["slim"][batch], "measured_dense_ms": ms["dense"][batch], "measured_ratio": measured,
+                "prediction_error": predicted / max(measured, 1e-12) - 1}
 
     #: logit units a gate can travel during the search when the config's ``gate_lr`` is None (budget_gate_lr)
     gate_travel: float = 4.0
