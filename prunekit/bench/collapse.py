@@ -118,7 +118,7 @@ def _round_to_row(name: str, x: torch.Tensor, nets: dict[str, torch.nn.Module], 
                                      **cfg["table"]) for b in BATCHES} if cfg.get("table") else {}
     t_table = time.perf_counter() - t0
     macs0 = pk.count_macs(dense_copy, x)
-    row: dict[str, Any] = {"round_to": cfg["round_to"], "table_s": t_table,
+    row: dict[str, Any] = {"round_to": cfg["round_to"], "table_s": t_table if tables else None,
                            "table_cached": all(not t.timed for t in tables.values())}
     for key, masks in (("uneven", drawn), ("rounded", rounded)):
         for h, m in zip(gated.groups, masks):
