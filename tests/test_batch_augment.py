@@ -214,3 +214,21 @@ def test_the_per_image_loader_still_resumes_bit_exact(tmp_path: Path):
     a, b = full["model"].state_dict(), resumed["model"].state_dict()
     assert resumed["steps"] == full["steps"] == 6
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_bench_data_writes_both_loaders_and_layouts(tmp_path: Path, shared_data):
+    import json
+
+    from prunekit.bench.data import bench_data
+
+    r = bench_data(tmp_path, datasets=("mnist", "nosuch"), batch_size=8, repeats=1, steps=1, limit=64)
+    saved = json.loads((tmp_path / "data.json").read_text())
+    mnist = saved["data"]["mnist"]
+    assert mnist["train_images"] == 64 and mnist["torch"]["train"] > 0 and mnist["batch"]["train"] > 0
+    assert "unknown dataset 'nosuch'" in saved["data"]["nosuch"]["error"]  # a row, not a crash
+    assert saved["step"]["nchw_ms"] > 0 and saved["step"]["channels_last_ms"] > 0
+    assert "| mnist | 64 |" in r["markdown"] and "channels_last speed-up" in r["markdown"]
+    with pytest.raises(ConfigError, match="bench data has no preset field epochs"):
+        bench_data(tmp_path, epochs=3)
+    with pytest.raises(ConfigError, match="repeats must be an integer >= 1, got 0"):
+        bench_data(tmp_path, repeats=0)

@@ -27,18 +27,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-import prunekit as pk
 from prunekit.bench import md_table, shared_data_root, write_report
 from prunekit.data import make_loaders
 from prunekit.errors import ConfigError
+from prunekit.models import create_model
 
 logger = logging.getLogger(__name__)
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"datasets": ("cifar10", "fashion-mnist"), "batch_size": 128, "repeats": 2, "model": "resnet20",
-              "steps": 6, "threads": 1},
+              "steps": 6, "threads": 1, "limit": None},
     "full": {"datasets": ("cifar10", "fashion-mnist"), "batch_size": 128, "repeats": 5, "model": "resnet20",
-             "steps": 15, "threads": 1},
+             "steps": 15, "threads": 1, "limit": None},
 }
 
 
@@ -62,10 +62,12 @@ def _pass(loader: Any) -> tuple[float, int]:
     return time.perf_counter() - t0, n
 
 
-def data_times(dataset: str, batch_size: int, repeats: int, root: str | None = None) -> dict[str, Any]:
-    """Median seconds per train epoch and per val + test pass of the ``torch`` and ``batch`` loaders."""
+def data_times(dataset: str, batch_size: int, repeats: int, root: str | None = None,
+               limit: int | None = None) -> dict[str, Any]:
+    """Median seconds per train epoch and per val + test pass of the ``torch`` and ``batch`` loaders (``limit``:
+    at most that many images per split)."""
     t0 = time.perf_counter()
-    kinds = {k: make_loaders(dataset, batch_size, root, loader=k) for k in ("torch", "batch")}
+    kinds = {k: make_loaders(dataset, batch_size, root, loader=k, limit=limit) for k in ("torch", "batch")}
     load_s = time.perf_counter() - t0
     out: dict[str, Any] = {"load_s": load_s, "train_images": len(kinds["batch"].train.dataset)}
     samples: dict[str, dict[str, list[float]]] = {k: {"train": [], "eval": []} for k in kinds}
@@ -94,9 +96,9 @@ def step_times(model_name: str, batch_size: int, steps: int) -> dict[str, float]
     x = torch.randn(batch_size, 3, 32, 32, generator=g)
     y = torch.randint(0, 10, (batch_size,), generator=g)
     torch.manual_seed(0)
-    nchw = pk.create_model(model_name, num_classes=10).train()
+    nchw = create_model(model_name, num_classes=10).train()
     torch.manual_seed(0)
-    cl = pk.create_model(model_name, num_classes=10).train().to(memory_format=torch.channels_last)
+    cl = create_model(model_name, num_classes=10).train().to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     opt_a = torch.optim.SGD(nchw.parameters(), lr=0.01, momentum=0.9)
     opt_b = torch.optim.SGD(cl.parameters(), lr=0.01, momentum=0.9)
@@ -118,7 +120,8 @@ def bench_data(out_dir: str | Path, preset: str = "quick", **overrides: Any) -> 
 
     Args:
         preset: ``quick`` or ``full``.
-        **overrides: preset fields (``datasets``, ``batch_size``, ``repeats``, ``model``, ``steps``, ``threads``).
+        **overrides: preset fields (``datasets``, ``batch_size``, ``repeats``, ``model``, ``steps``, ``threads``,
+            ``limit``: at most this many images per split, None: all).
     """
     p = _preset("data", PRESETS, preset, overrides)
     if isinstance(p["datasets"], str):
@@ -134,7 +137,7 @@ def bench_data(out_dir: str | Path, preset: str = "quick", **overrides: Any) -> 
         for name in p["datasets"]:
             logger.info("bench data: %s", name)
             try:
-                data[name] = data_times(name, p["batch_size"], p["repeats"], root)
+                data[name] = data_times(name, p["batch_size"], p["repeats"], root, p["limit"])
             except Exception as e:  # noqa: BLE001 - a dataset missing on this machine is a row, not a crash
                 data[name] = {"error": f"{type(e).__name__}: {e}"}
         step = step_times(p["model"], p["batch_size"], p["steps"])
