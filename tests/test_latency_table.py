@@ -76,7 +76,9 @@ def test_table_is_cached_and_reused(monkeypatch, tmp_path):
 def test_relaxed_latency_of_a_gated_model():
     net = make_tiny_cnn((8, 12, 16))
     gated = augment(net, torch.randn(2, 3, 8, 8), gate="mask")
-    table = _table(make_tiny_cnn((8, 12, 16)), varying=lt.varying_dims(gated))
+    d = _table(make_tiny_cnn((8, 12, 16)), varying=lt.varying_dims(gated)).to_dict()
+    d["const_share"] = 0.0  # the widths' part alone: a timed constant share can leave 0.6 out of reach
+    table = lt.LatencyTable.from_dict(d)
     lt.attach_table(gated, table)
     ones = [torch.ones(h.size) for h in gated.groups]
     assert float(lt.latency_ratio_of(gated, ones)) == pytest.approx(1.0)
