@@ -71,6 +71,16 @@ def resize_module_(module: nn.Module, out_keep: torch.Tensor | None, in_keep: to
     raise UnsupportedModelError(f"cannot resize {type(module).__name__}")
 
 
+@torch.no_grad()
+def slice_parameter_(root: nn.Module, name: str, axis: int, keep: torch.Tensor) -> dict:
+    """Keep ``keep`` (sorted LongTensor) along ``axis`` of the bare parameter ``name`` of ``root`` (e.g. a layer
+    scale); returns its spec for ``load_slim``."""
+    owner, _, attr = name.rpartition(".")
+    module = root.get_submodule(owner) if owner else root
+    _set_param(module, attr, _take(getattr(module, attr), axis, keep))
+    return {"type": "param", "axis": int(axis), "size": len(keep)}
+
+
 def _out_size(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 

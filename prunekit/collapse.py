@@ -25,10 +25,10 @@ import torch
 from torch import nn
 
 from prunekit import heads
-from prunekit._slim_modules import ConstantMap, EmptyChannels, Removed, resize_module_, set_submodule_
+from prunekit._slim_modules import ConstantMap, EmptyChannels, Removed, resize_module_, set_submodule_, slice_parameter_
 from prunekit.augment import GatedModel, is_gate_hook
 from prunekit.errors import CollapseError, ConfigError, UnsupportedModelError
-from prunekit.graph import BN_TYPES, CONVT_TYPES, dim_size, is_depthwise, run_naming_layer
+from prunekit.graph import BN_TYPES, CONVT_TYPES, is_depthwise, member_size, run_naming_layer
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def _keep_masks(gated: GatedModel, keep: list[torch.Tensor]) -> dict[tuple[str, 
         for m in h.group.members:
             key = (m.name, "out" if isinstance(m.module, BN_TYPES) else m.dim)
             if key not in masks:
-                masks[key] = torch.ones(dim_size(m.module, key[1]), dtype=torch.bool)
+                masks[key] = torch.ones(member_size(m), dtype=torch.bool)
             masks[key][m.idxs] = keep[h.index][m.root_idxs.to(keep[h.index].device)].cpu()
     return masks
 
@@ -112,9 +112,15 @@ def _plan(gated: GatedModel, keep: list[torch.Tensor]) -> dict[str, dict[str, An
     """Per module: the new spec (resize with kept indices, or a replacement)."""
     masks = _keep_masks(gated, keep)
     modules = dict(gated.model.named_modules())
+    axes = {m.name: m.axis for h in gated.groups for m in h.group.members if m.dim == "param"}
     names = sorted({name for name, _ in masks})
     plan: dict[str, dict[str, Any]] = {}
     for name in names:
+        param_m = masks.get((name, "param"))
+        if param_m is not None:  # a bare parameter (layer scale): sliced along its axis
+            if not param_m.all():
+                plan[name] = {"param": param_m.nonzero().flatten(), "axis": axes[name]}
+            continue
         mod = modules[name]
         heads_m = masks.get((name, "heads"))
         if heads_m is not None:
@@ -152,7 +158,9 @@ def _apply(slim: nn.Module, plan: dict[str, dict[str, Any]]) -> dict[str, dict[s
     layers: dict[str, dict[str, Any]] = {}
     for name, step in plan.items():
         try:
-            if "heads" in step:
+            if "param" in step:
+                layers[name] = slice_parameter_(slim, name, step["axis"], step["param"])
+            elif "heads" in step:
                 heads.set_heads_(modules[name], step["heads"])
             elif "replace" in step:
                 rep = step["replace"]
@@ -163,7 +171,8 @@ def _apply(slim: nn.Module, plan: dict[str, dict[str, Any]]) -> dict[str, dict[s
                 resize_module_(mod, step["out"], step["in"])
                 layers[name] = {"type": "resize", **_widths(mod)}
         except (RuntimeError, ValueError, IndexError, UnsupportedModelError) as e:
-            raise CollapseError(f"cannot slice layer {name!r} ({type(modules[name]).__name__}): {e}") from e
+            kind = type(modules[name]).__name__ if name in modules else "parameter"
+            raise CollapseError(f"cannot slice layer {name!r} ({kind}): {e}") from e
     # head-prunable attention first: load_slim converts these modules (and sets their head count) before
     # it resizes their projections
     first = {n: heads.head_spec(m) for n, m in slim.named_modules() if n and heads.layout(m) is not None}

@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from prunekit.augment import GatedModel
 from prunekit.errors import ConfigError
-from prunekit.graph import BN_TYPES, CONV_TYPES, CONVT_TYPES, is_depthwise
+from prunekit.graph import BN_TYPES, CONV_TYPES, CONVT_TYPES, bare_parameter, is_depthwise, member_size
 from prunekit.heads import layout
 
 
@@ -80,6 +80,7 @@ class _LayerCost:
     depthwise: bool
     norm: bool  # BatchNorm: params 2·C, no MACs
     heads: bool = False  # attention's matrix products: MACs ∝ kept heads (c_out = num_heads), no params
+    param: bool = False  # a bare per-channel parameter (layer scale): weight ∝ kept channels, no MACs
 
 
 class CostModel:
@@ -140,6 +141,10 @@ class CostModel:
                 self.layers.append(
                     _LayerCost(name, max(own, 0) / 2 / batch, per_head, 0, lay.num_heads, lay.num_heads, False, False, True)
                 )
+        bare = {m.name: m for h in gated.groups for m in h.group.members if m.dim == "param"}
+        for name, m in bare.items():  # layer scales: parameters only, counted like a BatchNorm's
+            n = member_size(m)
+            self.layers.append(_LayerCost(name, 0.0, float(bare_parameter(m).numel()), 0, n, n, False, False, param=True))
         self.other_params = sum(p.numel() for p in net.parameters()) - sum(
             lc.weight + lc.bias * lc.c_out for lc in self.layers
         )
@@ -166,7 +171,7 @@ class CostModel:
         a depthwise conv's input count is its output count). The hook of ``prunekit.latency_table``."""
         out = {}
         for lc in self.layers:
-            if lc.norm or lc.heads:
+            if lc.norm or lc.heads or lc.param:
                 continue
             n_out = self._count(lc.name, "out", lc.c_out, values)
             out[lc.name] = (n_out if lc.depthwise else self._count(lc.name, "in", lc.c_in, values), n_out)
@@ -193,8 +198,9 @@ class CostModel:
         """Relaxed parameter count."""
         total: torch.Tensor | float = float(self.other_params)
         for lc in self.layers:
-            if lc.heads:
-                total = total + lc.weight * self._count(lc.name, "heads", lc.c_out, values) / lc.c_out
+            if lc.heads or lc.param:
+                dim = "heads" if lc.heads else "param"
+                total = total + lc.weight * self._count(lc.name, dim, lc.c_out, values) / lc.c_out
                 continue
             n_out = self._count(lc.name, "out", lc.c_out, values)
             if lc.norm:

@@ -52,8 +52,9 @@ class Member:
     Attributes:
         name: module path inside the model (``layer1.0.conv1``).
         module: the module itself.
-        dim: ``"out"`` (output channels / features; BatchNorm's only dim), ``"in"``, or ``"heads"`` (the heads of
-            an attention module, see ``prunekit.heads``).
+        dim: ``"out"`` (output channels / features; BatchNorm's only dim), ``"in"``, ``"heads"`` (the heads of
+            an attention module, see ``prunekit.heads``) or ``"param"`` (a bare ``nn.Parameter`` such as a
+            layer scale, named by its full path, sliced along ``axis``; ``module`` is its owner).
         idxs: LongTensor [k], indices into that dimension of the module.
         root_idxs: LongTensor [k], the group positions (0..size-1) those indices carry.
     """
@@ -63,6 +64,7 @@ class Member:
     dim: str
     idxs: torch.Tensor = field(repr=False)
     root_idxs: torch.Tensor = field(repr=False)
+    axis: int = 0  # dim "param": the axis of the bare parameter ``name`` (owned by ``module``) that is sliced
 
     @property
     def covers_all(self) -> bool:
@@ -126,7 +128,21 @@ def dim_size(module: nn.Module, dim: str) -> int:
         return module.num_parameters
     if dim == "heads":
         return module.num_heads
+    if dim == "param":
+        raise UnsupportedModelError("a bare parameter's size needs its member: use member_size")
     raise UnsupportedModelError(f"no channel dimension known for {type(module).__name__}")
+
+
+def member_size(m: Member) -> int:
+    """Length of the sliced dim of a member (a bare parameter's axis, or the module's ``dim``)."""
+    if m.dim == "param":
+        return bare_parameter(m).shape[m.axis]
+    return dim_size(m.module, m.dim)
+
+
+def bare_parameter(m: Member) -> nn.Parameter:
+    """The bare parameter a ``"param"`` member slices."""
+    return getattr(m.module, m.name.rpartition(".")[2])
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -134,6 +150,8 @@ def is_depthwise(module: nn.Module) -> bool:
 
 
 def _member_problem(m: Member) -> str | None:
+    if m.dim == "param":
+        return None  # sliced along its axis (collapse) and counted (cost)
     mod = m.module
     if isinstance(mod, CONV_TYPES):
         if mod.groups > 1 and not is_depthwise(mod):
@@ -336,6 +354,8 @@ def analyze(
         model.train(was_training)
     names = {m: n for n, m in model.named_modules()}
     param_names = {id(p): n for n, p in model.named_parameters()}
+    modules = dict(model.named_modules())
+    axes = {id(up.parameters): up.pruning_dim for up in dg.unwrapped_parameters}
     order = {m: i for i, m in enumerate(model.modules())}
     stem = _first_weighted(dg, order)
     layouts = _head_layouts(model)
@@ -351,7 +371,23 @@ def analyze(
             mod = item.dep.target.module
             shuffled = shuffled or id(mod) in unfollowed or id(item.dep.source.module) in unfollowed
             if isinstance(mod, nn.Parameter):
-                bare.append(param_names.get(id(mod), "?"))
+                pname = param_names.get(id(mod), "?")
+                owner = pname.rpartition(".")[0]
+                if id(mod) not in axes or (owner and owner not in modules):
+                    bare.append(pname)
+                    continue
+                # a layer scale or other per-channel parameter: sliced with its channels
+                members.append(
+                    Member(
+                        name=pname,
+                        module=modules[owner] if owner else model,
+                        dim="param",
+                        idxs=torch.as_tensor(list(item.idxs), dtype=torch.long),
+                        root_idxs=torch.as_tensor(list(item.root_idxs), dtype=torch.long),
+                        axis=axes[id(mod)],
+                    )
+                )
+                continue
             if _is_internal(mod):
                 continue
             dim = "out" if (isinstance(mod, BN_TYPES + (nn.PReLU,)) or dg.is_out_channel_pruning_fn(item.dep.handler)) else "in"
@@ -383,8 +419,8 @@ def analyze(
             )
         if bare:
             problems.append(
-                f"parameter {bare[0]!r} (a bare nn.Parameter, e.g. a layer scale) spans these channels; "
-                "prunekit slices only layers' parameters"
+                f"parameter {bare[0]!r} (a bare nn.Parameter) spans these channels along an axis the dependency "
+                "analysis does not know"
             )
         if problems:
             group.prunable, group.reason = False, problems[0]
@@ -440,9 +476,9 @@ def _tuple(x) -> tuple[int, ...]:
 
 def _merge(members: list[Member]) -> list[Member]:
     """One member per (module, dim); Torch-Pruning may list a module twice through different paths."""
-    merged: dict[tuple[int, str], Member] = {}
+    merged: dict[tuple[int, str, str], Member] = {}
     for m in members:
-        key = (id(m.module), m.dim)
+        key = (id(m.module), m.dim, m.name if m.dim == "param" else "")
         if key not in merged:
             merged[key] = m
             continue
@@ -450,7 +486,7 @@ def _merge(members: list[Member]) -> list[Member]:
         idxs = torch.cat([old.idxs, m.idxs])
         roots = torch.cat([old.root_idxs, m.root_idxs])
         uniq, first = _unique_first(idxs)
-        merged[key] = Member(old.name, old.module, old.dim, uniq, roots[first])
+        merged[key] = Member(old.name, old.module, old.dim, uniq, roots[first], old.axis)
     return list(merged.values())
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit._slim_modules import build_slim_module, resize_module_, set_submodule_
+from prunekit._slim_modules import build_slim_module, resize_module_, set_submodule_, slice_parameter_
 from prunekit.errors import CheckpointError, ConfigError
 from prunekit.graph import BN_TYPES, is_depthwise
 from prunekit.heads import apply_head_spec_
@@ -92,10 +92,12 @@ def build_from_spec(spec: dict[str, Any]) -> nn.Module:
     model = create_model(**base, **kwargs)
     for name, layer in spec.get("layers", {}).items():
         try:
-            mod = model.get_submodule(name)
+            mod = model.get_parameter(name) if layer["type"] == "param" else model.get_submodule(name)
         except AttributeError:
             raise CheckpointError(f"spec names layer {name!r}, which the base model does not have") from None
-        if layer["type"] == "heads":
+        if layer["type"] == "param":
+            slice_parameter_(model, name, layer["axis"], torch.arange(int(layer["size"])))
+        elif layer["type"] == "heads":
             # converts the attention module if needed (nn.MultiheadAttention → MultiheadSelfAttention)
             apply_head_spec_(model, name, layer)
         elif layer["type"] == "resize":

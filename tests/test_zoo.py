@@ -126,3 +126,42 @@ def test_timm_names_build_without_weights_and_are_refused_when_unknown() -> None
         pk.create_model("timm:resnet18", pretrained=True)
     assert "timm:resnet18" in list_models(include_timm=True)
     assert not any(n.startswith("timm:") for n in list_models())
+
+
+class _LayerScaled(torch.nn.Module):
+    """conv → BN → ReLU → per-channel layer scale (a bare nn.Parameter) → conv: the scale is sliced with its channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.gamma = torch.nn.Parameter(torch.rand(8, 1, 1) + 0.5)
+        self.conv2 = torch.nn.Conv2d(8, 6, 3, padding=1)
+        self.fc = torch.nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.gamma * self.bn(self.conv1(x)).relu()
+        return self.fc(self.conv2(x).mean((2, 3)))
+
+
+def test_layer_scale_is_sliced_with_its_channels(tmp_path, monkeypatch) -> None:
+    import importlib
+
+    model = _LayerScaled().eval()
+    model.pk_spec = {"name": "layer_scaled", "num_classes": 3, "in_channels": 3, "kwargs": {}}
+    # not a registered model (registering would leak into the other tests' registry): load_slim builds it directly
+    monkeypatch.setattr(importlib.import_module("prunekit.io"), "create_model", lambda **_: _LayerScaled())
+    x = torch.randn(2, 3, 8, 8)
+    gated = pk.augment(model, x[:1])
+    group = gated.group("conv1")
+    assert any(m.dim == "param" and m.name == "gamma" for m in group.members)
+    group.set_mask(torch.arange(8) % 3 != 0)  # keeps 5 of 8
+    slim = pk.collapse(gated)
+    assert slim.gamma.shape == (5, 1, 1) and slim.conv2.in_channels == 5
+    assert slim.pk_collapse["layers"]["gamma"] == {"type": "param", "axis": 0, "size": 5}
+    assert pk.count_params(slim) == pytest.approx(float(pk.relaxed_params(gated, "hard")))
+    gated.eval()
+    loaded = pk.load_slim(pk.save_slim(slim, tmp_path / "scaled.pt"))
+    with torch.no_grad():
+        assert (slim(x) - gated(x)).abs().max().item() <= 1e-5
+        assert loaded.gamma.shape == (5, 1, 1) and torch.equal(loaded(x), slim(x))
