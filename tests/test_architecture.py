@@ -16,7 +16,7 @@ Layers, lowest first. A module may import modules of its own layer and of the la
 above; a module belongs to the layer of the longest name in :data:`LAYERS` that it starts with.
 
 0. foundation: ``errors``, ``_registry``, ``_device`` (and ``validate``, the option checks, when it exists)
-1. primitives: ``graph`` (channel groups), ``gates`` (relaxations), ``metrics`` (mask statistics, used by the
+1. primitives: ``graph`` (channel groups), ``heads`` (attention heads as structures), ``gates`` (relaxations), ``metrics`` (mask statistics, used by the
    DPP gate), ``models`` (the zoo), ``data`` (datasets)
 2. building blocks: ``augment`` (gating a model), ``cost``, ``io``, ``bn``, ``latency``, ``latency_table`` (the
    per-layer latency table), ``inference`` (BN folding, channels_last), ``quant``, ``optim``, ``_slim_modules``
@@ -43,7 +43,7 @@ SOURCE = Path(__file__).resolve().parents[1] / PACKAGE
 
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("prunekit.errors", "prunekit._registry", "prunekit._device", "prunekit.validate"),
-    ("prunekit.graph", "prunekit.gates", "prunekit.metrics", "prunekit.models", "prunekit.data"),
+    ("prunekit.graph", "prunekit.heads", "prunekit.gates", "prunekit.metrics", "prunekit.models", "prunekit.data"),
     ("prunekit.augment", "prunekit.cost", "prunekit.io", "prunekit.bn", "prunekit.latency", "prunekit.latency_table",
      "prunekit.inference", "prunekit.quant", "prunekit.optim", "prunekit._slim_modules"),
     ("prunekit.collapse",),
