@@ -25,6 +25,15 @@ def _table(model=None, **kw):
     return lt.build_latency_table(model or make_tiny_cnn((8, 12, 16)), X, 2, threads=1, rounds=1, repeats=1, **kw)
 
 
+def _deterministic(d: dict) -> dict:
+    """A table dict with made-up monotone times (one timed sample per point is noise): T = (c_in + 1)(c_out + 1) µs,
+    0 at a zero width; no constant share."""
+    for e in d["entries"].values():
+        e["ms"] = [[(ci + 1) * (co + 1) * 1e-3 if ci and co else 0.0 for co in e["grid_out"]] for ci in e["grid_in"]]
+    d["const_share"] = 0.0
+    return d
+
+
 def test_width_grid():
     assert lt.width_grid(64) == [0, 16, 32, 48, 64]
     assert lt.width_grid(12) == [0, 4, 8, 12]
@@ -77,8 +86,7 @@ def test_relaxed_latency_of_a_gated_model():
     net = make_tiny_cnn((8, 12, 16))
     gated = augment(net, torch.randn(2, 3, 8, 8), gate="mask")
     d = _table(make_tiny_cnn((8, 12, 16)), varying=lt.varying_dims(gated)).to_dict()
-    d["const_share"] = 0.0  # the widths' part alone: a timed constant share can leave 0.6 out of reach
-    table = lt.LatencyTable.from_dict(d)
+    table = lt.LatencyTable.from_dict(_deterministic(d))
     lt.attach_table(gated, table)
     ones = [torch.ones(h.size) for h in gated.groups]
     assert float(lt.latency_ratio_of(gated, ones)) == pytest.approx(1.0)
@@ -88,8 +96,7 @@ def test_relaxed_latency_of_a_gated_model():
     values = [torch.full((h.size,), 0.5, requires_grad=True) for h in gated.groups]
     r = lt.latency_ratio_of(gated, values)
     r.backward()
-    assert 0 < float(r.detach()) < 1 and all(float(v.grad.min()) >= 0 for v in values)
-    assert sum(float(v.grad.sum()) for v in values) > 0
+    assert 0 < float(r.detach()) < 1 and all(float(v.grad.min()) > 0 for v in values)
     # a hard mask: the prediction is the table's at the kept widths; calibration meets a latency target
     masks, ratio = calibrate(gated, [torch.rand(h.size) for h in gated.groups], 0.6, "latency")
     assert ratio == pytest.approx(mask_ratio(gated, masks, "latency")) and abs(ratio - 0.6) < 0.2
@@ -145,8 +152,7 @@ def test_the_constant_share_is_fitted_to_a_reference_network():
     predicts the reference network's measured ratio; full width stays the dense latency."""
     from prunekit.methods import latency_reference
 
-    d = _table().to_dict()
-    d["const_share"] = 0.0
+    d = _deterministic(_table().to_dict())
     base = lt.LatencyTable.from_dict(d)
     half = {n: (base._full(n)[0] / 2, base._full(n)[1] / 2) for n in base.layers}
     s = float(base.scalable(half))
