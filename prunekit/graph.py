@@ -208,6 +208,18 @@ def _splits_channels(shapes: tuple[tuple[int, ...], tuple[int, ...]] | None) -> 
     return len(i) >= 2 and len(o) > 2 and i[1] != o[1]
 
 
+def _splits_features(node, shapes: tuple[tuple[int, ...], tuple[int, ...]] | None) -> bool:
+    """A reshape right after a Linear that splits its features into several dims ([B, T, C] → [B, T, H, d]):
+    the heads of an attention module without a known layout (its Q/K/V width is not cut by channels)."""
+    if shapes is None or not any(isinstance(i.module, nn.Linear) for i in node.inputs):
+        return False
+    i, o = shapes
+    k = len(i) - 1
+    if len(o) <= len(i) or tuple(o[:k]) != tuple(i[:k]) or not i:
+        return False
+    return sum(d > 1 for d in o[k:]) >= 2
+
+
 def _stop(idxs: list) -> list:
     return []
 
@@ -226,7 +238,8 @@ def _build_graph(model: nn.Module, example_input: torch.Tensor, timeout_s: float
     def guarded(graph, node) -> None:
         if id(node.module) not in unfollowed:
             try:
-                if not _splits_channels(recorder.shapes.get(node.grad_fn)):
+                shapes = recorder.shapes.get(node.grad_fn)
+                if not (_splits_channels(shapes) or _splits_features(node, shapes)):
                     original(graph, node)
                     return
             except (ZeroDivisionError, ValueError, IndexError) as e:
@@ -414,8 +427,9 @@ def analyze(
         ]
         if shuffled:
             problems.append(
-                f"the channels of {group.name!r} pass a channel shuffle (reshape–transpose–reshape) that the "
-                "dependency analysis does not follow; kept whole"
+                f"the channels of {group.name!r} pass a reshape that splits them (a channel shuffle, or the heads "
+                "of an attention module without a known layout) which the dependency analysis does not follow; "
+                "kept whole"
             )
         if bare:
             problems.append(

@@ -43,6 +43,7 @@ TIMM = {
     "timm:regnetx_002": (64, {}),
     "timm:lcnet_050": (64, {}),
     "timm:poolformer_s12": (64, {}),
+    "timm:pvt_v2_b0": (64, {}),  # attention without a known head layout: its Q/K/V width stays whole
 }
 # Transformers: each attention module's heads are one gated group.
 WITH_HEADS = {"tv:vit_b_16", "tv:swin_t", "timm:deit_tiny_patch16_224", "timm:vit_small_patch16_224",
