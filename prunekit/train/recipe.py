@@ -6,8 +6,9 @@ defaults, applies the recipe's values, then the caller's. The CLI, the runner an
 
 ``fast`` (BENCHMARKS.md section 7, ResNet-20 on 4,000 Fashion-MNIST images for 3 epochs, a loaded machine):
 channels_last (1.3–1.4× per training step on this CPU), label smoothing 0.1 and the per-step ``linear`` lr decay
-after a 0.3-epoch warm-up (a triangular one-cycle; these two cost nothing per step and pointed the right way, within
-one seed's noise). A larger batch (256, lr 0.2) lost 11 points at that budget (half the steps) and is not in it.
+after a 0.3-epoch warm-up (a triangular one-cycle). Together: 78.7 % test over 3 seeds (78.1–79.5) against the
+defaults' 70.9 % (60.8–77.8); each of the two accuracy pieces alone also lifted the seed where the defaults failed.
+A larger batch (256, lr 0.2) lost 11 points at that budget (half the steps) and is not in it.
 """
 
 from __future__ import annotations
