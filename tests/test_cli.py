@@ -281,6 +281,12 @@ def test_a_run_that_learned_nothing_or_missed_its_own_target_says_so():
     missed = run_warnings(result(0.90, 0.80))
     assert len(missed) == 1 and "own rule kept 0.80 of the dense MACs against the target 0.5" in missed[0]
     assert run_warnings(result(0.90, 0.80, method="dense")) == []  # no target, nothing to miss
+    latency = result(0.90, 0.80)  # a latency target: the MACs own rule is not compared with target_macs
+    latency["config"]["method_options"] = {"target_latency": 5.0}
+    latency["method_report"]["calibration_flips"] = 0.02
+    assert run_warnings(latency) == []
+    latency["method_report"]["calibration_flips"] = 0.25
+    assert [w for w in run_warnings(latency) if "changed 25% of the keep/remove decisions" in w]
     r = {**result(0.10, 0.80), "status": "completed", "epochs": 2, "steps": 8, "params": 1000,
          "train_time_s": 1.0, "throughput": 10.0}
     r["config"].update(model="resnet20", dataset="shapes")
@@ -325,10 +331,11 @@ def test_light_names_are_the_registries_names(monkeypatch):
     from prunekit.models import list_models
 
     monkeypatch.setattr(_names, "_registered", lambda kind: [])  # the source alone, as in a fresh `prunekit`
-    assert _names.known_names("model") == sorted([*list_models(include_torchvision=False), "tv:NAME"])
+    assert _names.known_names("model") == sorted([*list_models(include_torchvision=False), "tv:NAME", "timm:NAME"])
     assert _names.known_names("dataset") == sorted(list_datasets())
     assert _names.known_names("method") == sorted(list_methods())
     _names.check_name("model", "tv:resnet18")  # torchvision names are checked when the model is built
+    _names.check_name("model", "timm:resnet18")  # timm's too (an optional extra)
     _names.check_name("dataset", "imagefolder:/some/where")
     with pytest.raises(ConfigError, match="unknown method 'crips'; did you mean crisp"):
         _names.check_name("method", "crips")

@@ -117,7 +117,7 @@ def test_latency_options_and_errors():
         lt.latency_ratio(augment(make_tiny_cnn((8,)), torch.randn(2, 3, 8, 8), gate="mask"))
 
 
-@pytest.mark.parametrize("method", ["crisp", "l0"])
+@pytest.mark.parametrize("method", ["crisp", "l0", "growing"])
 def test_latency_target_run_trains_and_reports_predicted_and_measured(method):
     from prunekit.train.callbacks import Callback
     from prunekit.train.config import RunConfig, TrainConfig

@@ -23,7 +23,7 @@ _PACKAGE = Path(__file__).resolve().parents[1]
 _SOURCES = {"model": ("models", "register_model"), "dataset": ("data", "register_dataset"),
             "method": ("methods", "register_method")}
 # forms a name may take that the registry resolves itself, checked when the object is built
-_PREFIXED = {"model": ("tv:", "tv:NAME"), "dataset": ("imagefolder:", "imagefolder:PATH")}
+_PREFIXED = {"model": (("tv:", "tv:NAME"), ("timm:", "timm:NAME")), "dataset": (("imagefolder:", "imagefolder:PATH"),)}
 
 
 def _callee(node: ast.expr) -> str | None:
@@ -105,10 +105,9 @@ def _registered(kind: str) -> list[str]:
 def known_names(kind: str) -> list[str]:
     """What ``list_models(include_torchvision=False)`` / ``list_datasets()`` / ``list_methods()`` return, without
     importing them: the built-in names plus any registered in this process, with the prefixed forms
-    (``tv:NAME``, ``imagefolder:PATH``)."""
+    (``tv:NAME``, ``timm:NAME``, ``imagefolder:PATH``)."""
     names = set(source_names(kind)) | set(_registered(kind))
-    if kind in _PREFIXED:
-        prefix, form = _PREFIXED[kind]
+    for prefix, form in _PREFIXED.get(kind, ()):
         names = {n for n in names if n != prefix.rstrip(":")} | {form}
     return sorted(names)
 
@@ -116,10 +115,11 @@ def known_names(kind: str) -> list[str]:
 def check_name(kind: str, name: str | None) -> None:
     """Raise the registry's own ConfigError (``unknown model 'x'; did you mean ...``) for an unknown ``name``.
 
-    ``tv:NAME`` models and ``imagefolder:PATH`` datasets pass: their names are checked when they are built.
+    ``tv:NAME``/``timm:NAME`` models and ``imagefolder:PATH`` datasets pass: their names are checked when they are
+    built.
     """
     if name is None or name in known_names(kind):
         return
-    if kind in _PREFIXED and name.startswith(_PREFIXED[kind][0]) and name != _PREFIXED[kind][1]:
+    if any(name.startswith(prefix) and name != form for prefix, form in _PREFIXED.get(kind, ())):
         return
     raise ConfigError(Registry(kind).unknown_message(name, known_names(kind)))

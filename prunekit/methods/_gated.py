@@ -19,13 +19,13 @@ the channels are the group's best by the method's own scores, its own rule's cho
 Calibration searches over rounded masks, so a calibrated result still lands on the target; the method's report
 says how far rounding moved the ratio (``rounding``: ratio without and with rounding, the shift, the flips).
 
-**Latency targets** (``target_latency``, :class:`LatencyConfig`; crisp and l0): ``prepare`` times the dense
+**Latency targets** (``target_latency``, :class:`LatencyConfig`; crisp, l0 and growing): ``prepare`` times the dense
 network's per-layer latency table (``prunekit.latency_table``, cached on disk) and keeps it on the gated model; the
 budget then counts ``"latency"`` (relaxed latency ÷ dense latency, a bilinear interpolation of the table at the soft
 channel counts) with target ``target_latency`` ÷ dense latency (:meth:`GateMethod.budget`), calibration ranks to
 it, and the report's ``latency`` holds the table's prediction and the collapsed network's measured latency.
 A method opts in by inheriting :class:`LatencyConfig` and reading :meth:`GateMethod.budget` where it reads its MACs
-target (growing does not yet: its file reads ``target_macs`` directly).
+target.
 """
 
 from __future__ import annotations

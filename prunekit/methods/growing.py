@@ -59,6 +59,7 @@ from torch import nn
 from prunekit.methods._gated import (
     GateConfig,
     GateMethod,
+    LatencyConfig,
     cost_ratio,
     finetune_epochs,
     freeze_gates_,
@@ -113,7 +114,7 @@ class GrowingMethod(GateMethod):
     optimizer_help = "the run's optimizer for the weights; Adam at a constant lr for the mask logits"
 
     @dataclasses.dataclass(frozen=True)
-    class Config(GateConfig):
+    class Config(LatencyConfig, GateConfig):
         target_macs: float = option(0.5, "the MACs to keep", unit="fraction of dense MACs", low=0, high=1,
                                     low_open=True)
         lambda_channel: float = option(3.0, "weight of the budget-aware L1 on filter masks", low=0)
@@ -151,12 +152,17 @@ class GrowingMethod(GateMethod):
         return {"init": self.config.init_off, "beta0": self.config.beta0}
 
     def prepare(self, model: nn.Module, example_input: torch.Tensor) -> nn.Module:
+        import copy
+
         from prunekit.augment import augment
 
         kwargs: dict[str, Any] = {}
         if self.config.blocks and "block_gate" in inspect.signature(augment).parameters:
             kwargs["block_gate"] = "bernoulli"
+        dense = copy.deepcopy(model) if self.config.target_latency is not None else None
         gated = augment(model, example_input, gate="bernoulli", gate_options=self.gate_options(), **kwargs)
+        if dense is not None:
+            self.attach_latency(gated, dense, example_input)
         c = self.config
         gen = torch.Generator().manual_seed(c.seed)
         with torch.no_grad():
@@ -190,13 +196,13 @@ class GrowingMethod(GateMethod):
         if self.masks_fixed:
             return {}
         c = self.config
-        ratio = float(cost_ratio(model, "expected").detach())
+        kind, target = self.budget("macs", c.target_macs)
+        ratio = float(cost_ratio(model, "expected", kind).detach())
         steps = self.search_steps()
         if model.training and c.setpoint_rate > 0 and steps:
-            own = mask_ratio(model, self.decision_masks(model))
-            self.setpoint = max(-0.5, min(1.0, self.setpoint + c.setpoint_rate * (c.target_macs - own) /
-                                          c.target_macs / steps))
-        t = c.target_macs * (1.0 + self.setpoint)
+            own = mask_ratio(model, self.decision_masks(model), kind)
+            self.setpoint = max(-0.5, min(1.0, self.setpoint + c.setpoint_rate * (target - own) / target / steps))
+        t = target * (1.0 + self.setpoint)
         b = max(-1.0, min(1.0, (ratio - t) / t))
         chan = torch.cat([h.gate.expected() for h in model.groups]).mean()
         terms = {"l1_channel": c.lambda_channel * b * chan}
@@ -240,16 +246,17 @@ class GrowingMethod(GateMethod):
         for g in _block_gates(gated):  # a block's own rule is final: calibration ranks filters only, given blocks
             g.set_mask(g.deterministic().detach() > 0)
         self.report["blocks_final"] = [i for i, g in enumerate(_block_gates(gated)) if bool(g.hard_mask().all())]
-        ratio = self.fix_decision(gated, scores, c.target_macs, "macs", c.calibrate, c.tolerance)
+        kind, target = self.budget("macs", c.target_macs)
+        ratio = self.fix_decision(gated, scores, target, kind, c.calibrate, c.tolerance)
         for g in self._units(gated):
             g.logit.copy_(torch.where(g.keep, g.logit.clamp_min(_MIN_KEPT_LOGIT), g.logit.clamp_max(-_MIN_KEPT_LOGIT)))
             g.beta.fill_(FROZEN_BETA)
         freeze_gates_(gated)
         self.masks_fixed = True
         self._mean_beta = FROZEN_BETA
-        self.report.update(train_macs_ratio=self.train_macs_ratio, budget_setpoint=c.target_macs * (1 + self.setpoint))
-        logger.info("growing: masks fixed at hard MACs ratio %.4f (target %.4f); training MACs so far %.4f",
-                    ratio, c.target_macs, self.train_macs_ratio)
+        self.report.update(train_macs_ratio=self.train_macs_ratio, budget_setpoint=target * (1 + self.setpoint))
+        logger.info("growing: masks fixed at hard %s ratio %.4f (target %.4f); training MACs so far %.4f",
+                    kind, ratio, target, self.train_macs_ratio)
         return ratio
 
     @property
