@@ -237,6 +237,9 @@ def test_newcomer_walk_default_run_to_a_loaded_slim_model(server, tmp_path):
             info = store.get_run(rid)
             assert info.status == "done", info.error
             val_acc = info.result["metrics"]["acc/val"]
+            page.reload()  # the finished run's charts, drawn once more without the refresh
+            page.wait_for_selector(".js-plotly-plot .main-svg", timeout=60000)
+            wait_app_idle(page, 60000)
             _shot(page, "walk_3_live_done")
 
             page.goto(server.url + "/Explore")

@@ -102,6 +102,9 @@ def test_crisp_schedule_and_errors():
     assert s.prune_epochs == (3, 5, 7) and s.finetune_epochs == 2
     with pytest.raises(ConfigError, match="rounds=5"):
         crisp_schedule(4, rounds=5)
+    # the default round only where the search keeps 2 epochs: a 3-epoch run searches for 2 and fine-tunes 1
+    assert (crisp_schedule(3).search_epochs, crisp_schedule(3).rounds, crisp_schedule(4).rounds) == (2, 0, 1)
+    assert crisp_schedule(2).rounds == 0 and crisp_schedule(3, rounds=1).search_epochs == 1
     assert prune_plan(6) == [2] and prune_plan(6, "iterative", 3) == [0, 1, 2]
     with pytest.raises(ConfigError, match="prune_epoch=9"):
         prune_plan(4, prune_epoch=9)
