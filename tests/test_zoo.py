@@ -15,36 +15,13 @@ from test_collapse import TORCHVISION as CNN_TV
 from test_collapse import _random_masks, _randomize_bn
 
 import prunekit as pk
+from prunekit.bench.collapse import ZOO_TIMM, ZOO_TORCHVISION
 from prunekit.models import list_models, model_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# name -> (input side, builder options)
-TORCHVISION = {
-    "tv:convnext_tiny": (32, {}),
-    "tv:shufflenet_v2_x0_5": (64, {}),
-    "tv:vit_b_16": (32, {"image_size": 32}),
-    "tv:swin_t": (32, {}),
-    "tv:mobilenet_v3_large": (64, {}),
-    "tv:regnet_y_400mf": (64, {}),
-    "tv:mnasnet1_0": (64, {}),
-    "tv:squeezenet1_0": (64, {}),
-    "tv:resnet34": (64, {}),
-}
-TIMM = {
-    "timm:deit_tiny_patch16_224": (64, {"img_size": 64}),
-    "timm:vit_small_patch16_224": (64, {"img_size": 64}),
-    "timm:swin_tiny_patch4_window7_224": (32, {"img_size": 32, "window_size": 4}),
-    "timm:resnet18": (64, {}),
-    "timm:resnet18d": (64, {}),
-    "timm:convnext_atto": (64, {}),
-    "timm:mobilenetv3_small_050": (64, {}),
-    "timm:efficientnet_b0": (64, {}),
-    "timm:regnetx_002": (64, {}),
-    "timm:lcnet_050": (64, {}),
-    "timm:poolformer_s12": (64, {}),
-    "timm:pvt_v2_b0": (64, {}),  # attention without a known head layout: its Q/K/V width stays whole
-}
+# name -> (input side, builder options): the zoo `prunekit bench collapse --preset zoo` times too
+TORCHVISION, TIMM = ZOO_TORCHVISION, ZOO_TIMM
 # Transformers: each attention module's heads are one gated group.
 WITH_HEADS = {"tv:vit_b_16", "tv:swin_t", "timm:deit_tiny_patch16_224", "timm:vit_small_patch16_224",
               "timm:swin_tiny_patch4_window7_224"}  # fmt: skip

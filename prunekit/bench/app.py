@@ -162,7 +162,7 @@ def load_average() -> list[float] | None:
         return None
 
 
-def _bench_config(epochs: int, steps: int) -> Any:
+def _bench_config(epochs: int, steps: int | None) -> Any:
     return sup.build_run_config(
         method="dense",
         data_options={"num_samples": 512},
@@ -186,25 +186,29 @@ def _choose_run(page: Any, run_id: str) -> None:
     wait_app_idle(page, 120000)
 
 
+_WHAT_IF_TEXT = """() => [...document.querySelectorAll('[data-testid="stMetric"]')].map(e => e.innerText).join('|')"""
+_IDLE = """() => !document.querySelector('[data-testid="stStatusWidget"]')"""
+
+
 def _what_if_steps(page: Any, url: str, run_id: str, steps: int) -> list[float]:
-    """Seconds from a slider key press (threshold + 0.01) to the app idle again with the new evaluation shown."""
+    """Seconds from a slider key press (threshold + 0.01) to the what-if's new numbers on the page, app idle."""
     page.goto(url + "/Explore")
     page.get_by_text("What if the threshold were different?").wait_for(timeout=60000)
     wait_app_idle(page, 120000)
-    combos = page.get_by_role("combobox", name="Run")
-    if combos.count() > 1:  # Explore's what-if has its own picker below the trade-off chart
-        combos.nth(1).click()
-        page.get_by_role("option", name=re.compile(rf"^{re.escape(run_id)} ")).first.click()
+    _choose_run(page, run_id)  # the what-if's own picker (the page's only box labelled Run)
     page.locator("[data-testid='stMetric']", has_text="accuracy (val subset)").first.wait_for(timeout=120000)
     wait_app_idle(page, 120000)
     slider = page.get_by_role("slider", name="Threshold").first
     times = []
     for _ in range(steps):
+        before = page.evaluate(_WHAT_IF_TEXT)
         slider.focus()
         t0 = time.perf_counter()
         slider.press("ArrowRight")
-        page.wait_for_function("() => !!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=5000)
-        wait_app_idle(page, 60000)
+        # new numbers ("evaluated in" always changes) and no script running
+        # interval polling: requestAnimationFrame (the default) stalls in a tab that is not in front
+        page.wait_for_function(f"() => ({_WHAT_IF_TEXT})() !== {json.dumps(before)} && ({_IDLE})()", timeout=60000,
+                               polling=50)
         times.append(time.perf_counter() - t0)
     return times
 
@@ -212,9 +216,10 @@ def _what_if_steps(page: Any, url: str, run_id: str, steps: int) -> list[float]:
 def _collapse_in_app(page: Any, url: str, run_id: str) -> float:
     """Seconds from the Collapse button to the "Collapsed in" line."""
     page.goto(url + "/Collapse")
-    page.get_by_role("button", name="Collapse").wait_for(timeout=60000)
+    page.get_by_role("combobox", name="Run").first.wait_for(timeout=60000)
     wait_app_idle(page, 60000)
-    _choose_run(page, run_id)
+    _choose_run(page, run_id)  # the page opens on the newest run: the background one, without a checkpoint
+    page.get_by_role("button", name="Collapse").wait_for(timeout=60000)
     t0 = time.perf_counter()
     page.get_by_role("button", name="Collapse").click()
     page.get_by_text(re.compile(r"Collapsed in|Collapse refused")).first.wait_for(timeout=600000)
@@ -228,9 +233,12 @@ def _collapse_cli(workspace: Path, run_id: str, out: Path) -> float:
     """Wall seconds of ``prunekit collapse RUN`` in a fresh process, as a user at a shell sees it."""
     env = {**os.environ, "PRUNEKIT_HOME": str(workspace)}
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "prunekit", "collapse", run_id, "--out", str(out)], check=True, env=env,
-                   cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
-    return time.perf_counter() - t0
+    done = subprocess.run([sys.executable, "-m", "prunekit.cli", "collapse", run_id, "--out", str(out)], env=env,
+                          cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600)
+    seconds = time.perf_counter() - t0
+    if done.returncode:
+        raise RuntimeError(f"prunekit collapse {run_id} failed: {done.stderr.strip()[-500:]}")
+    return seconds
 
 
 def _throughput(workspace: Path, cfg: Any, timeout: float) -> float:
@@ -302,12 +310,14 @@ def bench_app(
             wait_app_idle(page)
         res["load_average_end"] = load_average()
         info = handle.wait(600)
+        live.close()
+        page.bring_to_front()
 
         # What-if and collapse of a gated run while another run trains in the background.
         gated = start_run(_gated_config(epochs, steps), workspace=ws).wait(600)
         if gated.status != "done":
             raise RuntimeError(f"benchmark CRISP run ended {gated.status}: {gated.error}")
-        background = start_run(_bench_config(50, 0), workspace=ws)
+        background = start_run(_bench_config(50, None), workspace=ws)
         try:
             res["load_average_what_if"] = load_average()
             res["what_if_s"] = _what_if_steps(page, server.url, gated.id, repeats)

@@ -39,6 +39,41 @@ from prunekit.models import list_models
 
 log = logging.getLogger(__name__)
 
+# The wider zoo of issue 19 (tests/test_zoo.py checks each exactly): name -> (input side, builder options), the
+# smallest input each model allows; the CNNs of tests/test_collapse.py and the in-house models come on top.
+ZOO_TORCHVISION: dict[str, tuple[int, dict[str, Any]]] = {
+    "tv:convnext_tiny": (32, {}),
+    "tv:shufflenet_v2_x0_5": (64, {}),
+    "tv:vit_b_16": (32, {"image_size": 32}),
+    "tv:swin_t": (32, {}),
+    "tv:mobilenet_v3_large": (64, {}),
+    "tv:regnet_y_400mf": (64, {}),
+    "tv:mnasnet1_0": (64, {}),
+    "tv:squeezenet1_0": (64, {}),
+    "tv:resnet34": (64, {}),
+}
+ZOO_TIMM: dict[str, tuple[int, dict[str, Any]]] = {
+    "timm:deit_tiny_patch16_224": (64, {"img_size": 64}),
+    "timm:vit_small_patch16_224": (64, {"img_size": 64}),
+    "timm:swin_tiny_patch4_window7_224": (32, {"img_size": 32, "window_size": 4}),
+    "timm:resnet18": (64, {}),
+    "timm:resnet18d": (64, {}),
+    "timm:convnext_atto": (64, {}),
+    "timm:mobilenetv3_small_050": (64, {}),
+    "timm:efficientnet_b0": (64, {}),
+    "timm:regnetx_002": (64, {}),
+    "timm:lcnet_050": (64, {}),
+    "timm:poolformer_s12": (64, {}),
+    "timm:pvt_v2_b0": (64, {}),  # attention without a known head layout: its Q/K/V width stays whole
+}
+# Torch-Pruning is not run on the attention models: on timm's DeiT-Tiny and torchvision's Swin-T (64/32 px) its
+# MagnitudePruner used more than 16 GB here and the process was killed (2026-12-02), so these rows say so instead.
+ZOO_NO_TORCH_PRUNING = {"tv:vit_b_16", "tv:swin_t", "timm:deit_tiny_patch16_224", "timm:vit_small_patch16_224",
+                        "timm:swin_tiny_patch4_window7_224", "timm:pvt_v2_b0"}
+ZOO_CNN = ["tv:vgg11_bn", "tv:resnet18", "tv:resnet50", "tv:mobilenet_v2", "tv:mobilenet_v3_small", "tv:efficientnet_b0",
+           "tv:mnasnet0_5", "tv:densenet121", "tv:googlenet", "tv:squeezenet1_1", "tv:resnext50_32x4d",
+           "tv:regnet_x_400mf"]
+
 PRESETS: dict[str, dict[str, Any]] = {
     # the issue's headline pair plus one of each family, small inputs: minutes on 2 CPU cores
     "quick": {
@@ -50,6 +85,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # every in-house model and every torchvision classification model
     "full": {"models": None, "size": 32, "tv_size": 64, "repeats": 5},
+    # the engine's wider zoo (issue 19): in-house, torchvision CNNs, ConvNeXt, ShuffleNet, ViT/Swin and timm, each at
+    # its smallest input, beside Torch-Pruning where it can prune them
+    "zoo": {"models": "zoo", "size": 32, "tv_size": 64, "repeats": 3, "inputs": {**ZOO_TORCHVISION, **ZOO_TIMM},
+            "no_torch_pruning": ZOO_NO_TORCH_PRUNING},
     # issue 17's latency set: eager and inference form (BN folded), PyTorch and ONNX Runtime
     "latency": {
         "models": ["resnet20", "resnet56", "vgg16", "mobilenetv2", "unet", "tv:resnet50"],
@@ -77,7 +116,21 @@ BATCHES = (1, 64)
 
 
 def _models(preset: dict[str, Any]) -> list[str]:
+    if preset["models"] == "zoo":
+        return [*list_models(include_torchvision=False), *ZOO_CNN, *ZOO_TORCHVISION, *ZOO_TIMM]
     return preset["models"] or list_models(include_torchvision=True)
+
+
+def _create(name: str, cfg: dict[str, Any]) -> torch.nn.Module:
+    """``name`` with 10 classes and the preset's builder options for it, in eval mode."""
+    kwargs = {"aux_logits": False, "init_weights": False} if name in ("tv:googlenet", "tv:inception_v3") else {}
+    kwargs.update(cfg.get("inputs", {}).get(name, (None, {}))[1])
+    return pk.create_model(name, num_classes=10, **kwargs).eval()
+
+
+def _size(name: str, cfg: dict[str, Any]) -> int:
+    side = cfg.get("inputs", {}).get(name, (None, {}))[0]
+    return side or (cfg["tv_size"] if name.startswith(("tv:", "timm:")) else cfg["size"])
 
 
 def _half_masks(gated, seed: int = 0) -> None:
@@ -103,9 +156,8 @@ def _round_to_row(name: str, x: torch.Tensor, nets: dict[str, torch.nn.Module], 
     latency table's predicted latency ratios at every batch of :data:`BATCHES`."""
     from prunekit.cost import cost_model, gate_values
 
-    kwargs = {"aux_logits": False, "init_weights": False} if name in ("tv:googlenet", "tv:inception_v3") else {}
-    model = pk.create_model(name, num_classes=10, **kwargs).eval()
-    dense_copy = pk.create_model(name, num_classes=10, **kwargs).eval()
+    model = _create(name, cfg)
+    dense_copy = _create(name, cfg)
     dense_copy.load_state_dict(model.state_dict())
     gated = pk.augment(model, x, timeout_s=60)
     reference = latency_reference(gated) if cfg.get("table") else None  # half width: what the table fits c to
@@ -135,9 +187,8 @@ def _round_to_row(name: str, x: torch.Tensor, nets: dict[str, torch.nn.Module], 
     return row
 
 
-def _prunekit_row(name: str, x: torch.Tensor, nets: dict[str, torch.nn.Module]) -> dict[str, Any]:
-    kwargs = {"aux_logits": False, "init_weights": False} if name in ("tv:googlenet", "tv:inception_v3") else {}
-    model = pk.create_model(name, num_classes=10, **kwargs).eval()
+def _prunekit_row(name: str, x: torch.Tensor, nets: dict[str, torch.nn.Module], cfg: dict[str, Any]) -> dict[str, Any]:
+    model = _create(name, cfg)
     t0 = time.perf_counter()
     gated = pk.augment(model, x, timeout_s=60)
     t_aug = time.perf_counter() - t0
@@ -162,11 +213,10 @@ def _prunekit_row(name: str, x: torch.Tensor, nets: dict[str, torch.nn.Module]) 
     }
 
 
-def _torch_pruning_row(name: str, x: torch.Tensor, nets: dict[str, torch.nn.Module]) -> dict[str, Any]:
+def _torch_pruning_row(name: str, x: torch.Tensor, nets: dict[str, torch.nn.Module], cfg: dict[str, Any]) -> dict[str, Any]:
     import torch_pruning as tp
 
-    kwargs = {"aux_logits": False, "init_weights": False} if name in ("tv:googlenet", "tv:inception_v3") else {}
-    model = pk.create_model(name, num_classes=10, **kwargs).eval()
+    model = _create(name, cfg)
     macs0 = pk.count_macs(model, x)
     classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:]
     if getattr(model, "pk_task", "classification") == "segmentation":
@@ -286,7 +336,8 @@ def bench_collapse(
 
     Args:
         out_dir: results folder.
-        preset: ``quick`` (8 models: ResNet-56, tv:resnet50 and one of each family), ``full`` (the whole zoo),
+        preset: ``quick`` (8 models: ResNet-56, tv:resnet50 and one of each family), ``full`` (every in-house and
+            torchvision model), ``zoo`` (issue 19's wider zoo with timm and transformers, each at its smallest input),
             ``latency`` (issue 17's six models: inference form, ONNX Runtime, round_to, latency-table fit) or
             ``latency-quick`` (the latency preset's columns on ResNet-20 and MobileNetV2).
         models: override the model list.
@@ -298,13 +349,15 @@ def bench_collapse(
     names = models or _models(cfg)
     results: dict[str, Any] = {}
     for name in names:
-        size = cfg["tv_size"] if name.startswith("tv:") else cfg["size"]
+        size = _size(name, cfg)
         x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
         log.info("bench collapse: %s", name)
         nets: dict[str, torch.nn.Module] = {}
-        row = {"input": list(x.shape), "prunekit": _guard(_prunekit_row, name, x, nets)}
-        if torch_pruning:
-            row["torch_pruning"] = _guard(_torch_pruning_row, name, x, nets)
+        row = {"input": list(x.shape), "prunekit": _guard(_prunekit_row, name, x, nets, cfg)}
+        if torch_pruning and name in cfg.get("no_torch_pruning", ()):
+            row["torch_pruning"] = {"ok": False, "error": "not run (its pruner exhausted memory on attention models here)"}
+        elif torch_pruning:
+            row["torch_pruning"] = _guard(_torch_pruning_row, name, x, nets, cfg)
         if cfg.get("round_to"):
             row["round_to"] = _guard(_round_to_row, name, x, nets, cfg)
         try:
