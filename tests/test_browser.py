@@ -72,7 +72,7 @@ def test_tiny_run_from_the_ui_to_collapse(server):
             _set_number(page, "Samples (shapes only, 0 = default)", 256)
             _set_number(page, "Log every (steps)", 1)
             page.get_by_role("button", name="Start run").click()
-            page.get_by_text(re.compile(r"Started run `?r\d")).wait_for(timeout=60000)
+            page.get_by_text(re.compile(r"Started run `?r\d")).first.wait_for(timeout=60000)
             _shot(page, "runs")
 
             # Live: the step counter and the charts advance while it trains.
@@ -97,7 +97,7 @@ def test_tiny_run_from_the_ui_to_collapse(server):
             other.wait_for_selector(".js-plotly-plot .main-svg", timeout=60000)
             other.close()
 
-            page.get_by_text("status: done").wait_for(timeout=180000)
+            page.get_by_text("status: done").first.wait_for(timeout=180000)
             _shot(page, "live_done")
 
             page.goto(server.url + "/Explore")
@@ -218,7 +218,7 @@ def test_newcomer_walk_default_run_to_a_loaded_slim_model(server, tmp_path):
         try:
             page.goto(server.url)
             page.get_by_role("button", name="Start the default experiment").click()
-            page.get_by_text(re.compile(r"Started run r\w+")).wait_for(timeout=60000)
+            page.get_by_text(re.compile(r"Started run r\w+")).first.wait_for(timeout=60000)
             _shot(page, "walk_1_home_started")
             store = open_store(server.workspace)
             rid = str(store.list_runs()["id"].iloc[0])
@@ -233,7 +233,7 @@ def test_newcomer_walk_default_run_to_a_loaded_slim_model(server, tmp_path):
                 time.sleep(1.0)
             assert len(seen) >= 2, f"the live view never advanced: saw steps {sorted(seen)}"
             _shot(page, "walk_2_live")
-            page.get_by_text("status: done").wait_for(timeout=900000)
+            page.get_by_text("status: done").first.wait_for(timeout=900000)  # two while a rerun swaps it
             info = store.get_run(rid)
             assert info.status == "done", info.error
             val_acc = info.result["metrics"]["acc/val"]
@@ -243,7 +243,7 @@ def test_newcomer_walk_default_run_to_a_loaded_slim_model(server, tmp_path):
             _shot(page, "walk_3_live_done")
 
             page.goto(server.url + "/Explore")
-            page.get_by_text("What if the threshold were different?").wait_for(timeout=60000)
+            page.get_by_text("What if the threshold were different?").first.wait_for(timeout=60000)
             shown = _metric(page, "accuracy (val subset)")
             wait_app_idle(page, 120000)
             _shot(page, "walk_4_explore")
@@ -268,7 +268,7 @@ def test_newcomer_walk_default_run_to_a_loaded_slim_model(server, tmp_path):
 
             page.goto(server.url + "/Model")
             page.get_by_role("tab", name="After collapse").click()
-            page.get_by_text(re.compile(r"Collapse of step \d+")).wait_for(timeout=60000)
+            page.get_by_text(re.compile(r"Collapse of step \d+")).first.wait_for(timeout=60000)
             _shot(page, "walk_7_model_collapsed")
         finally:
             browser.close()
