@@ -1,10 +1,12 @@
 """crisp target_latency (half the dense latency, batch 64, 1 thread) vs crisp target_macs at the MACs it reached (BENCHMARKS.md section 1; run: OMP_NUM_THREADS=1 python run.py 64)."""
-import json, sys, torch
-from prunekit.train.config import RunConfig, TrainConfig
-from prunekit.train.experiment import build_experiment, run_experiment
+import json
+import sys
+
 from prunekit.collapse import collapse
 from prunekit.cost import count_macs
 from prunekit.latency import measure_latency_interleaved
+from prunekit.train.config import RunConfig, TrainConfig
+from prunekit.train.experiment import build_experiment, run_experiment
 
 B = int(sys.argv[1]) if len(sys.argv) > 1 else 64
 def cfg(opts):
