@@ -26,4 +26,4 @@ t = measure_latency_interleaved({"dense": dense, "lat": slim_lat, "macs": slim_m
 out = {"batch": B, "dense_ms_table": dense_ms, "report": lat["method_report"]["latency"], "macs_ratio_latency_run": macs,
        "macs_ratio_macs_run": mac["method_report"]["ratio"], "interleaved_ms": t,
        "acc": {"latency": lat["metrics"].get("acc/test"), "macs": mac["metrics"].get("acc/test")}}
-print(json.dumps(out, indent=1, default=str))
+print(json.dumps(out, indent=1, default=str))  # noqa: T201 - the script's output
