@@ -407,11 +407,16 @@ class GateMethod(Method):
     def gate_options(self) -> dict[str, Any]:
         return {}
 
+    def augment_options(self) -> dict[str, Any]:
+        """Further keyword arguments of ``prunekit.augment`` (growing's block gates)."""
+        return {}
+
     def prepare(self, model: nn.Module, example_input: torch.Tensor) -> nn.Module:
         from prunekit.augment import augment
 
         dense = copy.deepcopy(model) if getattr(self.config, "target_latency", None) is not None else None
-        gated = augment(model, example_input, gate=self.gate_kind, gate_options=self.gate_options())
+        gated = augment(model, example_input, gate=self.gate_kind, gate_options=self.gate_options(),
+                        **self.augment_options())
         if dense is not None:
             self.attach_latency(gated, dense, example_input)
         return gated

@@ -151,18 +151,15 @@ class GrowingMethod(GateMethod):
     def gate_options(self) -> dict[str, Any]:
         return {"init": self.config.init_off, "beta0": self.config.beta0}
 
-    def prepare(self, model: nn.Module, example_input: torch.Tensor) -> nn.Module:
-        import copy
-
+    def augment_options(self) -> dict[str, Any]:
         from prunekit.augment import augment
 
-        kwargs: dict[str, Any] = {}
         if self.config.blocks and "block_gate" in inspect.signature(augment).parameters:
-            kwargs["block_gate"] = "bernoulli"
-        dense = copy.deepcopy(model) if self.config.target_latency is not None else None
-        gated = augment(model, example_input, gate="bernoulli", gate_options=self.gate_options(), **kwargs)
-        if dense is not None:
-            self.attach_latency(gated, dense, example_input)
+            return {"block_gate": "bernoulli"}
+        return {}
+
+    def prepare(self, model: nn.Module, example_input: torch.Tensor) -> nn.Module:
+        gated = super().prepare(model, example_input)  # gates, block gates, a latency target's table
         c = self.config
         gen = torch.Generator().manual_seed(c.seed)
         with torch.no_grad():
