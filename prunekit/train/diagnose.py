@@ -15,6 +15,8 @@ from prunekit.methods import run_target
 CHANCE_MARGIN = 1.5  # accuracy at most this many times chance (1 / classes) counts as "learned nothing"
 OWN_RULE_MISS = 0.10  # the own rule missing the target by more than this share of it is worth a warning
 FLIPS_WARN = 0.10  # a latency-target run: calibration changing more than this share of the decisions
+_ADVICE = ("give the search more epochs or see the method's budget options (their help in the run form, or "
+           "'prunekit list methods --details')")
 
 
 def run_warnings(result: dict[str, Any]) -> list[str]:
@@ -33,13 +35,11 @@ def run_warnings(result: dict[str, Any]) -> list[str]:
         flips = report.get("calibration_flips")
         if flips is not None and flips > FLIPS_WARN:
             out.append(f"the final calibration changed {flips:.0%} of the keep/remove decisions to meet the latency "
-                       "target, so it chose part of the mask; give the search more epochs or see the method's "
-                       "budget options (their help in the run form, or 'prunekit list methods --details')")
+                       f"target, so it chose part of the mask; {_ADVICE}")
         return out
     target = run_target(cfg.get("method"), cfg.get("method_options"))
     own = report.get("relaxation_macs_ratio")
     if target is not None and own is not None and abs(own - target) > OWN_RULE_MISS * target:
-        out.append(f"the method's own rule kept {own:.2f} of the dense MACs against the target {target:g}, so the "
-                   "final calibration chose part of the mask; give the search more epochs or see the method's "
-                   "budget options (their help in the run form, or 'prunekit list methods --details')")
+        out.append(f"the method's own rule kept {own:.2f} of the dense MACs against the target {target:g}, "
+                   f"so the final calibration chose part of the mask; {_ADVICE}")
     return out
